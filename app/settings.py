@@ -1,0 +1,105 @@
+"""The only module that reads the environment (every variable is prefixed CRMA_)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Prices per 1M trained tokens, in micro-dollars. The market rate for LoRA on <=16B models is
+# about $0.50 per 1M tokens (Fireworks); small models are priced below it.
+DEFAULT_PRICES_MICROS_PER_MTOK: dict[str, int] = {
+    "smollm2-135m-instruct": 100_000,
+    "tinyllama-1.1b-chat": 200_000,
+    "gemma-2-2b-it": 350_000,
+    "mistral-7b-v0.3": 500_000,
+}
+
+# Rough training throughput used for duration estimates (tokens/s on one worker of its class).
+DEFAULT_THROUGHPUT_TOKENS_PER_S: dict[str, int] = {
+    "smollm2-135m-instruct": 2_000,
+    "tinyllama-1.1b-chat": 33_000,
+    "gemma-2-2b-it": 15_000,
+    "mistral-7b-v0.3": 9_000,
+}
+
+
+class Settings(BaseSettings):
+    """Service configuration. Embedded defaults need no external service (see `crma dev`)."""
+
+    model_config = SettingsConfigDict(env_prefix="CRMA_", extra="ignore")
+
+    data_dir: Path = Field(Path(".data"), description="Root of an embedded installation.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir.")
+    broker_url: str | None = Field(None, description="Celery broker; default SQLite in data_dir.")
+    storage_url: str | None = Field(
+        None, description="file:///abs/dir or s3://bucket[/prefix]; default data_dir/objects."
+    )
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    model_store_dir: Path | None = Field(None, description="Base models; default data_dir/models.")
+    worker_cache_dir: Path | None = Field(None, description="Worker scratch; default data_dir/cache.")
+
+    # HTTP
+    public_base_url: str = "http://127.0.0.1:8000"
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_line_bytes: int = 8 * 1024 * 1024
+    presign_ttl_s: int = 300
+    db_timeout_s: float = 2.0
+    rate_limit_per_minute: int = 6000
+
+    # Plans and billing
+    free_runs_per_day: int = 3
+    free_max_tokens_per_run: int = 2_000_000
+    prices_micros_per_mtok: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_PRICES_MICROS_PER_MTOK)
+    )
+    throughput_tokens_per_s: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_THROUGHPUT_TOKENS_PER_S)
+    )
+    idempotency_ttl_s: int = 24 * 3600
+    api_key_pepper: str = ""
+
+    # Worker reliability (aesthetics_reliability.md 2.6)
+    lease_ttl_s: float = 90.0
+    heartbeat_s: float = 30.0
+    reaper_interval_s: float = 60.0
+    max_attempts: int = 3
+    stale_queued_s: float = 300.0
+    checkpoint_every_steps: int = 200
+    checkpoint_every_s: float = 300.0
+    worker_device: str = "cpu"
+    worker_queues: str = "small,large"
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.resolved_data_dir / 'crma.sqlite'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.resolved_data_dir / 'broker.sqlite'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or (self.resolved_data_dir / "objects").as_uri()
+
+    @property
+    def resolved_model_store_dir(self) -> Path:
+        return (self.model_store_dir or self.resolved_data_dir / "models").expanduser().resolve()
+
+    @property
+    def resolved_worker_cache_dir(self) -> Path:
+        return (self.worker_cache_dir or self.resolved_data_dir / "cache").expanduser().resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

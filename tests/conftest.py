@@ -1,0 +1,128 @@
+"""Shared fixtures for real services: a fresh PostgreSQL database per test session, a Redis
+key namespace, and an S3 server (moto's server mode) on loopback.
+
+With CRMA_REQUIRE_SERVICES=1 (CI) a missing PostgreSQL or Redis is an error, not a skip."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+PG_ADMIN_URL = os.environ.get("CRMA_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("CRMA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _require_services() -> bool:
+    return os.environ.get("CRMA_REQUIRE_SERVICES", "0") == "1"
+
+
+def _unavailable(what: str, error: Exception) -> None:
+    message = f"{what} unreachable: {error}"
+    if _require_services():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def create_database() -> str:
+    """Create an empty PostgreSQL database and return its URL."""
+    import psycopg
+
+    name = "crma_test_" + secrets.token_hex(6)
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(url: str) -> None:
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A migrated, empty PostgreSQL database for this test session."""
+    try:
+        url = create_database()
+    except Exception as error:  # noqa: BLE001 - any connection failure means "no server"
+        _unavailable("PostgreSQL", error)
+    from app.db.migrate import upgrade
+
+    upgrade(url)
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture
+def fresh_pg_url() -> Iterator[str]:
+    """An empty, unmigrated PostgreSQL database for one test (migration tests)."""
+    try:
+        url = create_database()
+    except Exception as error:  # noqa: BLE001
+        _unavailable("PostgreSQL", error)
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except Exception as error:  # noqa: BLE001
+        _unavailable("Redis", error)
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_namespace(redis_url: str) -> Iterator[str]:
+    """A unique key prefix; everything under it is deleted afterwards."""
+    import redis
+
+    prefix = f"crma-test-{secrets.token_hex(4)}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=prefix + "*"):
+        client.delete(key)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-speaking HTTP server on loopback (moto's server mode)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    import boto3
+
+    name = "crma-test-" + secrets.token_hex(4)
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket=name)
+    return name
