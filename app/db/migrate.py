@@ -7,7 +7,11 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+# The repository root (editable install, tests); an installed copy (Dockerfile.gpu) runs from
+# its working directory, which holds alembic.ini and migrations/.
 ROOT = Path(__file__).resolve().parents[2]
+if not (ROOT / "migrations").is_dir():
+    ROOT = Path.cwd()
 
 
 def alembic_config(database_url: str) -> Config:
