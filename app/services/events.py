@@ -1,0 +1,67 @@
+"""Job events (OpenAI `fine_tuning.job.event`). Written by the API (created, cancelled) and
+the worker (status, metrics, checkpoints); `dedupe_key` makes a replayed write a no-op."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app.db.base import utcnow
+from app.db.models import JobEvent
+from app.domain.ids import new_id
+
+LEVELS = ("info", "warn", "error")
+
+
+def record_event(
+    session: Session,
+    *,
+    job_id: str,
+    message: str,
+    level: str = "info",
+    type: str = "message",  # noqa: A002 - OpenAI's field name
+    data: dict[str, Any] | None = None,
+    dedupe_key: str | None = None,
+    attempt: int = 0,
+) -> None:
+    """Insert one event; a second event with the same (job_id, dedupe_key) is ignored."""
+    if level not in LEVELS:
+        raise ValueError(f"event level must be one of {LEVELS}, got {level!r}")
+    values = {
+        "id": new_id("event"), "job_id": job_id, "created_at": utcnow(), "level": level,
+        "type": type, "message": message[:2000], "data": data, "attempt": attempt,
+        "dedupe_key": dedupe_key,
+    }
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    # ON CONFLICT DO NOTHING without a target covers the (job_id, dedupe_key) constraint
+    # (NULL dedupe keys never conflict) on both databases, without aborting the transaction.
+    session.execute(insert(JobEvent).values(**values).on_conflict_do_nothing())
+
+
+def list_events(
+    session: Session, *, job_id: str, after_seq: int | None = None, limit: int = 20,
+    newest_first: bool = True,
+) -> list[JobEvent]:
+    """Events of one job (the caller has already checked ownership). `after_seq` is the
+    cursor: older events when newest_first (OpenAI's order), newer ones otherwise."""
+    statement = select(JobEvent).where(JobEvent.job_id == job_id)
+    if newest_first:
+        if after_seq is not None:
+            statement = statement.where(JobEvent.seq < after_seq)
+        statement = statement.order_by(JobEvent.seq.desc())
+    else:
+        if after_seq is not None:
+            statement = statement.where(JobEvent.seq > after_seq)
+        statement = statement.order_by(JobEvent.seq.asc())
+    return list(session.scalars(statement.limit(limit)))
+
+
+def event_seq(session: Session, *, job_id: str, event_id: str) -> int | None:
+    """The sequence number of an event of this job (resolves an `after` cursor)."""
+    return session.scalar(
+        select(JobEvent.seq).where(JobEvent.job_id == job_id, JobEvent.id == event_id)
+    )
