@@ -1,0 +1,189 @@
+"""Admission: may this account start a run of `estimated_tokens` on `model`, and on what
+terms. `admit` reserves (a free run, or a credit hold); `preview` answers the same question
+for the estimate endpoints without reserving anything.
+
+Plans:
+- free: free-tier models only; one run of today's quota per job (a continual-run stage is a
+  job); no money moves (hold 0); the job's token_budget is `free_max_tokens_per_run`.
+- pro: any priced model; a hold of min(price of the estimate, max_cost); with max_cost the
+  token_budget is what max_cost buys, so training stops at the budget and the adapter
+  trained so far is still delivered."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.db.base import utcnow
+from app.db.models import Account, Job
+from app.domain.errors import InvalidRequest, NotFound
+from app.domain.pricing import format_usd, price_micros, price_per_mtok, tokens_for_budget
+from app.services import billing, quotas
+from app.services.quotas import QuotaSnapshot
+from app.settings import get_settings
+
+
+@dataclass(frozen=True)
+class Admission:
+    hold_micros: int
+    token_budget: int | None
+    quota: QuotaSnapshot | None  # free plan: the quota after this reservation
+
+
+@dataclass(frozen=True)
+class Terms:
+    """What admission would decide, computed without reserving anything."""
+
+    plan: str
+    hold_micros: int
+    token_budget: int | None
+    price_micros: int  # list price of the estimate (what a pro account would pay in full)
+
+
+def admit(
+    session: Session,
+    *,
+    account_id: str,
+    model: str,
+    estimated_tokens: int,
+    source_id: str,
+    max_cost_micros: int | None = None,
+    now: datetime | None = None,
+) -> Admission:
+    """Reserve what a new job needs, inside the caller's creating transaction.
+
+    Call after inserting the job row (source_id = job id): the job's `estimated_tokens`,
+    `token_budget` and `hold_micros` are written here too. Raises
+    InvalidRequest(`model_not_available_on_plan` / `model_not_found` / `max_cost_too_low`),
+    QuotaExceeded (429, Retry-After to the next UTC midnight, quota headers) or
+    InsufficientCredit (402); the caller's rollback then undoes everything."""
+    plan = _plan(session, account_id)
+    terms = quote(plan=plan, model=model, estimated_tokens=estimated_tokens,
+                  max_cost_micros=max_cost_micros)
+    quota = None
+    if plan == "free":
+        quota = quotas.reserve_runs(session, account_id=account_id, runs=1, now=now)
+    elif terms.hold_micros > 0:
+        billing.place_hold(
+            session, account_id=account_id, source_id=source_id, amount_micros=terms.hold_micros,
+            memo=f"hold {source_id} ({model}, {estimated_tokens} tokens)",
+        )
+    session.execute(
+        update(Job)
+        .where(Job.id == source_id)
+        .values(
+            estimated_tokens=estimated_tokens,
+            token_budget=terms.token_budget,
+            hold_micros=terms.hold_micros,
+        )
+    )
+    return Admission(hold_micros=terms.hold_micros, token_budget=terms.token_budget, quota=quota)
+
+
+def quote(
+    *, plan: str, model: str, estimated_tokens: int, max_cost_micros: int | None = None
+) -> Terms:
+    """The terms of a run on `plan` (pure: no database). Raises InvalidRequest when the plan
+    cannot run the model at all or max_cost buys no tokens."""
+    from crma_core.catalog import CATALOG
+
+    if estimated_tokens < 0:
+        raise ValueError("estimated_tokens must be >= 0")
+    entry = CATALOG.get(model)
+    if entry is None:
+        raise InvalidRequest(
+            f"The model {model!r} does not exist.", code="model_not_found", param="model"
+        )
+    price = price_micros(model, estimated_tokens)
+    if plan == "free":
+        if not entry.free_tier:
+            raise InvalidRequest(
+                f"The model {model!r} is not available on the free plan.",
+                code="model_not_available_on_plan",
+                param="model",
+            )
+        return Terms(plan=plan, hold_micros=0, token_budget=get_settings().free_max_tokens_per_run,
+                     price_micros=price)
+    token_budget = None
+    hold = price
+    if max_cost_micros is not None:
+        if max_cost_micros < 0:
+            raise InvalidRequest("max_cost must not be negative.", param="max_cost")
+        hold = min(price, max_cost_micros)
+        if price_per_mtok(model) > 0:
+            token_budget = tokens_for_budget(model, max_cost_micros)
+            if token_budget < 1:
+                raise InvalidRequest(
+                    f"max_cost ${format_usd(max_cost_micros)} does not buy a single token of "
+                    f"{model}.",
+                    code="max_cost_too_low",
+                    param="max_cost",
+                )
+    return Terms(plan=plan, hold_micros=hold, token_budget=token_budget, price_micros=price)
+
+
+@dataclass(frozen=True)
+class Preview:
+    allowed: bool
+    reason: str | None  # error code when not allowed
+    message: str | None
+    terms: Terms | None
+    quota: QuotaSnapshot | None  # free plan: the quota now (nothing reserved)
+    available_micros: int
+
+
+def preview(
+    session: Session,
+    *,
+    account_id: str,
+    model: str,
+    estimated_tokens: list[int],
+    max_cost_micros: int | None = None,
+    now: datetime | None = None,
+) -> Preview:
+    """Would `admit` accept one job per entry of `estimated_tokens` (a continual run has one
+    per stage) right now? Reads only; a concurrent create may still change the answer."""
+    now = now or utcnow()
+    account = session.execute(
+        select(Account.plan, Account.credit_available_micros).where(Account.id == account_id)
+    ).one_or_none()
+    if account is None:
+        raise NotFound(f"No account {account_id!r}")
+    quota = quotas.snapshot(session, account_id=account_id, now=now)
+    try:
+        stage_terms = [
+            quote(plan=account.plan, model=model, estimated_tokens=tokens,
+                  max_cost_micros=max_cost_micros)
+            for tokens in estimated_tokens
+        ]
+    except InvalidRequest as error:
+        if error.code != "model_not_available_on_plan":
+            raise
+        return Preview(False, error.code, error.message, None, quota, account.credit_available_micros)
+    terms = Terms(
+        plan=account.plan,
+        hold_micros=sum(t.hold_micros for t in stage_terms),
+        token_budget=stage_terms[0].token_budget if stage_terms else None,
+        price_micros=sum(t.price_micros for t in stage_terms),
+    )
+    runs = len(estimated_tokens)
+    if quota is not None and quota.remaining < runs:
+        message = (f"The free plan allows {quota.limit} runs per UTC day; this needs {runs} "
+                   f"and {quota.remaining} remain.")
+        return Preview(False, "quota_exceeded", message, terms, quota, account.credit_available_micros)
+    if account.plan != "free" and terms.hold_micros > account.credit_available_micros:
+        message = (f"This needs a hold of ${format_usd(terms.hold_micros)} but only "
+                   f"${format_usd(account.credit_available_micros)} is available.")
+        return Preview(False, "insufficient_credit", message, terms, quota,
+                       account.credit_available_micros)
+    return Preview(True, None, None, terms, quota, account.credit_available_micros)
+
+
+def _plan(session: Session, account_id: str) -> str:
+    plan = session.execute(select(Account.plan).where(Account.id == account_id)).scalar_one_or_none()
+    if plan is None:
+        raise NotFound(f"No account {account_id!r}")
+    return plan

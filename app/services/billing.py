@@ -1,0 +1,292 @@
+"""Prepaid credit as a double-entry ledger (reliability notes 2.2).
+
+Buckets: each account's `available` and `held`; the platform's `funding` (where credit comes
+from) and `revenue` (where captures go), with account_id NULL. Every transaction's entries
+sum to zero, entries are append-only, and `accounts.credit_available_micros` /
+`credit_held_micros` are caches updated in the same database transaction as the entries
+(with CHECK >= 0 as the backstop). `reconcile` rebuilds them from the log.
+
+Postings of a job (source_id = job id), each unique by (source_id, kind), so a replayed
+settlement inserts nothing and moves no money:
+  hold     available -> held      at admission (estimate price, or max_cost if lower)
+  capture  held -> revenue        at the end: price of trained tokens, capped at the hold;
+                                  0 when the job failed through our fault
+  release  held -> available      the rest of the hold
+Services never commit: the caller's transaction makes a hold or a settlement atomic with
+the job's own state change."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from app.db.base import utcnow
+from app.db.models import Account, Job, LedgerEntry, LedgerTransaction
+from app.domain.errors import InsufficientCredit, NotFound
+from app.domain.ids import new_id
+from app.domain.job_state import PLATFORM_FAULT_CODES, is_terminal
+from app.domain.pricing import format_usd, price_micros
+
+AVAILABLE, HELD, REVENUE, FUNDING = "available", "held", "revenue", "funding"
+CREDIT, HOLD, CAPTURE, RELEASE = "credit", "hold", "capture", "release"
+
+# (account_id or None for the platform, bucket, signed amount)
+Leg = tuple[str | None, str, int]
+
+
+def add_credit(
+    session: Session,
+    *,
+    account_id: str,
+    amount_micros: int,
+    memo: str | None = None,
+    source_id: str | None = None,
+) -> LedgerTransaction:
+    """Add prepaid credit (funding -> available). `source_id` (e.g. a payment reference)
+    makes the grant idempotent: a second call with it returns the first transaction and
+    adds nothing. Raises NotFound for an unknown account, ValueError for amount <= 0."""
+    if amount_micros <= 0:
+        raise ValueError("amount_micros must be positive")
+    if session.get(Account, account_id) is None:
+        raise NotFound(f"No account {account_id!r}", param="account_id")
+    tx_id = new_id("ledger_transaction")
+    source = source_id or tx_id
+    posted = _post(
+        session, tx_id=tx_id, account_id=account_id, kind=CREDIT, source_id=source, memo=memo,
+        legs=[(None, FUNDING, -amount_micros), (account_id, AVAILABLE, amount_micros)],
+    )
+    if posted:
+        _move_cached(session, account_id=account_id, available=amount_micros, held=0)
+    return session.execute(
+        select(LedgerTransaction).where(
+            LedgerTransaction.source_id == source, LedgerTransaction.kind == CREDIT
+        )
+    ).scalar_one()
+
+
+def place_hold(
+    session: Session, *, account_id: str, source_id: str, amount_micros: int, memo: str | None = None
+) -> None:
+    """Move `amount_micros` from available to held for `source_id`, or raise
+    InsufficientCredit (402). The balance check is the conditional UPDATE itself, so
+    concurrent holds can never together exceed the available balance."""
+    if amount_micros < 0:
+        raise ValueError("amount_micros must be >= 0")
+    moved = session.execute(
+        update(Account)
+        .where(Account.id == account_id, Account.credit_available_micros >= amount_micros)
+        .values(
+            credit_available_micros=Account.credit_available_micros - amount_micros,
+            credit_held_micros=Account.credit_held_micros + amount_micros,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if moved != 1:
+        available = session.execute(
+            select(Account.credit_available_micros).where(Account.id == account_id)
+        ).scalar_one_or_none()
+        if available is None:
+            raise NotFound(f"No account {account_id!r}", param="account_id")
+        raise InsufficientCredit(
+            f"This job needs a hold of ${format_usd(amount_micros)} but only "
+            f"${format_usd(available)} of credit is available. Add credit, lower the "
+            "epochs, or set max_cost.",
+        )
+    posted = _post(
+        session, tx_id=new_id("ledger_transaction"), account_id=account_id, kind=HOLD,
+        source_id=source_id, memo=memo,
+        legs=[(account_id, AVAILABLE, -amount_micros), (account_id, HELD, amount_micros)],
+    )
+    if not posted:
+        # The cached move above must not stand without its ledger entry.
+        raise ValueError(f"a hold for {source_id!r} already exists")
+
+
+def settle_job(session: Session, *, job_id: str) -> None:
+    """Capture what a terminal job owes and release the rest of its hold; write
+    `job.cost_micros`. Idempotent and safe to replay concurrently: each posting is an
+    INSERT ... ON CONFLICT DO NOTHING on (source_id, kind), and only an inserted posting
+    moves the cached balances. A job without a hold (free plan) only gets cost 0."""
+    job = session.execute(
+        select(Job.account_id, Job.model, Job.status, Job.error, Job.trained_tokens).where(
+            Job.id == job_id
+        )
+    ).one_or_none()
+    if job is None:
+        raise NotFound(f"No job {job_id!r}")
+    if not is_terminal(job.status):
+        raise ValueError(f"job {job_id} is {job.status}; only terminal jobs are settled")
+    hold = _held_amount(session, source_id=job_id, kind=HOLD)
+    captured = 0
+    if hold is not None:
+        captured = _held_amount(session, source_id=job_id, kind=CAPTURE)
+        if captured is None:
+            captured = min(_owed(job), hold)
+            _settle_leg(session, job_id, job.account_id, CAPTURE, captured, REVENUE)
+            # A concurrent settlement may have won the insert; its amount is the truth.
+            captured = _held_amount(session, source_id=job_id, kind=CAPTURE) or 0
+        if _held_amount(session, source_id=job_id, kind=RELEASE) is None:
+            _settle_leg(session, job_id, job.account_id, RELEASE, hold - captured, AVAILABLE)
+    session.execute(
+        update(Job).where(Job.id == job_id).values(cost_micros=captured)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _owed(job) -> int:  # noqa: ANN001 - a Row of settle_job's select
+    code = (job.error or {}).get("code") if isinstance(job.error, dict) else None
+    if job.status == "failed" and code in PLATFORM_FAULT_CODES:
+        return 0
+    return price_micros(job.model, int(job.trained_tokens or 0))
+
+
+def _settle_leg(
+    session: Session, job_id: str, account_id: str, kind: str, amount: int, to_bucket: str
+) -> None:
+    to_account = account_id if to_bucket == AVAILABLE else None
+    posted = _post(
+        session, tx_id=new_id("ledger_transaction"), account_id=account_id, kind=kind,
+        source_id=job_id, memo=f"{kind} {job_id}",
+        legs=[(account_id, HELD, -amount), (to_account, to_bucket, amount)],
+    )
+    if posted:
+        _move_cached(
+            session, account_id=account_id, held=-amount,
+            available=amount if to_bucket == AVAILABLE else 0,
+        )
+
+
+def _post(
+    session: Session,
+    *,
+    tx_id: str,
+    account_id: str,
+    kind: str,
+    source_id: str,
+    memo: str | None,
+    legs: Sequence[Leg],
+) -> bool:
+    """Insert a balanced transaction unless (source_id, kind) exists; True if inserted. A
+    concurrent duplicate blocks on the unique index until the first commits, then no-ops."""
+    if sum(amount for _, _, amount in legs) != 0:
+        raise ValueError(f"unbalanced ledger transaction {kind} {source_id}: {legs}")
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    inserted = session.execute(
+        insert(LedgerTransaction.__table__)
+        .values(
+            id=tx_id, account_id=account_id, kind=kind, source_id=source_id,
+            memo=(memo or None) and memo[:300], created_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["source_id", "kind"])
+        .returning(LedgerTransaction.__table__.c.id)
+    ).scalar_one_or_none()
+    if inserted is None:
+        return False
+    session.execute(
+        LedgerEntry.__table__.insert(),
+        [
+            {"transaction_id": tx_id, "account_id": acct, "bucket": bucket, "amount_micros": amount}
+            for acct, bucket, amount in legs
+        ],
+    )
+    return True
+
+
+def _move_cached(session: Session, *, account_id: str, available: int, held: int) -> None:
+    session.execute(
+        update(Account)
+        .where(Account.id == account_id)
+        .values(
+            credit_available_micros=Account.credit_available_micros + available,
+            credit_held_micros=Account.credit_held_micros + held,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _held_amount(session: Session, *, source_id: str, kind: str) -> int | None:
+    """|amount| of the `held` leg of the (source_id, kind) posting; None if not posted."""
+    row = session.execute(
+        select(LedgerTransaction.id, func.coalesce(func.sum(LedgerEntry.amount_micros), 0))
+        .outerjoin(
+            LedgerEntry,
+            (LedgerEntry.transaction_id == LedgerTransaction.id) & (LedgerEntry.bucket == HELD),
+        )
+        .where(LedgerTransaction.source_id == source_id, LedgerTransaction.kind == kind)
+        .group_by(LedgerTransaction.id)
+    ).one_or_none()
+    return None if row is None else abs(int(row[1]))
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """Cached balances versus what the ledger says (all micro-dollars)."""
+
+    account_id: str
+    cached_available: int
+    ledger_available: int
+    cached_held: int
+    ledger_held: int
+    open_holds: int  # holds of sources not yet released (unsettled jobs)
+    unbalanced_transactions: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.cached_available == self.ledger_available >= 0
+            and self.cached_held == self.ledger_held == self.open_holds >= 0
+            and not self.unbalanced_transactions
+        )
+
+
+def reconcile(session: Session, account_id: str) -> Reconciliation:
+    """Rebuild an account's balances from its ledger and compare them with the caches."""
+    account = session.execute(
+        select(Account.credit_available_micros, Account.credit_held_micros).where(
+            Account.id == account_id
+        )
+    ).one_or_none()
+    if account is None:
+        raise NotFound(f"No account {account_id!r}")
+    sums = dict(
+        session.execute(
+            select(LedgerEntry.bucket, func.sum(LedgerEntry.amount_micros))
+            .where(LedgerEntry.account_id == account_id)
+            .group_by(LedgerEntry.bucket)
+        ).all()
+    )
+    released = (
+        select(LedgerTransaction.source_id)
+        .where(LedgerTransaction.account_id == account_id, LedgerTransaction.kind == RELEASE)
+    )
+    open_holds = session.execute(
+        select(func.coalesce(func.sum(LedgerEntry.amount_micros), 0))
+        .join(LedgerTransaction, LedgerEntry.transaction_id == LedgerTransaction.id)
+        .where(
+            LedgerTransaction.account_id == account_id,
+            LedgerTransaction.kind == HOLD,
+            LedgerEntry.bucket == HELD,
+            LedgerTransaction.source_id.not_in(released),
+        )
+    ).scalar_one()
+    unbalanced = session.scalars(
+        select(LedgerTransaction.id)
+        .outerjoin(LedgerEntry, LedgerEntry.transaction_id == LedgerTransaction.id)
+        .where(LedgerTransaction.account_id == account_id)
+        .group_by(LedgerTransaction.id)
+        .having(func.coalesce(func.sum(LedgerEntry.amount_micros), 0) != 0)
+    ).all()
+    return Reconciliation(
+        account_id=account_id,
+        cached_available=int(account.credit_available_micros),
+        ledger_available=int(sums.get(AVAILABLE) or 0),
+        cached_held=int(account.credit_held_micros),
+        ledger_held=int(sums.get(HELD) or 0),
+        open_holds=int(open_holds),
+        unbalanced_transactions=tuple(unbalanced),
+    )
