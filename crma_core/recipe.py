@@ -1,0 +1,322 @@
+"""Single-task fine-tuning: base model + peft LoRA (+ CRMA), written out step by step.
+
+``Recipe`` wires the reusable pieces (``build_model``, ``crma_core.optim.make_optimizer``,
+``crma_core.loop.train_loop`` / ``evaluate_loss``, checkpoints, artifacts) for one run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from crma_core.artifacts import export_bundle
+from crma_core.callbacks import TrainCallbacks, TrainResult
+from crma_core.checkpoint import load_checkpoint, read_run_settings, save_checkpoint
+from crma_core.clipping import make_clipper
+from crma_core.config import CRMAConfig
+from crma_core.data import eval_batches, load_examples, pack_examples
+from crma_core.errors import CheckpointError, ConfigError, QuantizationUnavailableError
+from crma_core.loop import LoopPlan, LoopState, evaluate_loss, run_evaluation, train_loop
+from crma_core.model import CRMAHandle, attach_crma
+from crma_core.optim import make_optimizer
+from crma_core.settings import LoraSettings, TrainConfig
+
+__all__ = ["Recipe", "LoraSettings", "TrainConfig", "BuiltModel", "build_model",
+           "load_base_model", "load_tokenizer", "lora_config", "optimizer_groups"]
+
+# Settings that do not change the computation, so a resumed run may differ in them.
+_RESUME_MAY_CHANGE = ("device", "checkpoint_every_steps", "checkpoint_every_seconds",
+                      "eval_every", "eval_batch_size", "token_budget")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def load_tokenizer(model_dir: Path):
+    """The model directory's tokenizer (local files only); pad falls back to eos."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True,
+                                              trust_remote_code=False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(model_dir: Path, *, device: str = "cpu", dtype: str = "float32",
+                    quantization: str | None = None) -> nn.Module:
+    """AutoModelForCausalLM from a local directory; never downloads, never runs remote code.
+
+    quantization="nf4" loads 4-bit NF4 weights (bitsandbytes) and needs CUDA.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True,
+                                        trust_remote_code=False)
+    kwargs: dict[str, Any] = {"dtype": _DTYPES[dtype], "local_files_only": True,
+                              "use_safetensors": True,
+                              "trust_remote_code": False}
+    if config.model_type == "gemma2":
+        kwargs["attn_implementation"] = "eager"  # sdpa ignores Gemma-2's logit soft-capping
+    if quantization == "nf4":
+        if not (device.startswith("cuda") and torch.cuda.is_available()):
+            raise QuantizationUnavailableError(
+                "QLoRA (nf4) needs a CUDA GPU; this run is on "
+                f"{device!r}. Use quantization=None to train in {dtype} on this device.")
+        try:
+            import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
+        except ImportError as exc:
+            raise QuantizationUnavailableError(
+                "QLoRA (nf4) needs the bitsandbytes package (pip install '.[gpu]')") from exc
+        compute = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute)
+        kwargs["device_map"] = {"": device}
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    if quantization is None:
+        model.to(device)
+    model.config.use_cache = False
+    return model
+
+
+def lora_config(settings: LoraSettings):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+        target_modules=(list(settings.target_modules)
+                        if isinstance(settings.target_modules, tuple)
+                        else settings.target_modules),
+        init_lora_weights="pissa" if settings.init == "pissa" else True,
+        bias="none", task_type="CAUSAL_LM",
+    )
+
+
+@dataclass
+class BuiltModel:
+    """A trainable model: ``model`` is the PeftModel, ``crma`` the handle (or None)."""
+
+    model: nn.Module
+    tokenizer: Any
+    crma: CRMAHandle | None
+    family: str
+
+
+def build_model(model_dir: Path, *, lora: LoraSettings, crma: CRMAConfig | None,
+                device: str = "cpu", dtype: str = "float32",
+                gradient_checkpointing: bool = False, seed: int = 0) -> BuiltModel:
+    """Frozen base + peft LoRA + optional CRMA on every decoder layer.
+
+    Seeds torch's global RNG with ``seed`` first so LoRA and CRMA start the same every time.
+    """
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    torch.manual_seed(seed)
+    tokenizer = load_tokenizer(model_dir)
+    base = load_base_model(model_dir, device=device, dtype=dtype,
+                           quantization=lora.quantization)
+    if lora.quantization is not None:
+        base = prepare_model_for_kbit_training(
+            base, use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(base, lora_config(lora))
+    handle = attach_crma(model, crma, seed=seed) if crma is not None else None
+    return BuiltModel(model=model, tokenizer=tokenizer, crma=handle,
+                      family=base.config.model_type)
+
+
+def optimizer_groups(model: nn.Module, crma: CRMAHandle | None) -> dict[str, list[nn.Parameter]]:
+    """{"main": LoRA + CRMA read/write, "mix": log_mix, "gate": _log_alpha}; base excluded."""
+    main = [p for _, p in model.named_parameters() if p.requires_grad]
+    groups = {"main": main, "mix": [], "gate": []}
+    if crma is not None:
+        crma_groups = crma.parameter_groups()
+        groups["main"] = main + crma_groups["main"]
+        groups["mix"] = crma_groups["mix"]
+        groups["gate"] = crma_groups["gate"]
+    return groups
+
+
+class Recipe:
+    """One single-task run: ``setup()``, ``train()``, ``save_checkpoint()``,
+    ``export_artifacts()``, ``cleanup()``. See the module docstring for the pieces."""
+
+    def __init__(self, *, model_dir: Path, train_file: Path, validation_file: Path | None = None,
+                 crma: CRMAConfig | None = CRMAConfig(), lora: LoraSettings = LoraSettings(),
+                 train: TrainConfig = TrainConfig(),
+                 callbacks: TrainCallbacks | None = None):
+        if lora.init == "pissa" and lora.quantization is not None:
+            raise ConfigError("PiSSA with NF4 quantization is not supported here")
+        self.model_dir = Path(model_dir)
+        self.train_file = Path(train_file)
+        self.validation_file = Path(validation_file) if validation_file else None
+        self.crma_config = crma
+        self.lora = lora
+        self.train_config = train
+        self.callbacks = callbacks or TrainCallbacks()
+        self.built: BuiltModel | None = None
+        self.state = LoopState()
+        self._workdir: Path | None = None
+        self._pissa_init: Path | None = None
+
+    # -- setup ------------------------------------------------------------------------------
+    def run_settings(self) -> dict[str, Any]:
+        """The settings a checkpoint must agree with to be resumed by this recipe."""
+        return {
+            "crma": self.crma_config.to_dict() if self.crma_config else None,
+            "lora": self.lora.to_dict(),
+            "train": {k: v for k, v in self.train_config.to_dict().items()
+                      if k not in _RESUME_MAY_CHANGE},
+        }
+
+    def setup(self, resume_from: Path | None = None) -> None:
+        """Load data and model, build optimizer and clipper; optionally resume a checkpoint."""
+        cfg = self.train_config
+        self._workdir = Path(tempfile.mkdtemp(prefix="crma-recipe-"))
+        self.built = build_model(self.model_dir, lora=self.lora, crma=self.crma_config,
+                                 device=cfg.device, dtype=cfg.dtype,
+                                 gradient_checkpointing=cfg.gradient_checkpointing,
+                                 seed=cfg.seed)
+        tokenizer = self.built.tokenizer
+        rows, self.train_info = load_examples(self.train_file, tokenizer,
+                                              max_seq_len=cfg.max_seq_len)
+        self.rows = pack_examples(rows, cfg.max_seq_len) if cfg.packing else rows
+        self.val_batches = None
+        if self.validation_file is not None:
+            val_rows, self.val_info = load_examples(self.validation_file, tokenizer,
+                                                    max_seq_len=cfg.max_seq_len)
+            self.val_batches = eval_batches(val_rows, batch_size=cfg.eval_batch_size or cfg.batch_size,
+                                            pad_id=tokenizer.pad_token_id)
+        if self.lora.init == "pissa":
+            self._save_pissa_init()
+        groups = optimizer_groups(self.built.model, self.built.crma)
+        self.optimizer = make_optimizer(**groups, lr_main=cfg.lr_main, lr_mix=cfg.lr_mix,
+                                        lr_gate=cfg.lr_gate, weight_decay=cfg.weight_decay)
+        self.clipper = make_clipper(cfg.clip, cfg.max_grad_norm)
+        self.plan = LoopPlan(
+            epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+            pad_id=tokenizer.pad_token_id, max_steps=cfg.max_steps,
+            token_budget=cfg.token_budget, eval_every=cfg.eval_every,
+            checkpoint_every_steps=cfg.checkpoint_every_steps,
+            checkpoint_every_seconds=cfg.checkpoint_every_seconds,
+            lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps)
+        self.state = LoopState()
+        if resume_from is not None:
+            saved = read_run_settings(Path(resume_from))
+            if saved != self.run_settings():
+                raise CheckpointError("checkpoint was written with different settings: "
+                                      f"{_diff(saved, self.run_settings())}")
+            self.state = load_checkpoint(Path(resume_from), model=self.built.model,
+                                         crma=self.built.crma, optimizer=self.optimizer,
+                                         clipper=self.clipper)
+
+    def _save_pissa_init(self) -> None:
+        # The initial PiSSA adapter, needed to convert the trained one into a plain LoRA.
+        model = self.built.model
+        self._pissa_init = self._workdir / "pissa_init"
+        config = model.peft_config["default"]
+        config.init_lora_weights = True
+        model.save_pretrained(str(self._pissa_init), safe_serialization=True)
+        config.init_lora_weights = "pissa"
+
+    def _require_setup(self) -> BuiltModel:
+        if self.built is None:
+            raise RuntimeError("call setup() first")
+        return self.built
+
+    # -- training ---------------------------------------------------------------------------
+    def evaluate(self) -> float:
+        """Validation loss of the current model (mean response-token cross-entropy)."""
+        if self.val_batches is None:
+            raise ValueError("no validation file")
+        return evaluate_loss(self._require_setup().model, self.val_batches)
+
+    def train(self) -> TrainResult:
+        """Run until done, stopped or out of budget; see TrainResult.stop_reason."""
+        built = self._require_setup()
+        crma_stats = built.crma.stats if built.crma is not None else None
+        reason = train_loop(
+            model=built.model, rows=self.rows, optimizer=self.optimizer, clipper=self.clipper,
+            state=self.state, plan=self.plan, callbacks=self.callbacks, crma_stats=crma_stats,
+            evaluate=self.evaluate if self.val_batches is not None else None,
+            checkpoint=self._emit_checkpoint if self.callbacks.on_checkpoint else None,
+        )
+        if self.val_batches is not None and self.state.step and \
+                self.state.last_eval_step != self.state.step:
+            run_evaluation(self.evaluate, self.state, self.callbacks)
+        return TrainResult(
+            stop_reason=reason, steps=self.state.step, trained_tokens=self.state.trained_tokens,
+            final_train_loss=self.state.last_loss, final_val_loss=self.state.last_val_loss,
+            peak_grad_norm=self.state.grad_norm_peak, mean_grad_norm=self.state.mean_grad_norm,
+        )
+
+    def _emit_checkpoint(self, state: LoopState) -> None:
+        directory = Path(tempfile.mkdtemp(prefix=f"crma-ckpt-{state.step}-"))
+        try:
+            self.save_checkpoint(directory)
+            self.callbacks.on_checkpoint(state.step, directory)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def save_checkpoint(self, directory: Path) -> Path:
+        """Everything needed to resume bit-for-bit (safetensors + JSON only)."""
+        built = self._require_setup()
+        return save_checkpoint(Path(directory), model=built.model, crma=built.crma,
+                               optimizer=self.optimizer, clipper=self.clipper, state=self.state,
+                               run=self.run_settings())
+
+    # -- output -----------------------------------------------------------------------------
+    def export_artifacts(self, out_dir: Path) -> dict[str, Any]:
+        """Write the adapter bundle (see crma_core.artifacts) and return its manifest."""
+        built = self._require_setup()
+        info = {
+            "base_model": {"family": built.family, "dir_name": self.model_dir.name},
+            "crma": self.crma_config.to_dict() if self.crma_config else None,
+            "crma_parameters": built.crma.num_parameters() if built.crma else 0,
+            "lora": self.lora.to_dict(),
+            "train": self.train_config.to_dict(),
+            "steps": self.state.step,
+            "trained_tokens": self.state.trained_tokens,
+            "final_train_loss": self.state.last_loss,
+            "final_val_loss": self.state.last_val_loss,
+            "peak_grad_norm": self.state.grad_norm_peak,
+            "mean_grad_norm": self.state.mean_grad_norm,
+        }
+        return export_bundle(Path(out_dir), model=built.model, crma=built.crma,
+                             history=self.state.history, info=info,
+                             pissa_init_dir=self._pissa_init,
+                             base_model_name=self.model_dir.name)
+
+    def cleanup(self) -> None:
+        """Unhook CRMA, drop the model and optimizer, delete temporary files."""
+        if self.built is not None and self.built.crma is not None:
+            self.built.crma.remove()
+        self.built = None
+        self.optimizer = None
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> str:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            sub = _diff(x, y, f"{prefix}{key}.")
+            if sub:
+                out.append(sub)
+        elif x != y:
+            out.append(f"{prefix}{key}: {x!r} vs {y!r}")
+    return ", ".join(out)
+
