@@ -75,6 +75,27 @@ class Settings(BaseSettings):
     worker_device: str = "cpu"
     worker_queues: str = "small,large"
 
+    # Worker part (worker/, app/services/leases.py, app/services/outbox.py)
+    # Redis `global_keyprefix` for every key Celery/kombu writes: tests get a namespace each.
+    broker_key_prefix: str = ""
+    # Hard time limit per training queue; the soft limit (hard - margin) checkpoints and
+    # hands the job back to the queue so the next attempt resumes (worker/runner.py).
+    worker_time_limit_s: dict[str, float] = Field(
+        default_factory=lambda: {"small": 6 * 3600.0, "large": 48 * 3600.0}
+    )
+    worker_soft_time_margin_s: float = 300.0
+    # Celery's soft shutdown window on SIGTERM (Celery >= 5.5).
+    worker_shutdown_grace_s: float = 60.0
+    # A free account runs one job at a time; its other jobs are re-offered after this delay.
+    free_busy_retry_s: float = 15.0
+    relay_interval_s: float = 0.5
+    relay_batch_size: int = 100
+    # Idle workers are pinged through their own queue this often (proves they consume).
+    worker_ping_interval_s: float = 60.0
+    # Tests only: sleep this long after every optimizer step so a tiny job lasts long enough
+    # to be killed or cancelled mid-way. Never set in production (it only slows training).
+    worker_step_delay_s: float = 0.0
+
     @property
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()

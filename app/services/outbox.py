@@ -1,0 +1,96 @@
+"""The transactional outbox: rows written in the same transaction as the state they announce,
+relayed to Celery after commit (worker/relay.py). Celery only rings the doorbell; a row
+published twice is harmless because the worker's lease claim lets one delivery through.
+
+Delivery is at-least-once: a relay that publishes and then dies before its commit leaves the
+row unpublished and it is sent again. Two relays never publish the same row concurrently:
+`claim_pending` takes the rows with `FOR UPDATE SKIP LOCKED` on PostgreSQL (the other relay
+skips them) and with a write on SQLite (SQLite has one writer, so the other relay waits and
+then finds them published)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.db.models import OutboxMessage
+from app.services.leases import db_now
+
+RUN_JOB_TASK = "crma.run_job"
+
+
+@dataclass(frozen=True)
+class PendingMessage:
+    id: int
+    task: str
+    queue: str
+    payload: dict[str, Any]
+
+
+def enqueue(
+    session: Session,
+    *,
+    task: str,
+    queue: str,
+    payload: dict[str, Any],
+    delay_s: float = 0.0,
+    now: datetime | None = None,
+) -> None:
+    """Add a row; it becomes publishable `delay_s` seconds from now."""
+    now = now or db_now(session)
+    session.add(
+        OutboxMessage(
+            task=task, queue=queue, payload=payload, created_at=now,
+            available_at=now + timedelta(seconds=delay_s), attempts=0,
+        )
+    )
+    session.flush()
+
+
+def claim_pending(session: Session, *, limit: int) -> list[PendingMessage]:
+    """Lock up to `limit` publishable rows for this transaction (oldest first) and count the
+    attempt. The caller publishes them, calls `mark_published`, and commits."""
+    now = db_now(session)
+    candidates = (
+        select(OutboxMessage.id)
+        .where(OutboxMessage.published_at.is_(None), OutboxMessage.available_at <= now)
+        .order_by(OutboxMessage.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    rows = session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id.in_(candidates.scalar_subquery()),
+               OutboxMessage.published_at.is_(None))
+        .values(attempts=OutboxMessage.attempts + 1)
+        .returning(OutboxMessage.id, OutboxMessage.task, OutboxMessage.queue,
+                   OutboxMessage.payload)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return sorted((PendingMessage(r.id, r.task, r.queue, dict(r.payload)) for r in rows),
+                  key=lambda m: m.id)
+
+
+def mark_published(session: Session, *, ids: list[int]) -> None:
+    if not ids:
+        return
+    session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id.in_(ids))
+        .values(published_at=db_now(session))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def count_pending(session: Session) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).select_from(OutboxMessage)
+            .where(OutboxMessage.published_at.is_(None))
+        ) or 0
+    )

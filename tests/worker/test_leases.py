@@ -1,0 +1,237 @@
+"""The lease SQL on PostgreSQL: claim, heartbeat, fence, requeue, free-tier exclusivity,
+continual-stage ordering, and claims racing from many threads."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from app.db.base import utcnow
+from app.db.models import Job, JobEvent, OutboxMessage
+from app.services import leases
+from tests.worker.factories import expire_lease, job_row, make_account, make_continual_run, make_job
+
+pytestmark = pytest.mark.integration
+
+TTL = 30.0
+
+
+def _claim(tx, job_id: str, owner: str = "w1", max_attempts: int = 3) -> leases.Claim:
+    with tx() as s:
+        return leases.claim_job(s, job_id=job_id, owner=owner, lease_ttl_s=TTL,
+                                max_attempts=max_attempts)
+
+
+def _outbox_rows(s, job_id: str) -> int:
+    return s.scalar(select(func.count()).select_from(OutboxMessage)
+                    .where(OutboxMessage.payload["job_id"].as_string() == job_id))
+
+
+def _columns(job: Job) -> dict:
+    return {attr.key: getattr(job, attr.key) for attr in Job.__mapper__.column_attrs}
+
+
+def test_claim_sets_lease_and_bumps_attempt(tx) -> None:
+    with tx() as s:
+        job_id = make_job(s, account_id=make_account(s))
+    before = utcnow()
+    claim = _claim(tx, job_id, owner="host/1")
+    assert claim == leases.Claim("claimed", 1)
+    with tx() as s:
+        job = job_row(s, job_id)
+        assert (job.status, job.attempt, job.lease_owner) == ("running", 1, "host/1")
+        assert before + timedelta(seconds=TTL - 1) < job.lease_expires_at
+        assert job.lease_expires_at < utcnow() + timedelta(seconds=TTL + 1)
+        assert job.started_at is not None and job.heartbeat_at is not None
+
+
+def test_duplicate_claim_is_skipped_and_writes_nothing(tx) -> None:
+    with tx() as s:
+        job_id = make_job(s, account_id=make_account(s))
+    assert _claim(tx, job_id).outcome == "claimed"
+    with tx() as s:
+        snapshot = _columns(job_row(s, job_id))
+    assert _claim(tx, job_id, owner="w2") == leases.Claim("skipped")
+    with tx() as s:
+        assert _columns(job_row(s, job_id)) == snapshot
+        assert s.scalar(select(func.count()).select_from(JobEvent)
+                        .where(JobEvent.job_id == job_id)) == 0
+
+
+def test_claims_racing_from_many_threads_let_one_through(tx) -> None:
+    with tx() as s:
+        job_id = make_job(s, account_id=make_account(s))
+    results: list[leases.Claim] = []
+    barrier = threading.Barrier(8)
+
+    def claim(i: int) -> None:
+        barrier.wait()
+        results.append(_claim(tx, job_id, owner=f"w{i}"))
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.outcome for r in results) == ["claimed"] + ["skipped"] * 7
+    with tx() as s:
+        assert job_row(s, job_id).attempt == 1
+
+
+def test_heartbeat_extends_lease_and_reports_cancel(tx) -> None:
+    with tx() as s:
+        job_id = make_job(s, account_id=make_account(s), token_budget=500)
+    attempt = _claim(tx, job_id).attempt
+    with tx() as s:
+        expire_lease(s, job_id, seconds_ago=-1)  # 1 s left
+    with tx() as s:
+        beat = leases.heartbeat(s, job_id=job_id, attempt=attempt, lease_ttl_s=TTL,
+                                trained_tokens=123)
+    assert beat == leases.Beat(cancel_requested=False, token_budget=500)
+    with tx() as s:
+        job = job_row(s, job_id)
+        assert job.lease_expires_at > utcnow() + timedelta(seconds=TTL - 2)
+        assert job.trained_tokens == 123
+        s.execute(update(Job).where(Job.id == job_id).values(cancel_requested_at=utcnow()))
+    with tx() as s:
+        assert leases.heartbeat(s, job_id=job_id, attempt=attempt,
+                                lease_ttl_s=TTL).cancel_requested is True
+
+
+def test_expired_lease_is_taken_over_and_the_stale_attempt_is_fenced_out(tx) -> None:
+    with tx() as s:
+        job_id = make_job(s, account_id=make_account(s))
+    first = _claim(tx, job_id, owner="old").attempt
+    with tx() as s:
+        assert leases.record_checkpoint_step(s, job_id=job_id, attempt=first, step=10,
+                                             trained_tokens=100)
+    # A live lease cannot be taken over.
+    assert _claim(tx, job_id, owner="new").outcome == "skipped"
+    with tx() as s:
+        expire_lease(s, job_id)
+    second = _claim(tx, job_id, owner="new").attempt
+    assert (first, second) == (1, 2)
+    with tx() as s:
+        assert leases.heartbeat(s, job_id=job_id, attempt=first, lease_ttl_s=TTL) is None
+        assert not leases.fenced_update(s, job_id=job_id, attempt=first,
+                                        values={"trained_tokens": 999})
+        assert not leases.record_checkpoint_step(s, job_id=job_id, attempt=first, step=20,
+                                                 trained_tokens=999)
+        assert leases.heartbeat(s, job_id=job_id, attempt=second, lease_ttl_s=TTL) is not None
+    with tx() as s:
+        job = job_row(s, job_id)
+        assert (job.attempt, job.lease_owner, job.last_checkpoint_step, job.trained_tokens) == \
+            (2, "new", 10, 100)
+
+
+def test_checkpoint_pointer_only_moves_forward(tx) -> None:
+    with tx() as s:
+        job_id = make_job(s, account_id=make_account(s))
+    attempt = _claim(tx, job_id).attempt
+    with tx() as s:
+        assert leases.record_checkpoint_step(s, job_id=job_id, attempt=attempt, step=20,
+                                             trained_tokens=200)
+        assert not leases.record_checkpoint_step(s, job_id=job_id, attempt=attempt, step=10,
+                                                 trained_tokens=100)
+    with tx() as s:
+        assert job_row(s, job_id).last_checkpoint_step == 20
+
+
+def test_no_claim_after_max_attempts(tx) -> None:
+    with tx() as s:
+        job_id = make_job(s, account_id=make_account(s), status="running", attempt=3,
+                          lease_expires_at=utcnow() - timedelta(seconds=5))
+    assert _claim(tx, job_id, max_attempts=3) == leases.Claim("skipped")
+
+
+def test_requeue_hands_the_job_back_with_an_outbox_row(tx) -> None:
+    with tx() as s:
+        job_id = make_job(s, account_id=make_account(s), queue="large")
+    attempt = _claim(tx, job_id).attempt
+    with tx() as s:
+        assert not leases.requeue_job(s, job_id=job_id, attempt=attempt + 1, queue="large")
+        assert leases.requeue_job(s, job_id=job_id, attempt=attempt, queue="large")
+    with tx() as s:
+        job = job_row(s, job_id)
+        assert (job.status, job.lease_owner, job.lease_expires_at) == ("queued", None, None)
+        row = s.execute(select(OutboxMessage).where(
+            OutboxMessage.payload["job_id"].as_string() == job_id)).scalar_one()
+        assert (row.task, row.queue, row.published_at) == ("crma.run_job", "large", None)
+    assert _claim(tx, job_id) == leases.Claim("claimed", 2)
+
+
+def test_free_account_runs_one_job_at_a_time(tx) -> None:
+    with tx() as s:
+        account = make_account(s, plan="free")
+        first = make_job(s, account_id=account)
+        second = make_job(s, account_id=account)
+        other_account_job = make_job(s, account_id=make_account(s, plan="free"))
+    assert _claim(tx, first).outcome == "claimed"
+    assert _claim(tx, second) == leases.Claim("busy")
+    assert _claim(tx, other_account_job).outcome == "claimed"
+    with tx() as s:
+        assert job_row(s, second).status == "queued"
+        s.execute(update(Job).where(Job.id == first).values(status="succeeded"))
+    assert _claim(tx, second).outcome == "claimed"
+
+
+def test_free_account_claims_racing_start_only_one_job(tx) -> None:
+    with tx() as s:
+        account = make_account(s, plan="free")
+        jobs = [make_job(s, account_id=account) for _ in range(4)]
+    results: dict[str, str] = {}
+    barrier = threading.Barrier(len(jobs))
+
+    def claim(job_id: str) -> None:
+        barrier.wait()
+        results[job_id] = _claim(tx, job_id).outcome
+
+    threads = [threading.Thread(target=claim, args=(j,)) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results.values()) == ["busy", "busy", "busy", "claimed"]
+
+
+def test_pro_account_jobs_run_in_parallel(tx) -> None:
+    with tx() as s:
+        account = make_account(s)
+        jobs = [make_job(s, account_id=account) for _ in range(2)]
+    assert [_claim(tx, j).outcome for j in jobs] == ["claimed", "claimed"]
+
+
+def test_continual_stage_waits_for_its_predecessors(tx) -> None:
+    with tx() as s:
+        _, (stage0, stage1, _) = make_continual_run(s, account_id=make_account(s))
+    assert _claim(tx, stage1) == leases.Claim("skipped")
+    assert _claim(tx, stage0).outcome == "claimed"
+    with tx() as s:
+        s.execute(update(Job).where(Job.id == stage0).values(status="succeeded"))
+    assert _claim(tx, stage1).outcome == "claimed"
+
+
+def test_offer_once_wins_among_racing_callers(tx) -> None:
+    with tx() as s:
+        job_id = make_job(s, account_id=make_account(s),
+                          queued_at=utcnow() - timedelta(minutes=10))
+    cutoff = utcnow() - timedelta(minutes=5)
+    won: list[bool] = []
+    barrier = threading.Barrier(6)
+
+    def offer() -> None:
+        barrier.wait()
+        with tx() as s:
+            won.append(leases.offer_job(s, job_id=job_id, queue="small", not_offered_since=cutoff))
+
+    threads = [threading.Thread(target=offer) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(won) == [False] * 5 + [True]
+    with tx() as s:
+        assert _outbox_rows(s, job_id) == 1

@@ -1,0 +1,44 @@
+"""Celery tasks: a few lines each, take an id, call the code that does the work. Only ids and
+small JSON cross the broker."""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from app.settings import get_settings
+from worker.celery_app import PING, REAP, RELAY_OUTBOX, RUN_JOB, app
+
+# Transient failures of the short maintenance tasks: database or broker connection errors.
+TRANSIENT = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
+MAINTENANCE = dict(
+    acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT, retry_backoff=True,
+    retry_backoff_max=30, retry_jitter=True, max_retries=5,
+)
+
+
+@app.task(name=RUN_JOB, bind=True, acks_late=False)
+def run_job(self, job_id: str) -> str:
+    from worker.runner import run_job as run
+
+    return run(job_id=job_id, settings=get_settings(), worker_name=self.request.hostname or "")
+
+
+@app.task(name=RELAY_OUTBOX, **MAINTENANCE)
+def relay_outbox() -> int:
+    from worker.relay import relay_once
+
+    return relay_once(settings=get_settings(), celery=app)
+
+
+@app.task(name=REAP, **MAINTENANCE)
+def reap() -> dict:
+    from worker.reaper import reap_once
+
+    return reap_once(settings=get_settings(), celery=app).as_dict()
+
+
+@app.task(name=PING, bind=True, **MAINTENANCE)
+def worker_ping(self) -> None:
+    from worker.liveness import record_consumed
+
+    record_consumed(settings=get_settings(), worker_name=self.request.hostname or "")
