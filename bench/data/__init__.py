@@ -1,0 +1,1 @@
+"""Offline domain-text pipeline for the continual-learning benchmark."""
