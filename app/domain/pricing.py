@@ -74,3 +74,15 @@ def _settings_prices() -> Mapping[str, int]:
     from app.settings import get_settings
 
     return get_settings().prices_micros_per_mtok
+
+
+def expected_duration_s(
+    model: str, tokens: int, *, throughput: Mapping[str, int] | None = None
+) -> int:
+    """Seconds to train `tokens` at the model's typical throughput (settings), rounded up."""
+    if throughput is None:
+        from app.settings import get_settings
+
+        throughput = get_settings().throughput_tokens_per_s
+    rate = max(1, int(throughput.get(model, 1_000)))
+    return -(-max(0, tokens) // rate)

@@ -127,6 +127,7 @@ def quote(
 
 @dataclass(frozen=True)
 class Preview:
+    plan: str
     allowed: bool
     reason: str | None  # error code when not allowed
     message: str | None
@@ -153,6 +154,12 @@ def preview(
     if account is None:
         raise NotFound(f"No account {account_id!r}")
     quota = quotas.snapshot(session, account_id=account_id, now=now)
+
+    def answer(allowed: bool, reason: str | None, message: str | None,
+               terms: Terms | None) -> Preview:
+        return Preview(plan=account.plan, allowed=allowed, reason=reason, message=message,
+                       terms=terms, quota=quota, available_micros=account.credit_available_micros)
+
     try:
         stage_terms = [
             quote(plan=account.plan, model=model, estimated_tokens=tokens,
@@ -162,7 +169,7 @@ def preview(
     except InvalidRequest as error:
         if error.code != "model_not_available_on_plan":
             raise
-        return Preview(False, error.code, error.message, None, quota, account.credit_available_micros)
+        return answer(False, error.code, error.message, None)
     terms = Terms(
         plan=account.plan,
         hold_micros=sum(t.hold_micros for t in stage_terms),
@@ -171,19 +178,82 @@ def preview(
     )
     runs = len(estimated_tokens)
     if quota is not None and quota.remaining < runs:
-        message = (f"The free plan allows {quota.limit} runs per UTC day; this needs {runs} "
-                   f"and {quota.remaining} remain.")
-        return Preview(False, "quota_exceeded", message, terms, quota, account.credit_available_micros)
+        return answer(False, "quota_exceeded", (
+            f"The free plan allows {quota.limit} runs per UTC day; this needs {runs} and "
+            f"{quota.remaining} remain."), terms)
     if account.plan != "free" and terms.hold_micros > account.credit_available_micros:
-        message = (f"This needs a hold of ${format_usd(terms.hold_micros)} but only "
-                   f"${format_usd(account.credit_available_micros)} is available.")
-        return Preview(False, "insufficient_credit", message, terms, quota,
-                       account.credit_available_micros)
-    return Preview(True, None, None, terms, quota, account.credit_available_micros)
+        return answer(False, "insufficient_credit", (
+            f"This needs a hold of ${format_usd(terms.hold_micros)} but only "
+            f"${format_usd(account.credit_available_micros)} is available."), terms)
+    return answer(True, None, None, terms)
 
 
 def _plan(session: Session, account_id: str) -> str:
-    plan = session.execute(select(Account.plan).where(Account.id == account_id)).scalar_one_or_none()
+    plan = session.execute(
+        select(Account.plan).where(Account.id == account_id)
+    ).scalar_one_or_none()
     if plan is None:
         raise NotFound(f"No account {account_id!r}")
     return plan
+
+
+@dataclass(frozen=True)
+class StageEstimate:
+    name: str | None
+    n_epochs: int
+    estimated_tokens: int
+    trained_tokens: int  # capped by the token budget
+    token_budget: int | None
+    expected_duration_s: int
+
+
+@dataclass(frozen=True)
+class Estimate:
+    model: str
+    stages: list[StageEstimate]
+    preview: Preview
+    price_micros: int  # held and at most charged (0 on the free plan)
+    list_price_micros: int
+
+    @property
+    def estimated_tokens(self) -> int:
+        return sum(s.estimated_tokens for s in self.stages)
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(s.trained_tokens for s in self.stages)
+
+    @property
+    def expected_duration_s(self) -> int:
+        return sum(s.expected_duration_s for s in self.stages)
+
+
+def estimate(
+    session: Session,
+    *,
+    account_id: str,
+    model: str,
+    stages: list[tuple[str | None, int, int]],
+    max_cost_micros: int | None = None,
+    now: datetime | None = None,
+) -> Estimate:
+    """What a job (one stage) or a continual run (one stage per domain) would train, cost
+    and take, and whether it would be admitted now. `stages` holds (name, n_epochs,
+    estimated_tokens). Reserves nothing."""
+    from app.domain.pricing import expected_duration_s
+
+    seen = preview(session, account_id=account_id, model=model,
+                   estimated_tokens=[tokens for _, _, tokens in stages],
+                   max_cost_micros=max_cost_micros, now=now)
+    budget = seen.terms.token_budget if seen.terms else None
+    if seen.terms is None and seen.quota is not None:  # model not on the free plan
+        budget = get_settings().free_max_tokens_per_run
+    rows = []
+    for name, epochs, tokens in stages:
+        trained = tokens if budget is None else min(tokens, budget)
+        rows.append(StageEstimate(name, epochs, tokens, trained, budget,
+                                  expected_duration_s(model, trained)))
+    list_price = price_micros(model, sum(tokens for _, _, tokens in stages))
+    held = seen.terms.hold_micros if seen.terms else 0
+    return Estimate(model=model, stages=rows, preview=seen, price_micros=held,
+                    list_price_micros=list_price)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -29,7 +30,7 @@ from app.db.base import utcnow
 from app.db.models import Account, Job, LedgerEntry, LedgerTransaction
 from app.domain.errors import InsufficientCredit, NotFound
 from app.domain.ids import new_id
-from app.domain.job_state import PLATFORM_FAULT_CODES, is_terminal
+from app.domain.job_state import PLATFORM_FAULT_CODES, TERMINAL, is_terminal
 from app.domain.pricing import format_usd, price_micros
 
 AVAILABLE, HELD, REVENUE, FUNDING = "available", "held", "revenue", "funding"
@@ -70,7 +71,12 @@ def add_credit(
 
 
 def place_hold(
-    session: Session, *, account_id: str, source_id: str, amount_micros: int, memo: str | None = None
+    session: Session,
+    *,
+    account_id: str,
+    source_id: str,
+    amount_micros: int,
+    memo: str | None = None,
 ) -> None:
     """Move `amount_micros` from available to held for `source_id`, or raise
     InsufficientCredit (402). The balance check is the conditional UPDATE itself, so
@@ -290,3 +296,81 @@ def reconcile(session: Session, account_id: str) -> Reconciliation:
         open_holds=int(open_holds),
         unbalanced_transactions=tuple(unbalanced),
     )
+
+
+# -- Reads for the billing endpoints ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Balance:
+    account_id: str
+    plan: str
+    available_micros: int
+    held_micros: int
+
+
+def balance(session: Session, *, account_id: str) -> Balance:
+    row = session.execute(
+        select(Account.plan, Account.credit_available_micros, Account.credit_held_micros)
+        .where(Account.id == account_id)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"No account {account_id!r}")
+    return Balance(account_id, row.plan, int(row.credit_available_micros),
+                   int(row.credit_held_micros))
+
+
+def list_transactions(
+    session: Session, *, account_id: str, after: str | None, limit: int
+) -> tuple[list[tuple[LedgerTransaction, list[LedgerEntry]]], bool]:
+    """The account's ledger transactions, newest first, each with all of its entries (the
+    platform legs included, so each listed transaction visibly sums to zero)."""
+    from app.services.pagination import page
+
+    statement = select(LedgerTransaction).where(LedgerTransaction.account_id == account_id)
+    transactions, has_more = page(session, statement, LedgerTransaction, after=after, limit=limit)
+    entries: dict[str, list[LedgerEntry]] = {t.id: [] for t in transactions}
+    if entries:
+        for entry in session.scalars(
+            select(LedgerEntry)
+            .where(LedgerEntry.transaction_id.in_(entries))
+            .order_by(LedgerEntry.id)
+        ):
+            entries[entry.transaction_id].append(entry)
+    return [(t, entries[t.id]) for t in transactions], has_more
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    day: date
+    model: str
+    jobs: int
+    trained_tokens: int
+    cost_micros: int
+
+
+def usage(session: Session, *, account_id: str, start: date, end: date) -> list[UsageRow]:
+    """Trained tokens and cost of the account's finished jobs (continual stages included) per
+    UTC day of `finished_at` and model, for start <= day <= end. Aggregated here rather than
+    in SQL because day truncation differs between PostgreSQL and SQLite."""
+    lower = datetime.combine(start, time(), tzinfo=UTC)
+    upper = datetime.combine(end + timedelta(days=1), time(), tzinfo=UTC)
+    rows = session.execute(
+        select(Job.finished_at, Job.model, Job.trained_tokens, Job.cost_micros).where(
+            Job.account_id == account_id,
+            Job.status.in_([s.value for s in TERMINAL]),
+            Job.finished_at >= lower,
+            Job.finished_at < upper,
+        )
+    ).all()
+    buckets: dict[tuple[date, str], list[int]] = {}
+    for finished_at, model, tokens, cost in rows:
+        day = (finished_at if finished_at.tzinfo else finished_at.replace(tzinfo=UTC))
+        bucket = buckets.setdefault((day.astimezone(UTC).date(), model), [0, 0, 0])
+        bucket[0] += 1
+        bucket[1] += int(tokens or 0)
+        bucket[2] += int(cost or 0)
+    return [
+        UsageRow(day=day, model=model, jobs=n, trained_tokens=tokens, cost_micros=cost)
+        for (day, model), (n, tokens, cost) in sorted(buckets.items())
+    ]

@@ -56,7 +56,9 @@ def quota_headers(snapshot: QuotaSnapshot | None) -> dict[str, str]:
     }
 
 
-def snapshot(session: Session, *, account_id: str, now: datetime | None = None) -> QuotaSnapshot | None:
+def snapshot(
+    session: Session, *, account_id: str, now: datetime | None = None
+) -> QuotaSnapshot | None:
     """The account's free-run quota right now (None for a paid plan). Reads only."""
     now = now or utcnow()
     row = session.execute(
