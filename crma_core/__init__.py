@@ -11,7 +11,7 @@ import importlib
 # name -> submodule that defines it
 _LAZY = {
     "CRMAConfig": "crma_core.config",
-    "sinkhorn": "crma_core.sinkhorn",
+    "sinkhorn": "crma_core.mixing",
     "CRMALayer": "crma_core.layer",
     "CRMAHandle": "crma_core.model",
     "attach_crma": "crma_core.model",

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from crma_core.config import CRMAConfig
-from crma_core.sinkhorn import sinkhorn
+from crma_core.mixing import sinkhorn
 
 
 def _torch_dtype(name: str) -> torch.dtype:

@@ -1,4 +1,4 @@
-"""Log-domain Sinkhorn normalisation of (..., n, n) logits into doubly stochastic matrices."""
+"""Sinkhorn in the log domain: (..., n, n) logits → doubly stochastic mixing matrices."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from torch import nn
 from crma_core.config import CRMAConfig
 from crma_core.errors import CheckpointError, ConfigError
 from crma_core.layer import CRMALayer, apply_adapter, mixed_writes, mixing_matrices
-from crma_core.sinkhorn import marginal_error
+from crma_core.mixing import marginal_error
 
 _HANDLE_ATTR = "_crma_handle"
 
@@ -91,6 +91,7 @@ class CRMAHandle(nn.Module):
         self._decoder_ref: weakref.ref | None = None
         self._wm: torch.Tensor | None = None  # L×K×d, set once per forward pass
         self._cache: tuple | None = None  # (parameter versions, wm) for no-grad passes
+        self._last_m: torch.Tensor | None = None  # M of the latest forward pass
 
     # -- toggle ---------------------------------------------------------------------------
     @property
@@ -170,6 +171,7 @@ class CRMAHandle(nn.Module):
 
     def _compute_mixed_writes(self) -> torch.Tensor:
         m = mixing_matrices(self._stacked("log_mix"), self.config)
+        self._last_m = m.detach()
         return mixed_writes(m, self._stacked("write"), self._stacked("_log_alpha"), self.config)
 
     # -- inspection ----------------------------------------------------------------------------
@@ -194,9 +196,14 @@ class CRMAHandle(nn.Module):
             "gate": [layer._log_alpha for layer in self.layers],
         }
 
-    def stats(self) -> dict[str, Any]:
-        """Per-layer ‖M‖₂, max row/column error of M and α, plus their extremes (floats)."""
-        m = self.mixing_matrices().to(torch.float64)
+    def stats(self, *, last_forward: bool = True) -> dict[str, Any]:
+        """Per-layer ‖M‖₂, max row/column error of M and α, plus their extremes (floats).
+
+        Measured on the M of the latest forward pass (the one the step's loss used) unless
+        ``last_forward`` is False or no forward ran yet; then on M from the current Λ.
+        """
+        m = self._last_m if last_forward and self._last_m is not None else self.mixing_matrices()
+        m = m.to(torch.float64)
         spectral = torch.linalg.matrix_norm(m, ord=2)
         errors = marginal_error(m)
         alphas = self.alphas()
@@ -226,4 +233,5 @@ class CRMAHandle(nn.Module):
                     f"{tuple(own[key].shape)} (different n, r or hidden size?)")
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
         self._cache = None
+        self._last_m = None
         return result

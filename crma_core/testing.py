@@ -113,3 +113,26 @@ def make_tiny_model_dir(path: Path, family: str = "llama", *, seed: int = 0,
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def arithmetic_chat_rows(count: int, *, offset: int = 0) -> list[dict]:
+    """Small learnable chat examples ("what is i plus i?" → "i plus i is 2i.")."""
+    return [
+        {"messages": [
+            {"role": "system", "content": "answer briefly"},
+            {"role": "user", "content": f"what is {i} plus {i}?"},
+            {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
+        ]}
+        for i in range(offset, offset + count)
+    ]
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    """Write one JSON object per line; returns ``path``."""
+    import json
+
+    path = Path(path)
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    return path

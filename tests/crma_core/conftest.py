@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -27,26 +26,21 @@ def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
             for family in FAMILIES}
 
 
-def chat_rows(count: int, *, offset: int = 0) -> list[dict]:
-    return [
-        {"messages": [
-            {"role": "system", "content": "answer briefly"},
-            {"role": "user", "content": f"what is {i} plus {i}?"},
-            {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
-        ]}
-        for i in range(offset, offset + count)
-    ]
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    with open(path, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
-    return path
-
-
 @pytest.fixture(scope="session")
 def chat_files(tmp_path_factory) -> tuple[Path, Path]:
+    from crma_core.testing import arithmetic_chat_rows as chat_rows, write_jsonl
+
     root = tmp_path_factory.mktemp("chat-data")
     return (write_jsonl(root / "train.jsonl", chat_rows(24)),
             write_jsonl(root / "val.jsonl", chat_rows(8, offset=100)))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models run fastest on one thread, and the 2-core box is shared: no oversubscription."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from crma_core import sinkhorn
-from crma_core.sinkhorn import marginal_error
+from crma_core.mixing import marginal_error
 
 
 def _test_logits() -> torch.Tensor:
@@ -96,3 +96,11 @@ def test_t6c_gradcheck():
     assert torch.autograd.gradcheck(lambda x: sinkhorn(x, 20), (logits,))
     batch = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: sinkhorn(x, 10, tau=0.7), (batch,))
+
+
+def test_public_name_is_the_function_even_after_submodule_imports():
+    import crma_core
+    import crma_core.layer  # noqa: F401  (imports the Sinkhorn module)
+
+    assert callable(crma_core.sinkhorn)
+    assert crma_core.sinkhorn is sinkhorn
