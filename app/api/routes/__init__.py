@@ -1,0 +1,17 @@
+"""Every router, in the order main.py includes them. Append new routers to ALL_ROUTERS;
+more specific paths must come before the routers whose `{id}` routes could shadow them
+(e.g. POST /v1/fine_tuning/jobs/estimate before the jobs router)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.routes import continual, files, health, jobs, models
+
+ALL_ROUTERS: list[APIRouter] = [
+    health.router,
+    models.router,
+    files.router,
+    jobs.router,
+    continual.router,
+]

@@ -32,6 +32,9 @@ class File(Base):
     example_count: Mapped[int] = mapped_column(Integer, default=0)
     # {"llama": 12345, "mistral": ..., "gemma2": ...}: tokens per model family.
     token_counts: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # How each family's count was made: "tokenizer:<model>", "tokenizer_sample:<model>" or
+    # "heuristic:<n>_bytes_per_token" (app/services/tokens.py).
+    token_estimate_method: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     # First errors only ([{"line", "field", "code", "message"}]); error_count has the total.
     errors: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
     error_count: Mapped[int] = mapped_column(Integer, default=0)

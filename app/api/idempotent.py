@@ -1,0 +1,48 @@
+"""Glue between creating routes and the idempotency service: fingerprint the request, run
+the creating work in one transaction under the Idempotency-Key, answer (or replay) it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+from app.api.deps import open_session
+from app.domain.principal import Principal
+from app.services.idempotency import StoredResponse, fingerprint, run_idempotent
+from app.settings import Settings
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", description="Retry-safe key: the same key and body replay "
+           "the first response for 24 h."),
+]
+
+Creator = Callable[[Session], tuple[BaseModel, dict[str, str]]]
+
+
+def respond_idempotently(
+    request: Request, *, settings: Settings, principal: Principal, key: str | None,
+    body: Any, create: Creator, status_code: int = 201, location: Callable[[str], str] | None = None,
+) -> JSONResponse:
+    """Run `create(session)` -> (public model, headers) at most once per key; the session's
+    transaction is committed by the idempotency wrapper."""
+
+    def handler(session: Session) -> StoredResponse:
+        public, headers = create(session)
+        if location is not None:
+            headers = {**headers, "location": location(getattr(public, "id"))}
+        return StoredResponse(status_code, public.model_dump(mode="json"), headers)
+
+    response = run_idempotent(
+        session_factory=lambda: open_session(settings),
+        account_id=principal.account_id,
+        key=key,
+        fingerprint=fingerprint(method=request.method, path=request.url.path, body=body),
+        handler=handler,
+    )
+    return JSONResponse(response.body, status_code=response.status_code, headers=response.headers)

@@ -1,0 +1,128 @@
+"""Rows -> public wire objects (allow-lists: only fields of the *Public schemas leave)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from app.db.models import Checkpoint, File, Job, JobEvent
+from app.domain.job_options import fine_tuned_model_name
+from app.domain.pricing import format_usd
+from app.schemas.continual import ContinualRunPublic, StagePublic
+from app.schemas.files import FilePublic
+from app.schemas.jobs import (
+    CheckpointPublic,
+    EventPublic,
+    HyperparametersPublic,
+    JobErrorPublic,
+    JobPublic,
+    UsagePublic,
+)
+from app.schemas.models import ModelPublic
+from app.services.continual_runs import RunView
+from app.services.models import ModelOffer
+
+
+def unix(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite returns naive datetimes; we store UTC
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp())
+
+
+def file_public(row: File) -> FilePublic:
+    return FilePublic(
+        id=row.id, bytes=row.bytes, created_at=unix(row.created_at), filename=row.filename,
+        purpose=row.purpose, status=row.status, sha256=row.sha256, format=row.format,
+        example_count=row.example_count, token_estimates=dict(row.token_counts or {}),
+        token_estimate_method=dict(row.token_estimate_method or {}),
+        errors=list(row.errors or []),
+    )
+
+
+def _estimated_finish(job: Job, throughput: dict[str, int]) -> int | None:
+    """started_at + the tokens this run will train / the model's throughput."""
+    rate = throughput.get(job.model)
+    if job.status != "running" or not rate or job.started_at is None:
+        return None
+    tokens = min(job.estimated_tokens, job.token_budget or job.estimated_tokens)
+    return unix(job.started_at + timedelta(seconds=tokens / rate))
+
+
+def job_public(job: Job, *, throughput: dict[str, int] | None = None) -> JobPublic:
+    hp = job.hyperparameters or {}
+    error = job.error if isinstance(job.error, dict) and job.error else None
+    return JobPublic(
+        id=job.id, created_at=unix(job.created_at), finished_at=unix(job.finished_at),
+        model=job.model,
+        fine_tuned_model=job.fine_tuned_model or (
+            fine_tuned_model_name(model=job.model, account_id=job.account_id, suffix=job.suffix,
+                                  job_id=job.id) if job.status == "succeeded" else None),
+        organization_id=job.account_id, status=job.status,
+        hyperparameters=HyperparametersPublic(
+            n_epochs=int(hp.get("n_epochs", 0)), batch_size=int(hp.get("batch_size", 0)),
+            learning_rate_multiplier=float(hp.get("learning_rate_multiplier", 1.0)),
+        ),
+        training_file=job.training_file_id, validation_file=job.validation_file_id,
+        result_files=[],
+        # OpenAI reports null until something was trained.
+        trained_tokens=job.trained_tokens if job.trained_tokens or job.status == "succeeded"
+        else None,
+        error=JobErrorPublic(code=str(error.get("code", "internal_error")),
+                             message=str(error.get("message", "")),
+                             param=error.get("param")) if error else None,
+        seed=job.seed, estimated_finish=_estimated_finish(job, throughput or {}),
+        metadata=job.user_metadata, suffix=job.suffix, adapter=dict(job.adapter or {}),
+        attempt=job.attempt, cost=format_usd(job.cost_micros), cost_micros=job.cost_micros,
+        max_cost=format_usd(job.max_cost_micros) if job.max_cost_micros is not None else None,
+        usage=UsagePublic(
+            estimated_tokens=job.estimated_tokens, token_budget=job.token_budget,
+            trained_tokens=job.trained_tokens, hold=format_usd(job.hold_micros),
+            hold_micros=job.hold_micros,
+        ),
+        cancel_requested=job.cancel_requested_at is not None,
+        continual_run_id=job.continual_run_id, stage_index=job.stage_index,
+    )
+
+
+def event_public(event: JobEvent) -> EventPublic:
+    level = event.level if event.level in ("info", "warn", "error") else "info"
+    return EventPublic(id=event.id, created_at=unix(event.created_at), level=level,
+                       message=event.message, data=event.data, type=event.type)
+
+
+def checkpoint_public(checkpoint: Checkpoint, job: Job) -> CheckpointPublic:
+    name = fine_tuned_model_name(model=job.model, account_id=job.account_id, suffix=job.suffix,
+                                 job_id=job.id)
+    return CheckpointPublic(
+        id=checkpoint.id, created_at=unix(checkpoint.created_at),
+        fine_tuned_model_checkpoint=f"{name}:ckpt-step-{checkpoint.step}",
+        step_number=checkpoint.step, metrics=dict(checkpoint.metrics or {}),
+        fine_tuning_job_id=job.id,
+    )
+
+
+def run_public(view: RunView) -> ContinualRunPublic:
+    run = view.run
+    return ContinualRunPublic(
+        id=run.id, created_at=unix(run.created_at), finished_at=unix(view.finished_at),
+        model=run.model, mode=run.mode, status=view.status, seed=run.seed,
+        hyperparameters=dict(run.hyperparameters or {}), adapter=dict(run.adapter or {}),
+        metadata=run.user_metadata, report=run.report, error=run.error,
+        stages=[
+            StagePublic(index=s.index, name=s.name, training_file=s.training_file_id,
+                        validation_file=s.validation_file_id, job_id=s.job_id, status=s.status,
+                        trained_tokens=s.trained_tokens, error=s.error)
+            for s in view.stages
+        ],
+    )
+
+
+def model_public(offer: ModelOffer) -> ModelPublic:
+    m = offer.model
+    return ModelPublic(
+        id=m.id, display_name=m.display_name, family=m.family, parameters=m.parameters,
+        context_length=m.context_length, free_tier=m.free_tier, qlora=m.qlora,
+        available=offer.available, price_per_1m_tokens=offer.price_usd,
+        price_per_1m_tokens_micros=offer.price_micros_per_mtok, hf_name=m.hf_name,
+    )

@@ -1,0 +1,111 @@
+"""Usage and billing: GET /v1/usage, /v1/billing/balance, /v1/billing/ledger."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import PrincipalDep, SessionDep
+from app.domain.errors import InvalidRequest
+from app.domain.pricing import format_usd
+from app.schemas.billing import (
+    BalancePublic,
+    FreeRunsPublic,
+    LedgerEntryPublic,
+    LedgerList,
+    LedgerTransactionPublic,
+    UsageBucketPublic,
+    UsageList,
+)
+from app.schemas.common import AfterParam, LimitParam, error_responses
+from app.services import billing, quotas
+
+router = APIRouter(tags=["billing"])
+
+DEFAULT_USAGE_DAYS = 30
+MAX_USAGE_DAYS = 366
+
+
+@router.get("/v1/billing/balance", response_model=BalancePublic, responses=error_responses(401))
+def get_balance(principal: PrincipalDep, session: SessionDep) -> BalancePublic:
+    """Credit available for new jobs and credit held for queued/running ones."""
+    current = billing.balance(session, account_id=principal.account_id)
+    quota = quotas.snapshot(session, account_id=principal.account_id)
+    return BalancePublic(
+        account_id=current.account_id, plan=current.plan,
+        available=format_usd(current.available_micros), available_micros=current.available_micros,
+        held=format_usd(current.held_micros), held_micros=current.held_micros,
+        free_runs=free_runs_public(quota),
+    )
+
+
+@router.get("/v1/billing/ledger", response_model=LedgerList, responses=error_responses(400, 401))
+def list_ledger(
+    principal: PrincipalDep, session: SessionDep, after: AfterParam = None, limit: LimitParam = 20
+) -> LedgerList:
+    """Ledger transactions (credit, hold, capture, release), newest first, with their entries."""
+    rows, has_more = billing.list_transactions(
+        session, account_id=principal.account_id, after=after, limit=limit
+    )
+    data = [
+        LedgerTransactionPublic(
+            id=tx.id, created_at=unix(tx.created_at), kind=tx.kind,
+            source_id=tx.source_id, memo=tx.memo,
+            entries=[
+                LedgerEntryPublic(
+                    account="self" if e.account_id == principal.account_id else "platform",
+                    bucket=e.bucket, amount=format_usd(e.amount_micros),
+                    amount_micros=e.amount_micros,
+                )
+                for e in entries
+            ],
+        )
+        for tx, entries in rows
+    ]
+    return LedgerList(data=data, has_more=has_more)
+
+
+@router.get("/v1/usage", response_model=UsageList, responses=error_responses(400, 401))
+def get_usage(
+    principal: PrincipalDep,
+    session: SessionDep,
+    start_date: Annotated[date | None, Query(description="First UTC day (YYYY-MM-DD); "
+                                             "default 29 days before end_date.")] = None,
+    end_date: Annotated[date | None, Query(description="Last UTC day, inclusive; "
+                                           "default today.")] = None,
+) -> UsageList:
+    """Trained tokens and cost per UTC day and model (jobs and continual-run stages, counted
+    on the day they finished)."""
+    end = end_date or datetime.now(UTC).date()
+    start = start_date or end - timedelta(days=DEFAULT_USAGE_DAYS - 1)
+    if start > end:
+        raise InvalidRequest("start_date must not be after end_date.", param="start_date")
+    if (end - start).days >= MAX_USAGE_DAYS:
+        raise InvalidRequest(f"At most {MAX_USAGE_DAYS} days per request.", param="start_date")
+    rows = billing.usage(session, account_id=principal.account_id, start=start, end=end)
+    total_cost = sum(r.cost_micros for r in rows)
+    return UsageList(
+        data=[
+            UsageBucketPublic(date=r.day.isoformat(), model=r.model, jobs=r.jobs,
+                              trained_tokens=r.trained_tokens, cost=format_usd(r.cost_micros),
+                              cost_micros=r.cost_micros)
+            for r in rows
+        ],
+        start_date=start.isoformat(), end_date=end.isoformat(),
+        total_trained_tokens=sum(r.trained_tokens for r in rows),
+        total_cost=format_usd(total_cost), total_cost_micros=total_cost,
+    )
+
+
+def unix(value: datetime) -> int:
+    # SQLite hands back naive datetimes; they are UTC.
+    return int((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp())
+
+
+def free_runs_public(quota: quotas.QuotaSnapshot | None) -> FreeRunsPublic | None:
+    if quota is None:
+        return None
+    return FreeRunsPublic(limit=quota.limit, remaining=quota.remaining,
+                          reset_at=int(quota.reset_at.timestamp()))

@@ -1,0 +1,122 @@
+"""Continual-learning runs: domains trained in order, drift measured on each holdout."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+
+from app.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
+from app.api.downloads import artifact_response
+from app.api.idempotent import IdempotencyKey, respond_idempotently
+from app.api.presenters import run_public
+from app.schemas.common import AfterParam, error_responses
+from app.schemas.continual import (
+    ContinualRunCreate,
+    ContinualRunList,
+    ContinualRunPublic,
+    DomainsAppend,
+)
+from app.schemas.jobs import ArtifactList, ArtifactPublic
+from app.services import artifacts, continual_runs
+from app.services.quotas import quota_headers
+
+router = APIRouter(prefix="/v1/continual/runs", tags=["continual"])
+
+
+@router.post("", status_code=201, response_model=ContinualRunPublic,
+             responses=error_responses(400, 401, 402, 409, 422, 429, 503))
+def create_run(
+    body: ContinualRunCreate, request: Request, principal: PrincipalDep, settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Start a continual run: one stage per domain, trained in order."""
+
+    def create(session):  # noqa: ANN001, ANN202
+        view, admitted = continual_runs.create_run(session, account_id=principal.account_id,
+                                                   spec=body)
+        return run_public(view), quota_headers(admitted.quota if admitted else None)
+
+    return respond_idempotently(
+        request, settings=settings, principal=principal, key=idempotency_key,
+        body=body.model_dump(mode="json"), create=create,
+        location=lambda run_id: f"/v1/continual/runs/{run_id}",
+    )
+
+
+@router.post("/{run_id}/domains", status_code=201, response_model=ContinualRunPublic,
+             responses=error_responses(400, 401, 402, 404, 409, 422, 429))
+def append_domains(
+    run_id: str, body: DomainsAppend, request: Request, principal: PrincipalDep,
+    settings: SettingsDep, idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Add domains to a run whose stages all succeeded."""
+
+    def create(session):  # noqa: ANN001, ANN202
+        view, admitted = continual_runs.append_domains(
+            session, account_id=principal.account_id, run_id=run_id, domains=body.domains)
+        return run_public(view), quota_headers(admitted.quota if admitted else None)
+
+    return respond_idempotently(
+        request, settings=settings, principal=principal, key=idempotency_key,
+        body=body.model_dump(mode="json"), create=create,
+    )
+
+
+@router.get("", response_model=ContinualRunList, responses=error_responses(400, 401))
+def list_runs(
+    principal: PrincipalDep, session: SessionDep, after: AfterParam = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> ContinualRunList:
+    """List your continual runs, newest first."""
+    views, has_more = continual_runs.list_runs(session, account_id=principal.account_id,
+                                               after=after, limit=limit)
+    return ContinualRunList(data=[run_public(v) for v in views], has_more=has_more)
+
+
+@router.get("/{run_id}", response_model=ContinualRunPublic, responses=error_responses(401, 404))
+def retrieve_run(run_id: str, principal: PrincipalDep, session: SessionDep) -> ContinualRunPublic:
+    """Retrieve a run: stages, status and the drift report."""
+    return run_public(continual_runs.load_run(session, account_id=principal.account_id,
+                                              run_id=run_id))
+
+
+@router.post("/{run_id}/cancel", response_model=ContinualRunPublic,
+             responses=error_responses(401, 404, 409))
+def cancel_run(run_id: str, principal: PrincipalDep, session: SessionDep) -> ContinualRunPublic:
+    """Cancel every unfinished stage of a run."""
+    return run_public(continual_runs.cancel_run(session, account_id=principal.account_id,
+                                                run_id=run_id))
+
+
+@router.get("/{run_id}/artifacts", response_model=ArtifactList,
+            responses=error_responses(401, 404))
+def list_artifacts(
+    run_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep,
+    store: StoreDep,
+) -> ArtifactList:
+    """The run's published files (adapters, drift report), each with a download URL."""
+    view = continual_runs.load_run(session, account_id=principal.account_id, run_id=run_id)
+    rows = artifacts.list_artifacts(session, account_id=principal.account_id,
+                                    owner_id=view.run.id)
+    links = artifacts.links(store, rows, api_path=f"/v1/continual/runs/{view.run.id}/artifacts",
+                            ttl_s=settings.presign_ttl_s)
+    return ArtifactList(data=[ArtifactPublic(**vars(link)) for link in links])
+
+
+@router.get(
+    "/{run_id}/artifacts/{name:path}", response_class=StreamingResponse, response_model=None,
+    responses={200: {"content": {"application/octet-stream": {}}},
+               307: {"description": "Redirect to a presigned download URL (S3)"},
+               **error_responses(401, 404)},
+)
+def download_artifact(
+    run_id: str, name: str, principal: PrincipalDep, session: SessionDep,
+    settings: SettingsDep, store: StoreDep,
+) -> StreamingResponse | RedirectResponse:
+    """Download one of the run's files (a redirect to S3, or streamed)."""
+    view = continual_runs.load_run(session, account_id=principal.account_id, run_id=run_id)
+    row = artifacts.get_artifact(session, account_id=principal.account_id,
+                                 owner_id=view.run.id, name=name)
+    return artifact_response(store, row, ttl_s=settings.presign_ttl_s)

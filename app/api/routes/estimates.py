@@ -1,0 +1,92 @@
+"""Estimates: what a job or a continual run would train, cost and take, and whether it
+would be admitted now. Same bodies as the creating endpoints; nothing is started and no
+quota or credit is consumed.
+
+This router must be included before any `/v1/fine_tuning/jobs/{job_id}` POST route."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import PrincipalDep, SessionDep
+from app.api.routes.billing import free_runs_public
+from app.domain.pricing import format_usd, usd_to_micros
+from app.schemas.billing import ContinualEstimatePublic, JobEstimatePublic, StageEstimatePublic
+from app.schemas.common import error_responses
+from app.schemas.continual import ContinualRunCreate
+from app.schemas.jobs import JobCreate
+from app.services import admission, jobs
+
+router = APIRouter()
+
+
+@router.post("/v1/fine_tuning/jobs/estimate", response_model=JobEstimatePublic,
+             tags=["fine-tuning"], responses=error_responses(400, 401, 404, 422))
+def estimate_job(
+    spec: JobCreate, principal: PrincipalDep, session: SessionDep
+) -> JobEstimatePublic:
+    """Trained tokens, price, expected duration and whether this job would be accepted."""
+    draft = jobs.draft_job(
+        session, account_id=principal.account_id, model=spec.model,
+        training_file=spec.training_file, validation_file=spec.validation_file,
+        hyperparameters=spec.hyperparameters.model_dump() if spec.hyperparameters else None,
+        adapter=spec.adapter.model_dump() if spec.adapter else None, seed=spec.seed,
+    )
+    result = admission.estimate(
+        session, account_id=principal.account_id, model=spec.model,
+        stages=[(None, draft.hyperparameters["n_epochs"], draft.estimated_tokens)],
+        max_cost_micros=usd_to_micros(spec.max_cost) if spec.max_cost is not None else None,
+    )
+    stage = result.stages[0]
+    return JobEstimatePublic(
+        n_epochs=stage.n_epochs, token_budget=stage.token_budget, **_summary(result)
+    )
+
+
+@router.post("/v1/continual/runs/estimate", response_model=ContinualEstimatePublic,
+             tags=["continual"],
+             responses=error_responses(400, 401, 404, 422))
+def estimate_continual_run(
+    spec: ContinualRunCreate, principal: PrincipalDep, session: SessionDep
+) -> ContinualEstimatePublic:
+    """Per stage and in total: trained tokens, price and duration; a stage is a free-tier run."""
+    hyperparameters = spec.hyperparameters.model_dump() if spec.hyperparameters else None
+    adapter = spec.adapter.model_dump() if spec.adapter else None
+    stages = []
+    for index, domain in enumerate(spec.domains):
+        draft = jobs.draft_job(
+            session, account_id=principal.account_id, model=spec.model,
+            training_file=domain.training_file, validation_file=domain.validation_file,
+            hyperparameters=hyperparameters, adapter=adapter, seed=spec.seed,
+            param_prefix=f"domains[{index}].",
+        )
+        stages.append((domain.name, draft.hyperparameters["n_epochs"], draft.estimated_tokens))
+    result = admission.estimate(session, account_id=principal.account_id, model=spec.model,
+                                stages=stages)
+    return ContinualEstimatePublic(
+        runs_needed=len(stages),
+        stages=[StageEstimatePublic(**vars(s)) for s in result.stages],
+        **_summary(result),
+    )
+
+
+def _summary(result: admission.Estimate) -> dict:
+    seen = result.preview
+    return {
+        "model": result.model,
+        "estimated_tokens": result.estimated_tokens,
+        "trained_tokens": result.trained_tokens,
+        "price": format_usd(result.price_micros),
+        "price_micros": result.price_micros,
+        "list_price": format_usd(result.list_price_micros),
+        "list_price_micros": result.list_price_micros,
+        "expected_duration_s": result.expected_duration_s,
+        "allowed_to_proceed": seen.allowed,
+        "reason": seen.reason,
+        "message": seen.message,
+        "plan": seen.plan,
+        "available": format_usd(seen.available_micros),
+        "available_micros": seen.available_micros,
+        "free_runs_remaining": seen.quota.remaining if seen.quota else None,
+        "free_runs": free_runs_public(seen.quota),
+    }

@@ -1,0 +1,128 @@
+"""Files: upload (multipart, validated while streaming), list, retrieve, download, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from app.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
+from app.api.idempotent import IdempotencyKey, respond_idempotently
+from app.api.presenters import file_public
+from app.domain.errors import InvalidRequest
+from app.schemas.common import AfterParam, error_responses
+from app.schemas.files import FileDeleted, FileList, FilePublic
+from app.services import files
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["purpose", "file"],
+                    "properties": {
+                        "purpose": {"type": "string", "enum": ["fine-tune"],
+                                    "default": "fine-tune"},
+                        "file": {"type": "string", "format": "binary",
+                                 "description": "JSONL: one example per line, chat "
+                                 '{"messages": [...]}, {"prompt", "completion"} or {"text"}.'},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "", status_code=201, response_model=FilePublic, openapi_extra=_UPLOAD_BODY,
+    responses=error_responses(400, 401, 413, 422, 503),
+)
+async def create_file(
+    request: Request, principal: PrincipalDep, settings: SettingsDep, store: StoreDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Upload a JSONL training file (validated line by line; errors name the lines)."""
+    # Authentication ran first; only now is the body read (spooled to disk past 1 MiB).
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidRequest("Send the file as multipart/form-data with fields 'purpose' "
+                             "and 'file'.", param="file", code="invalid_content_type")
+    form = await request.form(max_files=1, max_fields=8)
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequest("The form has no 'file' part.", param="file",
+                                 code="missing_file")
+        purpose = files.check_purpose(form.get("purpose"))  # type: ignore[arg-type]
+        report = await run_in_threadpool(
+            files.validate_upload, upload.file, max_bytes=settings.max_upload_bytes,
+            max_line_bytes=settings.max_line_bytes,
+            model_store_dir=settings.resolved_model_store_dir,
+        )
+        body = {"purpose": purpose, "filename": upload.filename, "sha256": report.sha256}
+
+        def create(session):  # noqa: ANN001, ANN202
+            row = files.create_file(session, account_id=principal.account_id, store=store,
+                                    stream=upload.file, report=report,
+                                    filename=upload.filename, purpose=purpose)
+            return file_public(row), {}
+
+        return await run_in_threadpool(
+            respond_idempotently, request, settings=settings, principal=principal,
+            key=idempotency_key, body=body, create=create,
+            location=lambda file_id: f"/v1/files/{file_id}",
+        )
+    finally:
+        await form.close()
+
+
+@router.get("", response_model=FileList, responses=error_responses(400, 401))
+def list_files(
+    principal: PrincipalDep, session: SessionDep, after: AfterParam = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    purpose: Annotated[str | None, Query(description="Only files with this purpose.")] = None,
+) -> FileList:
+    """List your files, newest first."""
+    rows, has_more = files.list_files(session, account_id=principal.account_id, after=after,
+                                      limit=limit, purpose=purpose)
+    return FileList(data=[file_public(r) for r in rows], has_more=has_more)
+
+
+@router.get("/{file_id}", response_model=FilePublic, responses=error_responses(401, 404))
+def retrieve_file(file_id: str, principal: PrincipalDep, session: SessionDep) -> FilePublic:
+    """Retrieve a file's metadata and validation results."""
+    return file_public(files.get_file(session, account_id=principal.account_id, file_id=file_id))
+
+
+@router.get(
+    "/{file_id}/content", response_class=StreamingResponse, response_model=None,
+    responses={200: {"content": {"application/octet-stream": {}}}, **error_responses(401, 404)},
+)
+def download_file(
+    file_id: str, principal: PrincipalDep, session: SessionDep, store: StoreDep
+) -> StreamingResponse:
+    """Download the file's bytes (streamed)."""
+    row, chunks = files.open_content(session, account_id=principal.account_id,
+                                     file_id=file_id, store=store)
+    return StreamingResponse(
+        chunks, media_type="application/octet-stream",
+        headers={"content-disposition": f'attachment; filename="{row.id}.jsonl"',
+                 "content-length": str(row.bytes)},
+    )
+
+
+@router.delete("/{file_id}", response_model=FileDeleted, responses=error_responses(401, 404, 409))
+def delete_file(
+    file_id: str, principal: PrincipalDep, session: SessionDep, store: StoreDep
+) -> FileDeleted:
+    """Delete a file that no unfinished job uses."""
+    row = files.delete_file(session, account_id=principal.account_id, file_id=file_id,
+                            store=store)
+    return FileDeleted(id=row.id)

@@ -1,0 +1,164 @@
+"""Fine-tuning jobs (OpenAI-compatible): create, list, retrieve, cancel, events (JSON or
+server-sent events), checkpoints and the trained adapter's files."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from sse_starlette import EventSourceResponse
+
+from app.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep, open_session
+from app.api.downloads import artifact_response
+from app.api.idempotent import IdempotencyKey, respond_idempotently
+from app.api.presenters import checkpoint_public, event_public, job_public
+from app.domain.errors import InvalidRequest
+from app.schemas.common import AfterParam, error_responses
+from app.schemas.jobs import (
+    ArtifactList,
+    ArtifactPublic,
+    CheckpointList,
+    EventList,
+    JobCreate,
+    JobList,
+    JobPublic,
+)
+from app.services import artifacts, checkpoints, event_stream, events, jobs
+from app.services.quotas import quota_headers
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+
+Limit = Annotated[int, Query(ge=1, le=100, description="Page size (1-100).")]
+
+
+@router.post(
+    "", status_code=201, response_model=JobPublic,
+    responses=error_responses(400, 401, 402, 409, 422, 429, 503),
+)
+def create_job(
+    body: JobCreate, request: Request, principal: PrincipalDep, settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Create a fine-tuning job from an uploaded training file."""
+
+    def create(session):  # noqa: ANN001, ANN202
+        job, admitted = jobs.create_job(session, account_id=principal.account_id, spec=body)
+        public = job_public(job, throughput=settings.throughput_tokens_per_s)
+        return public, quota_headers(admitted.quota)
+
+    return respond_idempotently(
+        request, settings=settings, principal=principal, key=idempotency_key,
+        body=body.model_dump(mode="json"), create=create,
+        location=lambda job_id: f"/v1/fine_tuning/jobs/{job_id}",
+    )
+
+
+@router.get("", response_model=JobList, responses=error_responses(400, 401))
+def list_jobs(
+    principal: PrincipalDep, session: SessionDep, settings: SettingsDep,
+    after: AfterParam = None, limit: Limit = 20,
+) -> JobList:
+    """List your fine-tuning jobs, newest first."""
+    rows, has_more = jobs.list_jobs(session, account_id=principal.account_id, after=after,
+                                    limit=limit)
+    throughput = settings.throughput_tokens_per_s
+    return JobList(data=[job_public(j, throughput=throughput) for j in rows], has_more=has_more)
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=error_responses(401, 404))
+def retrieve_job(
+    job_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> JobPublic:
+    """Retrieve a job: status, progress, cost."""
+    job = jobs.get_job(session, account_id=principal.account_id, job_id=job_id)
+    return job_public(job, throughput=settings.throughput_tokens_per_s)
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic,
+             responses=error_responses(401, 404, 409))
+def cancel_job(
+    job_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> JobPublic:
+    """Cancel a job: a queued job at once, a running one within a heartbeat."""
+    job = jobs.cancel_job(session, account_id=principal.account_id, job_id=job_id)
+    return job_public(job, throughput=settings.throughput_tokens_per_s)
+
+
+@router.get(
+    "/{job_id}/events", response_model=EventList,
+    responses={200: {"content": {"text/event-stream": {}}}, **error_responses(400, 401, 404)},
+)
+def list_events(
+    job_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep,
+    after: AfterParam = None, limit: Limit = 20,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+    last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> EventList | EventSourceResponse:
+    """Job events, newest first; with `Accept: text/event-stream`, a live stream."""
+    job = jobs.get_job(session, account_id=principal.account_id, job_id=job_id)
+    cursor = after or last_event_id
+    seq = None
+    if cursor is not None:
+        seq = events.event_seq(session, job_id=job.id, event_id=cursor)
+        if seq is None:
+            raise InvalidRequest(f"Unknown cursor {cursor!r}.", param="after",
+                                 code="invalid_cursor")
+    if accept and "text/event-stream" in accept:
+        stream = event_stream.follow(
+            session_factory=lambda: open_session(settings), job_id=job.id,
+            after_seq=seq if last_event_id else None,
+            render=lambda e: {"id": e.id, "event": "fine_tuning.job.event",
+                              "data": event_public(e).model_dump_json()},
+        )
+        return EventSourceResponse(stream, ping=15)
+    rows = events.list_events(session, job_id=job.id, after_seq=seq, limit=limit + 1)
+    return EventList(data=[event_public(e) for e in rows[:limit]], has_more=len(rows) > limit)
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointList,
+            responses=error_responses(400, 401, 404))
+def list_checkpoints(
+    job_id: str, principal: PrincipalDep, session: SessionDep,
+    after: AfterParam = None, limit: Limit = 10,
+) -> CheckpointList:
+    """Checkpoints saved during training, latest step first."""
+    job = jobs.get_job(session, account_id=principal.account_id, job_id=job_id)
+    rows, has_more = checkpoints.list_checkpoints(session, job_id=job.id, after=after,
+                                                  limit=limit)
+    data = [checkpoint_public(c, job) for c in rows]
+    return CheckpointList(data=data, has_more=has_more,
+                          first_id=data[0].id if data else None,
+                          last_id=data[-1].id if data else None)
+
+
+@router.get("/{job_id}/artifacts", response_model=ArtifactList,
+            responses=error_responses(401, 404))
+def list_artifacts(
+    job_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep,
+    store: StoreDep,
+) -> ArtifactList:
+    """The trained adapter's files, each with a download URL."""
+    job = jobs.get_job(session, account_id=principal.account_id, job_id=job_id)
+    rows = artifacts.list_artifacts(session, account_id=principal.account_id, owner_id=job.id)
+    links = artifacts.links(store, rows, api_path=f"/v1/fine_tuning/jobs/{job.id}/artifacts",
+                            ttl_s=settings.presign_ttl_s)
+    return ArtifactList(data=[ArtifactPublic(**vars(link)) for link in links])
+
+
+@router.get(
+    "/{job_id}/artifacts/{name:path}", response_class=StreamingResponse, response_model=None,
+    responses={200: {"content": {"application/octet-stream": {}}},
+               307: {"description": "Redirect to a presigned download URL (S3)"},
+               **error_responses(401, 404)},
+)
+def download_artifact(
+    job_id: str, name: str, principal: PrincipalDep, session: SessionDep,
+    settings: SettingsDep, store: StoreDep,
+) -> StreamingResponse | RedirectResponse:
+    """Download one adapter file (a redirect to S3, or streamed)."""
+    job = jobs.get_job(session, account_id=principal.account_id, job_id=job_id)
+    row = artifacts.get_artifact(session, account_id=principal.account_id, owner_id=job.id,
+                                 name=name)
+    return artifact_response(store, row, ttl_s=settings.presign_ttl_s)
+

@@ -1,0 +1,130 @@
+"""The FastAPI application: routers, middleware, one error envelope, OpenAPI docs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
+from starlette.types import Scope
+
+from app.api.errors import install_error_handlers
+from app.api.logs import configure_logging
+from app.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.api.routes import ALL_ROUTERS
+from app.settings import Settings, get_settings
+from app.storage.base import ObjectStore
+from app.storage.factory import open_store
+
+# Multipart framing around the file (boundaries, part headers, the purpose field).
+MULTIPART_SLACK_BYTES = 64 * 1024
+MAX_JSON_BODY_BYTES = 1024 * 1024
+
+DESCRIPTION = """
+Fine-tune open models with **CRMA + LoRA** adapters. OpenAI-compatible: point the official
+`openai` client's `base_url` at this server (`.../v1`).
+
+**Quick start** (Swagger): click **Authorize** and paste your API key (`sk-crma-...`, from
+`crma admin create-account`), then
+
+1. `POST /v1/files` with `purpose=fine-tune` and a JSONL file (one example per line:
+   `{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}`,
+   `{"prompt": "...", "completion": "..."}` or `{"text": "..."}`);
+2. `POST /v1/fine_tuning/jobs` with `{"model": "tinyllama-1.1b-chat", "training_file": "<file id>"}`;
+3. poll `GET /v1/fine_tuning/jobs/{job_id}` (or stream its events), then download the adapter
+   from `GET /v1/fine_tuning/jobs/{job_id}/artifacts`.
+
+Errors are `{"error": {"message", "type", "param", "code"}}`. Lists are cursor-paginated
+(`?after=<last id>&limit=n`). Send `Idempotency-Key` on creating POSTs to retry safely.
+"""
+
+TAGS = [
+    {"name": "files", "description": "Upload and manage JSONL training files."},
+    {"name": "fine-tuning", "description": "Fine-tuning jobs, events, checkpoints, adapters."},
+    {"name": "continual", "description": "Sequential continual-learning runs with drift reports."},
+    {"name": "models", "description": "The base-model catalog."},
+    {"name": "ops", "description": "Health, readiness and metrics."},
+]
+
+
+def operation_id(route: APIRoute) -> str:
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name
+
+
+def body_limit(settings: Settings):  # noqa: ANN201 - returns the middleware's callback
+    upload_limit = settings.max_upload_bytes + MULTIPART_SLACK_BYTES
+
+    def limit_for(scope: Scope) -> int | None:
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            return MAX_JSON_BODY_BYTES
+        if scope.get("path") == "/v1/files":
+            return upload_limit
+        return MAX_JSON_BODY_BYTES
+
+    return limit_for
+
+
+def create_app(settings: Settings | None = None, *, store: ObjectStore | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging()
+    app = FastAPI(
+        title="CRMA Fine-Tuner API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        generate_unique_id_function=operation_id,
+        swagger_ui_parameters={"persistAuthorization": True, "tryItOutEnabled": True},
+    )
+    app.state.settings = settings
+    app.state.store = store or open_store(settings)
+    for router in ALL_ROUTERS:
+        _summaries_from_docstrings(router)
+        app.include_router(router)
+    install_error_handlers(app)
+    _instrument(app)
+    _envelope_openapi(app)
+    # Added last = outermost: the request id wraps everything, including the 413.
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit(settings))
+    app.add_middleware(RequestContextMiddleware)
+    return app
+
+
+def _summaries_from_docstrings(router: APIRouter) -> None:
+    """Swagger shows a route's summary in the operation list: use the docstring's first line
+    (FastAPI would title-case the function name)."""
+    for route in router.routes:
+        if isinstance(route, APIRoute) and route.summary is None and route.description:
+            first, _, rest = route.description.strip().partition("\n")
+            route.summary, route.description = first.strip(), rest.strip()
+
+
+def _envelope_openapi(app: FastAPI) -> None:
+    """Validation errors use the error envelope too: document them that way."""
+    original = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        ref = "#/components/schemas/HTTPValidationError"
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                content = operation.get("responses", {}).get("422", {}).get("content", {})
+                json_body = content.get("application/json", {})
+                if json_body.get("schema", {}).get("$ref") == ref:
+                    json_body["schema"] = {"$ref": "#/components/schemas/ErrorResponse"}
+                    operation["responses"]["422"]["description"] = "Validation error"
+        components = schema.get("components", {}).get("schemas", {})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _instrument(app: FastAPI) -> None:
+    from prometheus_fastapi_instrumentator import Instrumentator
+
+    Instrumentator(
+        should_group_status_codes=False, excluded_handlers=["/metrics", "/healthz"],
+    ).instrument(app).expose(app, endpoint="/metrics", tags=["ops"],
+                             summary="Prometheus metrics")

@@ -1,0 +1,56 @@
+"""Shared wire types: the request base (extra fields are an error), the error envelope,
+list envelopes and pagination parameters."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import Query
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_PAGE = 100
+
+
+class RequestModel(BaseModel):
+    """Base of every request body: unknown fields are rejected (mass assignment, OWASP API3)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+AfterParam = Annotated[
+    str | None, Query(description="Cursor: the id of the last object of the previous page.")
+]
+LimitParam = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size (1-100).")]
+
+
+class ListEnvelope(BaseModel):
+    object: Literal["list"] = "list"
+    has_more: bool = False
+
+
+class DeletedObject(BaseModel):
+    id: str
+    object: str
+    deleted: bool = Field(True)
+
+
+def error_responses(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` entries for the envelope (documentation only)."""
+    descriptions = {
+        400: "Invalid request", 401: "Missing or invalid API key", 402: "Insufficient credit",
+        404: "Not found (also another account's object)", 409: "Conflict",
+        413: "Body too large", 422: "Validation error", 429: "Quota or rate limit exceeded",
+        503: "Temporarily unavailable (retry after Retry-After seconds)",
+    }
+    return {c: {"model": ErrorResponse, "description": descriptions[c]} for c in codes}

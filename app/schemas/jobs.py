@@ -1,0 +1,209 @@
+"""Fine-tuning jobs: OpenAI's `fine_tuning.job`, `.event` and `.checkpoint` shapes, plus our
+adapter settings, budget, cost and usage.
+
+Stored shapes (read by the worker): `job.hyperparameters` = {"n_epochs": int, "batch_size":
+int, "learning_rate_multiplier": float} (auto already resolved); `job.adapter` = {"crma":
+bool, "n_streams": int, "rank": int, "lora_r": int, "lora_alpha": int, "quantization": null |
+"nf4"}."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from app.schemas.common import ListEnvelope, RequestModel
+
+Auto = Literal["auto"]
+
+
+class HyperparametersIn(RequestModel):
+    n_epochs: int | Auto = Field("auto", description="Passes over the training file (1-50).")
+    batch_size: int | Auto = Field("auto", description="Examples per optimizer step (1-256).")
+    learning_rate_multiplier: float | Auto = Field(
+        "auto", description="Scales the base learning rate (2e-4 for LoRA, 1e-3 for the CRMA "
+        "mixing matrix); 0 < m <= 10."
+    )
+
+    @field_validator("n_epochs")
+    @classmethod
+    def _epochs(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 50:
+            raise ValueError("n_epochs must be between 1 and 50")
+        return value
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 256:
+            raise ValueError("batch_size must be between 1 and 256")
+        return value
+
+    @field_validator("learning_rate_multiplier")
+    @classmethod
+    def _lr(cls, value: float | str) -> float | str:
+        if isinstance(value, float | int) and not 0 < value <= 10:
+            raise ValueError("learning_rate_multiplier must be > 0 and <= 10")
+        return value
+
+
+class AdapterIn(RequestModel):
+    crma: bool = Field(True, description="Attach CRMA next to LoRA (false: plain LoRA).")
+    n_streams: int = Field(4, ge=2, le=16, description="CRMA streams n (mixing matrix n x n).")
+    rank: int = Field(1, ge=1, le=8, description="CRMA rank r per stream.")
+    lora_r: int = Field(16, ge=1, le=256, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, le=1024, description="LoRA scaling alpha.")
+    quantization: Literal["nf4"] | None = Field(
+        None, description="`nf4` for QLoRA (CUDA workers, models with qlora=true)."
+    )
+
+
+Metadata = dict[str, str]
+
+
+def check_metadata(value: Metadata | None) -> Metadata | None:
+    if value is None:
+        return value
+    if len(value) > 16:
+        raise ValueError("metadata may hold at most 16 pairs")
+    for key, item in value.items():
+        if not 1 <= len(key) <= 64 or len(item) > 512:
+            raise ValueError("metadata keys are 1-64 characters, values at most 512")
+    return value
+
+
+class JobCreate(RequestModel):
+    model: str = Field(description="A base model id from GET /v1/models.",
+                       examples=["tinyllama-1.1b-chat"])
+    training_file: str = Field(description="Id of an uploaded, processed file.")
+    validation_file: str | None = Field(None, description="Optional held-out file.")
+    hyperparameters: HyperparametersIn | None = None
+    suffix: str | None = Field(
+        None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+        description="Up to 64 characters added to the fine-tuned model name.",
+    )
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    metadata: Metadata | None = Field(None, description="Up to 16 string pairs.")
+    adapter: AdapterIn | None = None
+    max_cost: Decimal | None = Field(
+        None, gt=0, le=1_000_000, decimal_places=6,
+        description="Budget in USD: training stops there and still delivers the adapter.",
+        examples=["2.50"],
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: Metadata | None) -> Metadata | None:
+        return check_metadata(value)
+
+    model_config = RequestModel.model_config | {
+        "json_schema_extra": {
+            "examples": [{
+                "model": "tinyllama-1.1b-chat",
+                "training_file": "file-REPLACE_WITH_YOUR_FILE_ID",
+                "hyperparameters": {"n_epochs": 3},
+                "adapter": {"crma": True, "n_streams": 4, "rank": 1},
+                "suffix": "support-bot",
+            }]
+        }
+    }
+
+
+class JobErrorPublic(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class UsagePublic(BaseModel):
+    estimated_tokens: int
+    token_budget: int | None
+    trained_tokens: int
+    hold: str = Field(description="USD held for this job.")
+    hold_micros: int
+
+
+class HyperparametersPublic(BaseModel):
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+
+
+class JobPublic(BaseModel):
+    id: str = Field(examples=["ftjob-abc123"])
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    finished_at: int | None
+    model: str
+    fine_tuned_model: str | None
+    organization_id: str
+    status: Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+    hyperparameters: HyperparametersPublic
+    training_file: str
+    validation_file: str | None
+    result_files: list[str]
+    trained_tokens: int | None
+    error: JobErrorPublic | None
+    seed: int
+    estimated_finish: int | None
+    metadata: Metadata | None
+    suffix: str | None
+    integrations: list[Any] = Field(default_factory=list)
+    # ours
+    adapter: dict[str, Any]
+    attempt: int
+    cost: str = Field(description="USD charged (final once the job is terminal).")
+    cost_micros: int
+    max_cost: str | None
+    usage: UsagePublic
+    cancel_requested: bool
+    continual_run_id: str | None = None
+    stage_index: int | None = None
+
+
+class JobList(ListEnvelope):
+    data: list[JobPublic]
+
+
+class EventPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    data: dict[str, Any] | None
+    type: str
+
+
+class EventList(ListEnvelope):
+    data: list[EventPublic]
+
+
+class CheckpointPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    step_number: int
+    metrics: dict[str, Any]
+    fine_tuning_job_id: str
+
+
+class CheckpointList(ListEnvelope):
+    data: list[CheckpointPublic]
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+class ArtifactPublic(BaseModel):
+    name: str = Field(description="Path inside the adapter bundle, e.g. lora/adapter_config.json")
+    bytes: int
+    sha256: str
+    url: str = Field(description="A presigned URL (S3, valid a few minutes) or an API path "
+                     "that streams the file (send your API key).")
+
+
+class ArtifactList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ArtifactPublic]

@@ -1,0 +1,26 @@
+"""Checkpoints of a job (OpenAI `fine_tuning.job.checkpoint`), newest step first."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db.models import Checkpoint
+from app.domain.errors import InvalidRequest
+
+
+def list_checkpoints(
+    session: Session, *, job_id: str, after: str | None, limit: int
+) -> tuple[list[Checkpoint], bool]:
+    """The job's checkpoints (ownership already checked by the caller); `after` is the id
+    of the last checkpoint of the previous page."""
+    statement = select(Checkpoint).where(Checkpoint.job_id == job_id)
+    if after is not None:
+        step = session.scalar(
+            select(Checkpoint.step).where(Checkpoint.job_id == job_id, Checkpoint.id == after)
+        )
+        if step is None:
+            raise InvalidRequest(f"Unknown cursor {after!r}.", param="after", code="invalid_cursor")
+        statement = statement.where(Checkpoint.step < step)
+    rows = list(session.scalars(statement.order_by(Checkpoint.step.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit

@@ -1,0 +1,194 @@
+"""Fine-tuning jobs: create (job + admission + created event + outbox row in the caller's
+single transaction), read, list, cancel."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from app.db.base import utcnow
+from app.db.models import File, Job, OutboxMessage
+from app.domain.errors import Conflict, InvalidRequest, NotFound
+from app.domain.hyperparameters import trained_tokens
+from app.domain.job_options import job_queue, resolve_adapter, resolve_hyperparameters
+from app.domain.ids import new_id
+from app.domain.job_state import TERMINAL, JobStatus
+from app.domain.pricing import usd_to_micros
+from app.schemas.jobs import JobCreate
+from app.services import admission, billing, events
+from app.services.admission import Admission
+from app.services.files import require_usable_file
+from app.services.job_status import transition_job
+from app.services.pagination import page, scoped_select
+from crma_core.catalog import CATALOG, CatalogModel
+
+RUN_JOB_TASK = "crma.run_job"
+
+
+@dataclass(frozen=True)
+class JobDraft:
+    """Everything a new job row needs, validated (shared by fine-tunes and continual stages)."""
+
+    model: CatalogModel
+    training_file: File
+    validation_file: File | None
+    hyperparameters: dict[str, Any]
+    adapter: dict[str, Any]
+    seed: int
+    estimated_tokens: int
+
+
+def catalog_model(model_id: str) -> CatalogModel:
+    entry = CATALOG.get(model_id)
+    if entry is None:
+        raise InvalidRequest(
+            f"The model {model_id!r} does not exist; see GET /v1/models.",
+            param="model", code="model_not_found",
+        )
+    return entry
+
+
+def draft_job(
+    session: Session, *, account_id: str, model: str, training_file: str,
+    validation_file: str | None, hyperparameters: dict[str, Any] | None,
+    adapter: dict[str, Any] | None, seed: int | None, param_prefix: str = "",
+) -> JobDraft:
+    entry = catalog_model(model)
+    train = require_usable_file(session, account_id=account_id, file_id=training_file,
+                                param=f"{param_prefix}training_file")
+    valid = None
+    if validation_file is not None:
+        valid = require_usable_file(session, account_id=account_id, file_id=validation_file,
+                                    param=f"{param_prefix}validation_file")
+    resolved_adapter = resolve_adapter(adapter)
+    if resolved_adapter["quantization"] and not entry.qlora:
+        raise InvalidRequest(f"{model} does not offer QLoRA (quantization='nf4').",
+                             param="adapter.quantization", code="qlora_not_supported")
+    resolved = resolve_hyperparameters(hyperparameters, example_count=train.example_count)
+    file_tokens = int((train.token_counts or {}).get(entry.family, 0))
+    return JobDraft(
+        model=entry, training_file=train, validation_file=valid, hyperparameters=resolved,
+        adapter=resolved_adapter, seed=secrets.randbelow(2**31) if seed is None else seed,
+        estimated_tokens=trained_tokens(file_tokens=file_tokens, n_epochs=resolved["n_epochs"]),
+    )
+
+
+def insert_job(
+    session: Session, *, account_id: str, draft: JobDraft, kind: str = "fine_tune",
+    suffix: str | None = None, metadata: dict[str, str] | None = None,
+    max_cost_micros: int | None = None, continual_run_id: str | None = None,
+    stage_index: int | None = None, enqueue: bool = True,
+) -> tuple[Job, Admission]:
+    """Insert a queued job, admit it (quota or credit hold), record `created` and, when
+    `enqueue`, the outbox row that hands it to the workers after commit."""
+    now = utcnow()
+    job = Job(
+        id=new_id("job"), account_id=account_id, kind=kind, model=draft.model.id,
+        training_file_id=draft.training_file.id,
+        validation_file_id=draft.validation_file.id if draft.validation_file else None,
+        hyperparameters=draft.hyperparameters, adapter=draft.adapter, suffix=suffix,
+        seed=draft.seed, user_metadata=metadata, max_cost_micros=max_cost_micros,
+        status=JobStatus.QUEUED.value, queue=job_queue(free_tier_model=draft.model.free_tier),
+        estimated_tokens=draft.estimated_tokens, trained_tokens=0, hold_micros=0,
+        cost_micros=0, attempt=0, continual_run_id=continual_run_id, stage_index=stage_index,
+        created_at=now, queued_at=now,
+    )
+    session.add(job)
+    session.flush()
+    admitted = admission.admit(
+        session, account_id=account_id, model=job.model, estimated_tokens=job.estimated_tokens,
+        source_id=job.id, max_cost_micros=max_cost_micros,
+    )
+    events.record_event(session, job_id=job.id, message=f"Created fine-tuning job: {job.id}",
+                        dedupe_key="created")
+    if enqueue:
+        enqueue_job(session, job=job)
+    session.refresh(job)
+    return job, admitted
+
+
+def enqueue_job(session: Session, *, job: Job) -> None:
+    session.add(OutboxMessage(task=RUN_JOB_TASK, queue=job.queue, payload={"job_id": job.id},
+                              created_at=utcnow(), available_at=utcnow(), attempts=0))
+    session.execute(update(Job).where(Job.id == job.id).values(offered_at=utcnow()))
+
+
+def create_job(session: Session, *, account_id: str, spec: JobCreate) -> tuple[Job, Admission]:
+    draft = draft_job(
+        session, account_id=account_id, model=spec.model, training_file=spec.training_file,
+        validation_file=spec.validation_file,
+        hyperparameters=spec.hyperparameters.model_dump() if spec.hyperparameters else None,
+        adapter=spec.adapter.model_dump() if spec.adapter else None, seed=spec.seed,
+    )
+    max_cost = usd_to_micros(spec.max_cost) if spec.max_cost is not None else None
+    return insert_job(session, account_id=account_id, draft=draft, suffix=spec.suffix,
+                      metadata=spec.metadata, max_cost_micros=max_cost)
+
+
+def get_job(session: Session, *, account_id: str, job_id: str) -> Job:
+    job = session.scalars(scoped_select(Job, account_id).where(Job.id == job_id)).first()
+    if job is None:
+        raise NotFound(f"No such fine-tuning job: {job_id!r}.", param="job_id")
+    return job
+
+
+def list_jobs(
+    session: Session, *, account_id: str, after: str | None, limit: int
+) -> tuple[list[Job], bool]:
+    """Fine-tuning jobs, newest first (continual-run stages are listed with their run)."""
+    statement = scoped_select(Job, account_id).where(Job.kind == "fine_tune")
+    return page(session, statement, Job, after=after, limit=limit)
+
+
+def cancel_job(session: Session, *, account_id: str, job_id: str) -> Job:
+    """Queued: cancelled now and settled in this transaction. Running: cancellation requested
+    (the worker stops within a heartbeat). Finished: 409. A continual-run stage cancels its
+    whole run (later stages would otherwise wait forever)."""
+    job = get_job(session, account_id=account_id, job_id=job_id)
+    require_cancellable(job)
+    if job.continual_run_id is not None:
+        from app.services.continual_runs import cancel_run
+
+        cancel_run(session, account_id=account_id, run_id=job.continual_run_id)
+    elif not cancel_one(session, job=job):
+        # Lost a race: the worker finished it (or the reaper re-queued it) meanwhile.
+        session.refresh(job)
+        require_cancellable(job)
+        cancel_one(session, job=job)
+    session.refresh(job)
+    return job
+
+
+def cancel_one(session: Session, *, job: Job) -> bool:
+    """Cancel or request cancellation of one job; False if it had already finished."""
+    now = utcnow()
+    pending = (JobStatus.QUEUED, JobStatus.VALIDATING_FILES)
+    if transition_job(session, job_id=job.id, to=JobStatus.CANCELLED, expected=pending,
+                      values={"cancel_requested_at": now}):
+        billing.settle_job(session, job_id=job.id)
+        events.record_event(session, job_id=job.id, message="Job cancelled before it started.",
+                            type="status", data={"status": "cancelled"},
+                            dedupe_key="status:cancelled")
+        return True
+    requested = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == JobStatus.RUNNING.value)
+        .values(cancel_requested_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if requested:
+        events.record_event(session, job_id=job.id, message="Cancellation requested.",
+                            dedupe_key="cancel_requested")
+        return True
+    return False
+
+
+def require_cancellable(job: Job) -> None:
+    if JobStatus(job.status) in TERMINAL:
+        raise Conflict(f"Job {job.id} is already {job.status}; it cannot be cancelled.",
+                       code="job_not_cancellable", param="job_id")
+

@@ -1,0 +1,78 @@
+"""The model catalog with prices and availability.
+
+A model is available when its weights are installed in the model store directory
+(`<model_store_dir>/<id>/config.json` or `store.json`) or published in the object store
+(`models/<id>/store.json`). Object-store answers are cached briefly: GET /v1/models must not
+cost an S3 round trip per model per request."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.domain.errors import NotFound
+from app.domain.pricing import format_usd
+from app.storage.base import ObjectStore
+from app.storage.keys import MODEL_STORE_PREFIX
+from crma_core.catalog import CATALOG, CatalogModel
+
+AVAILABILITY_TTL_S = 30.0
+_MARKERS = ("config.json", "store.json")
+
+
+@dataclass(frozen=True)
+class ModelOffer:
+    model: CatalogModel
+    available: bool
+    price_micros_per_mtok: int
+
+    @property
+    def price_usd(self) -> str:
+        return format_usd(self.price_micros_per_mtok)
+
+
+_cache: dict[tuple[int, str], tuple[bool, float]] = {}
+_cache_lock = threading.Lock()
+
+
+def is_installed(model_store_dir: Path, model_id: str) -> bool:
+    return any((model_store_dir / model_id / marker).is_file() for marker in _MARKERS)
+
+
+def is_published(store: ObjectStore, model_id: str) -> bool:
+    key = (id(store), model_id)
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit and hit[1] > time.monotonic():
+            return hit[0]
+    try:
+        published = store.head(f"{MODEL_STORE_PREFIX}{model_id}/store.json") is not None
+    except Exception:  # noqa: BLE001 - an unreachable store shows up in /readyz, not here
+        published = False
+    with _cache_lock:
+        _cache[key] = (published, time.monotonic() + AVAILABILITY_TTL_S)
+    return published
+
+
+def list_models(
+    *, model_store_dir: Path, store: ObjectStore, prices: dict[str, int]
+) -> list[ModelOffer]:
+    return [
+        ModelOffer(
+            model=m,
+            available=is_installed(model_store_dir, m.id) or is_published(store, m.id),
+            price_micros_per_mtok=int(prices.get(m.id, 0)),
+        )
+        for m in CATALOG.values()
+    ]
+
+
+def get_model(
+    model_id: str, *, model_store_dir: Path, store: ObjectStore, prices: dict[str, int]
+) -> ModelOffer:
+    for offer in list_models(model_store_dir=model_store_dir, store=store, prices=prices):
+        if offer.model.id == model_id:
+            return offer
+    raise NotFound(f"The model {model_id!r} does not exist.", param="model", code="model_not_found")

@@ -1,0 +1,34 @@
+"""Cursor pagination, newest first: `after` is the id of the last object of the previous
+page; the next page holds what was created before it. The cursor must be one of the
+caller's own objects (looked up in the same scoped query), else it is an invalid cursor."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, select, tuple_
+from sqlalchemy.orm import Session
+
+from app.domain.errors import InvalidRequest
+
+T = TypeVar("T")
+
+
+def page(
+    session: Session, statement: Select[Any], model: type[T], *, after: str | None, limit: int,
+) -> tuple[list[T], bool]:
+    """Run `statement` (already tenant-scoped) newest first; returns (rows, has_more)."""
+    created, ident = model.created_at, model.id  # type: ignore[attr-defined]
+    if after is not None:
+        cursor = session.execute(
+            statement.with_only_columns(created, ident).where(ident == after)
+        ).first()
+        if cursor is None:
+            raise InvalidRequest(f"Unknown cursor {after!r}.", param="after", code="invalid_cursor")
+        statement = statement.where(tuple_(created, ident) < tuple_(cursor[0], cursor[1]))
+    rows = list(session.scalars(statement.order_by(created.desc(), ident.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def scoped_select(model: type[T], account_id: str) -> Select[Any]:
+    return select(model).where(model.account_id == account_id)  # type: ignore[attr-defined]
