@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.routes import continual, files, health, jobs, models
+from app.api.routes import billing, continual, estimates, files, health, jobs, models
 
 ALL_ROUTERS: list[APIRouter] = [
     health.router,
     models.router,
     files.router,
+    estimates.router,  # POST .../jobs/estimate, .../runs/estimate: before the {id} routes
     jobs.router,
     continual.router,
+    billing.router,
 ]
