@@ -67,3 +67,33 @@ def _finish_run(session: Session, *, run_id: str, status: str, error: dict[str, 
         .values(status=status, error=error, finished_at=db_now(session))
         .execution_options(synchronize_session=False)
     )
+
+
+class ContinualUnavailable(RuntimeError):
+    """This worker cannot train continual-run stages (crma_core.continual is missing)."""
+
+
+def train_stage(*, settings, store, job, training, model_dir):  # noqa: ANN001
+    """The seam for one continual-run stage (domain `job.stage_index` of run
+    `job.continual_run_id`); returns a worker.training.TrainingOutcome.
+
+    What it must do, with crma_core.continual (written by the crma_core part):
+      1. download the run's state from `keys.continual_state_prefix(account, run)`: the
+         shared CRMA and the LoRAs of the earlier domains (mode `modular`), or the one LoRA
+         (`naive`), or the frozen per-domain LoRAs (`frozen`);
+      2. download this stage's training/validation files and every earlier stage's
+         validation file (the holdouts scored after training);
+      3. train the new domain with `training`'s callbacks (events, fenced checkpoints, stop
+         on cancel / lost lease), resuming from `training.download_checkpoint()`;
+      4. score every seen domain -> row t of the loss matrix L; write `ContinualRun.report`
+         (L, drift per domain and its mean) in the finishing transaction;
+      5. upload the new state under `continual_state_prefix` and export the bundle (owner
+         = the run id) into `training.workdir / "bundle"`.
+    The runner then publishes and finishes the stage like a fine-tuning job; `after_stage`
+    offers the next stage or cancels the later ones."""
+    try:
+        import crma_core.continual  # noqa: F401
+    except ImportError as exc:
+        raise ContinualUnavailable(
+            "continual-run stages need crma_core.continual, which this build lacks") from exc
+    raise ContinualUnavailable("the worker's continual-stage training is not wired yet")

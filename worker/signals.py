@@ -1,10 +1,11 @@
-"""Celery signal hooks: register the worker's liveness row when it is ready to consume."""
+"""Celery signal hooks: register the worker's liveness row when it is ready to consume, and
+turn a warm shutdown into a checkpoint + lease hand-back of the running job."""
 
 from __future__ import annotations
 
 import logging
 
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutting_down
 
 from app.settings import get_settings
 
@@ -23,3 +24,12 @@ def _register(sender=None, **_: object) -> None:  # noqa: ANN001 - Celery's sign
                         device=settings.worker_device)
     except Exception:  # noqa: BLE001 - liveness must never stop the worker from consuming
         log.warning("could not register worker %s", sender.hostname, exc_info=True)
+
+
+@worker_shutting_down.connect
+def _shutting_down(sig=None, how=None, **_: object) -> None:  # noqa: ANN001
+    """Warm shutdown: let the running job checkpoint and hand its lease back (R9)."""
+    if how == "Warm":
+        from worker import shutdown
+
+        shutdown.forward_to_children()

@@ -20,7 +20,9 @@ MAINTENANCE = dict(
 def run_job(self, job_id: str) -> str:
     from worker.runner import run_job as run
 
-    return run(job_id=job_id, settings=get_settings(), worker_name=self.request.hostname or "")
+    _, soft = self.request.timelimit or (None, None)
+    return run(job_id=job_id, settings=get_settings(), worker_name=self.request.hostname or "",
+               soft_time_limit_s=soft or app.conf.task_soft_time_limit)
 
 
 @app.task(name=RELAY_OUTBOX, **MAINTENANCE)

@@ -142,6 +142,17 @@ def record_checkpoint_step(session: Session, *, job_id: str, attempt: int, step:
     ).rowcount == 1
 
 
+def holds_lease(session: Session, *, job_id: str, attempt: int) -> bool:
+    """Whether `attempt` still owns the running job; on PostgreSQL the row is share-locked
+    until the caller commits, so the reaper cannot requeue it in between (a fenced event
+    write: check, then insert, in one transaction)."""
+    statement = select(Job.id).where(Job.id == job_id, Job.attempt == attempt,
+                                     Job.status == RUNNING)
+    if session.get_bind().dialect.name == "postgresql":
+        statement = statement.with_for_update(read=True)
+    return session.scalar(statement) is not None
+
+
 def _fenced(job_id: str, attempt: int):
     return (
         update(Job)

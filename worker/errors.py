@@ -1,0 +1,42 @@
+"""Exceptions raised while running a job, mapped to the job's `error` (API.md codes).
+
+The message shown to the user never carries a stack trace; the runner logs the trace."""
+
+from __future__ import annotations
+
+from app.domain.job_state import ErrorCode
+from worker.inputs import ModelUnavailable
+
+INTERNAL_MESSAGE = "An internal error occurred while training this job; it will not be charged."
+OOM_MESSAGE = ("Training ran out of memory on the worker; try a smaller batch size or a "
+               "shorter maximum sequence length. The job will not be charged.")
+
+
+class ArtifactVerificationError(Exception):
+    """An uploaded artifact did not read back with the size and sha256 it was written with."""
+
+
+def _is_oom(exc: BaseException) -> bool:
+    try:
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+    except ImportError:  # pragma: no cover - torch is a dependency of the worker
+        pass
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def classify(exc: BaseException) -> tuple[ErrorCode, str]:
+    """(error code, user-facing message) for an exception raised by a job."""
+    from crma_core.errors import DataError
+
+    if _is_oom(exc):
+        return ErrorCode.OUT_OF_MEMORY, OOM_MESSAGE
+    if isinstance(exc, DataError):
+        # crma_core's data errors name the file and line and never include server paths.
+        return ErrorCode.INVALID_TRAINING_FILE, f"The training data cannot be used: {exc}"[:1000]
+    if isinstance(exc, ModelUnavailable):
+        return ErrorCode.MODEL_UNAVAILABLE, str(exc)
+    return ErrorCode.INTERNAL_ERROR, INTERNAL_MESSAGE
