@@ -24,3 +24,57 @@ def threads_factory(pg_url: str) -> Iterator[sessionmaker[Session]]:
     )
     yield sessionmaker(bind=engine, expire_on_commit=False)
     engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def live_api(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real API server (uvicorn, its own process) on a free port, on the test database."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    from race_helpers import free_port
+
+    root = Path(__file__).resolve().parents[2]
+    data = tmp_path_factory.mktemp("live_api")
+    port = free_port()
+    env = {
+        **os.environ,
+        "CRMA_DATABASE_URL": pg_url,
+        "CRMA_DATA_DIR": str(data),
+        "CRMA_STORAGE_URL": (data / "objects").as_uri(),
+        "CRMA_API_KEY_PEPPER": "",
+    }
+    log = (data / "server.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError((data / "server.log").read_text()[-4000:])
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("API server did not start: " + (data / "server.log").read_text())
+            time.sleep(0.2)
+        yield base
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)
+        log.close()

@@ -50,3 +50,11 @@ def balances(factory: Callable[[], Session], account_id: str) -> tuple[int, int]
     with factory() as session:
         row = session.get(Account, account_id)
         return row.credit_available_micros, row.credit_held_micros
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -149,3 +149,22 @@ def test_free_job_moves_no_money(pg_session, make_account, make_job):
     entries = pg_session.scalar(
         select(func.count()).select_from(LedgerEntry).where(LedgerEntry.account_id == account_id))
     assert entries == 0
+
+
+def test_full_lifecycle_on_sqlite(sqlite_url, make_job) -> None:
+    from app.db.session import get_sessionmaker
+    from app.services import accounts
+
+    with get_sessionmaker(sqlite_url)() as session:
+        account, _ = accounts.create_account(session, name="dev", plan="pro")
+        billing.add_credit(session, account_id=account.id, amount_micros=3_000_000, memo="dev")
+        job = new_pro_job(session, make_job, account.id, tokens=4_000_000)
+        with pytest.raises(InsufficientCredit), session.begin_nested():
+            new_pro_job(session, make_job, account.id, tokens=4_000_002)
+        finish(session, job.id, JobStatus.CANCELLED, trained=1_000_000)
+        billing.settle_job(session, job_id=job.id)
+        session.commit()
+        assert postings(session, job.id) == {"hold": 1, "capture": 1, "release": 1}
+        row = session.get(Account, account.id, populate_existing=True)
+        assert (row.credit_available_micros, row.credit_held_micros) == (2_500_000, 0)
+        assert billing.reconcile(session, account.id).ok
