@@ -1,0 +1,132 @@
+"""The streaming JSONL validator: line numbers, limits, token estimates, throughput."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from app.domain.files import safe_filename
+from app.services import tokens
+from app.services.uploads import validate_jsonl
+from tests.app.helpers import CHAT_LINE
+
+NO_STORE = Path("/nonexistent-model-store")
+
+
+def _validate(data: bytes, *, max_line_bytes: int = 1024 * 1024, store: Path = NO_STORE):
+    return validate_jsonl(io.BytesIO(data), max_line_bytes=max_line_bytes, model_store_dir=store)
+
+
+def test_line_numbers_count_blank_lines_and_bom() -> None:
+    data = b"\xef\xbb\xbf" + (CHAT_LINE + "\n\n\n").encode() + b'{"messages": 5}\n'
+    report = _validate(data)
+    assert report.example_count == 1 and report.line_count == 4
+    assert [(e["line"], e["field"], e["code"]) for e in report.errors] == [
+        (4, "messages", "wrong_type")]
+
+
+def test_long_line_is_skipped_in_chunks_and_later_lines_still_count() -> None:
+    long_line = json.dumps({"text": "y" * 5000}).encode()
+    data = long_line + b"\n" + b'{"text": "ok"}\n' + long_line  # last line has no newline
+    report = _validate(data, max_line_bytes=1000)
+    assert [(e["line"], e["code"]) for e in report.errors] == [
+        (1, "line_too_long"), (3, "line_too_long")]
+    assert report.example_count == 1 and report.bytes == len(data)
+
+
+def test_line_exactly_at_the_limit_is_accepted() -> None:
+    line = json.dumps({"text": "z" * 100}).encode()
+    assert _validate(line + b"\n", max_line_bytes=len(line) + 1).ok
+    assert _validate(line, max_line_bytes=len(line)).ok
+    assert not _validate(line + b"\n", max_line_bytes=len(line) - 1).ok
+
+
+def test_sha256_and_size_cover_every_byte() -> None:
+    import hashlib
+
+    data = (CHAT_LINE + "\n").encode() * 3 + b"{broken\n"
+    report = _validate(data)
+    assert report.sha256 == hashlib.sha256(data).hexdigest() and report.bytes == len(data)
+
+
+def test_deeply_nested_json_is_an_error_not_a_crash() -> None:
+    report = _validate(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    assert report.errors[0]["code"] in ("invalid_json", "not_an_object")
+
+
+def test_heuristic_estimate_per_family() -> None:
+    text = "word " * 370  # 1850 bytes
+    report = _validate(json.dumps({"text": text}).encode() + b"\n")
+    overhead = tokens.EXAMPLE_OVERHEAD_TOKENS
+    assert report.token_counts["llama"] == -(-len(text) // 3.7) + overhead
+    assert report.token_counts["gemma2"] == -(-len(text) // 4.4) + overhead
+    assert report.token_estimate_method == {
+        "llama": "heuristic:3.7_bytes_per_token", "mistral": "heuristic:3.7_bytes_per_token",
+        "gemma2": "heuristic:4.4_bytes_per_token"}
+
+
+def _install_tokenizer(store: Path, model_id: str) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, "hello": 1, "world": 2}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    (store / model_id).mkdir(parents=True)
+    tokenizer.save(str(store / model_id / "tokenizer.json"))
+
+
+def test_installed_tokenizer_counts_exactly(tmp_path: Path) -> None:
+    _install_tokenizer(tmp_path, "tinyllama-1.1b-chat")
+    lines = [json.dumps({"prompt": "hello world", "completion": " hello"})] * 3
+    report = _validate(("\n".join(lines) + "\n").encode(), store=tmp_path)
+    # "hello world" + " hello" -> 3 whitespace words per example, plus bos/eos.
+    assert report.token_counts["llama"] == 3 * (3 + tokens.EXAMPLE_OVERHEAD_TOKENS)
+    assert report.token_estimate_method["llama"] == "tokenizer:tinyllama-1.1b-chat"
+    assert report.token_estimate_method["mistral"].startswith("heuristic:")
+
+
+def test_tokenizer_sample_extrapolates_past_the_exact_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _install_tokenizer(tmp_path, "smollm2-135m-instruct")
+    monkeypatch.setattr(tokens, "EXACT_TEXT_BYTES", 1000)
+    line = json.dumps({"text": "hello world " * 10}).encode() + b"\n"  # 20 words, 120 bytes
+    report = _validate(line * 100, store=tmp_path)
+    assert report.token_estimate_method["llama"] == "tokenizer_sample:smollm2-135m-instruct"
+    assert report.token_counts["llama"] == 100 * (20 + tokens.EXAMPLE_OVERHEAD_TOKENS)
+
+
+def test_validator_throughput_is_at_least_20_mb_per_second() -> None:
+    rng = random.Random(0)
+    words = "the model learns a short answer for every question in this domain".split()
+    lines = []
+    for _ in range(12_000):
+        user = " ".join(rng.choices(words, k=rng.randint(20, 120)))
+        answer = " ".join(rng.choices(words, k=rng.randint(20, 120)))
+        lines.append(json.dumps({"messages": [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": user}, {"role": "assistant", "content": answer}]}))
+    data = ("\n".join(lines) + "\n").encode()
+    best = 0.0
+    for _ in range(3):  # best of three: the machine is shared
+        started = time.perf_counter()
+        report = _validate(data)
+        best = max(best, len(data) / (time.perf_counter() - started) / 1e6)
+    assert report.ok and report.example_count == 12_000
+    print(f"validator: {best:.1f} MB/s on {len(data) / 1e6:.1f} MB of chat JSONL")
+    assert best >= 20
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("../../x.jsonl", "x.jsonl"), ("C:\\Users\\a\\train.jsonl", "train.jsonl"),
+     ("a\x00b\nc.jsonl", "abc.jsonl"), ("", "upload.jsonl"), (None, "upload.jsonl"),
+     ("x" * 400, "x" * 255)],
+)
+def test_safe_filename(raw: str | None, expected: str) -> None:
+    assert safe_filename(raw) == expected
