@@ -11,10 +11,9 @@ from sqlalchemy.orm import Session
 from app.db.models import Account, Job, LedgerEntry, LedgerTransaction
 from app.domain.errors import InsufficientCredit
 from app.domain.pricing import price_micros
+from app.domain.job_state import JobStatus
 from app.services import admission, billing
 from app.services.job_status import transition_job
-from app.domain.job_state import JobStatus
-
 
 MODEL = "mistral-7b-v0.3"  # 500_000 micros per 1M tokens
 

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
+from app.db.models import Job
 from app.db.session import get_sessionmaker
+from app.domain.job_state import JobStatus
 from app.services import accounts, billing
 from app.services.job_status import transition_job
-from app.domain.job_state import JobStatus
 from app.settings import Settings
 
 CHAT = {"messages": [{"role": "user", "content": "What is the capital of France?"},
@@ -170,3 +172,22 @@ def test_continual_estimate_counts_a_run_per_stage(client: TestClient, pg_url: s
 def test_billing_needs_a_key(client: TestClient) -> None:
     for path in ("/v1/billing/balance", "/v1/billing/ledger", "/v1/usage"):
         assert client.get(path).status_code == 401
+
+
+def test_each_continual_stage_is_a_free_run(client: TestClient, pg_url: str) -> None:
+    account_id, headers = new_account(pg_url, "free")
+    train, holdout = upload(client, headers), upload(client, headers, examples=5)
+    domain = {"training_file": train["id"], "validation_file": holdout["id"]}
+    two = {"model": "tinyllama-1.1b-chat",
+           "domains": [{"name": "a", **domain}, {"name": "b", **domain}]}
+    created = client.post("/v1/continual/runs", headers=headers, json=two)
+    assert created.status_code == 201, created.text
+    assert created.headers["x-quota-runs-remaining"] == "1"
+    refused = client.post("/v1/continual/runs", headers=headers, json=two)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "quota_exceeded"
+    # The refused run left nothing behind: its first stage's reservation rolled back too.
+    balance = client.get("/v1/billing/balance", headers=headers).json()
+    assert balance["free_runs"]["remaining"] == 1
+    with get_sessionmaker(pg_url)() as session:
+        assert session.scalar(select(func.count()).select_from(Job)
+                              .where(Job.account_id == account_id)) == 2
