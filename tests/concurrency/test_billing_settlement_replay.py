@@ -51,15 +51,20 @@ def settle_replay_test(factory) -> None:
             self.holds: dict[str, int] = {}
             self.costs: dict[str, int] = {}  # settled jobs only
 
-        @rule(target=jobs, tokens=st.integers(1, 6_000_000))
-        def hold(self, tokens: int) -> str:
+        @rule(target=jobs, tokens=st.integers(1, 6_000_000),
+              max_cost=st.none() | st.integers(1, 3_000_000), crash=st.booleans())
+        def hold(self, tokens: int, max_cost: int | None, crash: bool) -> str:
             with factory() as session:
                 job = make_job(session, account_id=self.account_id, model=MODEL,
                                file_id=self.file_id)
                 try:
                     admitted = admission.admit(session, account_id=self.account_id, model=MODEL,
-                                               estimated_tokens=tokens, source_id=job.id)
+                                               estimated_tokens=tokens, source_id=job.id,
+                                               max_cost_micros=max_cost)
                 except InsufficientCredit:
+                    session.rollback()
+                    return "none"
+                if crash:  # dies before COMMIT: no job, no hold
                     session.rollback()
                     return "none"
                 session.commit()
