@@ -96,15 +96,16 @@ def export_bundle(out_dir: Path, *, model: nn.Module, crma: CRMAHandle | None,
     kwargs = {}
     if pissa_init_dir is not None:
         kwargs["path_initial_model_for_weight_conversion"] = str(pissa_init_dir)
-    config = model.peft_config["default"]
-    original_name = config.base_model_name_or_path
+    # save_embedding_layers=False: "auto" probes the Hub for the base model's config.
+    model.save_pretrained(str(out_dir / LORA_DIR), safe_serialization=True,
+                          save_embedding_layers=False, **kwargs)
     if base_model_name is not None:
-        # The server's local path means nothing to the user who downloads the adapter.
-        config.base_model_name_or_path = base_model_name
-    try:
-        model.save_pretrained(str(out_dir / LORA_DIR), safe_serialization=True, **kwargs)
-    finally:
-        config.base_model_name_or_path = original_name
+        # The server's local path means nothing to whoever downloads the adapter. Rewritten
+        # after saving: peft looks the name up (on the Hub if not a local path) while saving.
+        config_path = out_dir / LORA_DIR / "adapter_config.json"
+        adapter_config = json.loads(config_path.read_text())
+        adapter_config["base_model_name_or_path"] = base_model_name
+        config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
     # peft's generated model card repeats the local path and adds nothing we need.
     (out_dir / LORA_DIR / "README.md").unlink(missing_ok=True)
     if crma is not None:
