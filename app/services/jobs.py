@@ -11,7 +11,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.models import File, Job, OutboxMessage
+from app.db.models import File, Job
 from app.domain.errors import Conflict, InvalidRequest, NotFound
 from app.domain.hyperparameters import trained_tokens
 from app.domain.job_options import job_queue, resolve_adapter, resolve_hyperparameters
@@ -19,14 +19,12 @@ from app.domain.ids import new_id
 from app.domain.job_state import TERMINAL, JobStatus
 from app.domain.pricing import usd_to_micros
 from app.schemas.jobs import JobCreate
-from app.services import admission, billing, events
+from app.services import admission, billing, events, outbox
 from app.services.admission import Admission
 from app.services.files import require_usable_file
 from app.services.job_status import transition_job
 from app.services.pagination import page, scoped_select
 from crma_core.catalog import CATALOG, CatalogModel
-
-RUN_JOB_TASK = "crma.run_job"
 
 
 @dataclass(frozen=True)
@@ -112,8 +110,8 @@ def insert_job(
 
 
 def enqueue_job(session: Session, *, job: Job) -> None:
-    session.add(OutboxMessage(task=RUN_JOB_TASK, queue=job.queue, payload={"job_id": job.id},
-                              created_at=utcnow(), available_at=utcnow(), attempts=0))
+    """The outbox row that hands the job to the workers once this transaction commits."""
+    outbox.enqueue(session, task=outbox.RUN_JOB_TASK, queue=job.queue, payload={"job_id": job.id})
     session.execute(update(Job).where(Job.id == job.id).values(offered_at=utcnow()))
 
 
