@@ -75,6 +75,13 @@ def forget_key(key_id: str) -> None:
     PRINCIPALS.forget_key(key_id)
 
 
+def cached_principal(*, api_key: str, pepper: str) -> Principal | None:
+    """The cached principal of a well-formed key, or None (then call `authenticate`)."""
+    if not looks_like_api_key(api_key):
+        return None
+    return PRINCIPALS.get(digest_api_key(api_key, pepper=pepper))
+
+
 def authenticate(session: Session, *, api_key: str, pepper: str) -> Principal:
     """The principal owning `api_key`, or `Unauthorized` (same error for every failure)."""
     if not looks_like_api_key(api_key):
