@@ -110,8 +110,9 @@ class BuiltModel:
 
 def build_model(model_dir: Path, *, lora: LoraSettings, crma: CRMAConfig | None,
                 device: str = "cpu", dtype: str = "float32",
-                gradient_checkpointing: bool = False, seed: int = 0) -> BuiltModel:
-    """Frozen base + peft LoRA + optional CRMA on every decoder layer.
+                gradient_checkpointing: bool = False, seed: int = 0,
+                adapter_name: str = "default") -> BuiltModel:
+    """Frozen base + peft LoRA (named ``adapter_name``) + optional CRMA on every decoder layer.
 
     Seeds torch's global RNG with ``seed`` first so LoRA and CRMA start the same every time.
     """
@@ -127,7 +128,7 @@ def build_model(model_dir: Path, *, lora: LoraSettings, crma: CRMAConfig | None,
             gradient_checkpointing_kwargs={"use_reentrant": False})
     elif gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = get_peft_model(base, lora_config(lora))
+    model = get_peft_model(base, lora_config(lora), adapter_name=adapter_name)
     handle = attach_crma(model, crma, seed=seed) if crma is not None else None
     return BuiltModel(model=model, tokenizer=tokenizer, crma=handle,
                       family=base.config.model_type)

@@ -1,0 +1,275 @@
+"""The continual run's state directory and its adapter bundle (safetensors + JSON only).
+
+A state directory is everything needed to add the next domain later, on another machine:
+
+  state.json                      format/version, mode, seed, config, base model identity,
+                                  optimizer policy, the domains (name, adapter, holdout copy,
+                                  sha256s, base loss, stage summary) and the loss matrix
+  report.json                     ``crma_core.drift.continual_report`` of the matrix so far
+  loras/<adapter>/adapter_model.safetensors, adapter_config.json
+                                  one LoRA per domain (adapters d0, d1, ...; modular and
+                                  frozen) or the one LoRA (adapter "shared"; naive), in PEFT's
+                                  on-disk format
+  crma/crma.safetensors, crma/crma_config.json     the current CRMA (modular only)
+  holdouts/<adapter>.jsonl        a copy of every domain's holdout file (JSON lines), so
+                                  later stages score earlier domains without the caller
+                                  keeping or re-sending those files
+
+Nothing is pickled and nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from crma_core.artifacts import build_manifest
+from crma_core.config import CRMAConfig
+from crma_core.errors import CheckpointError, ConfigError
+from crma_core.io import load_tensors, save_tensors, sha256_file, write_json
+from crma_core.settings import LoraSettings, TrainConfig
+
+STATE_FORMAT = "crma-continual-state"
+STATE_VERSION = 1
+STATE_FILE = "state.json"
+REPORT_FILE = "report.json"
+LORAS_DIR = "loras"
+CRMA_DIR = "crma"
+HOLDOUTS_DIR = "holdouts"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+MODES = ("modular", "frozen", "naive")
+NAIVE_ADAPTER = "shared"
+# Train settings that do not change what a stage computes (unless a budget binds), so a
+# later stage may pass other values than the run was started with.
+STAGE_MAY_CHANGE = ("device", "eval_batch_size", "eval_every", "checkpoint_every_steps",
+                    "checkpoint_every_seconds", "token_budget")
+# What happens to optimizer state between domains (recorded in every state).
+OPTIMIZER_POLICY = {
+    "lora": "fresh AdamW moments for every domain's LoRA (naive: the shared LoRA's moments "
+            "are reset at every domain too)",
+    "crma": "re-created at every domain: each domain's stage has its own warm-up/decay "
+            "schedule and optimizer, so no moments carry over (the CRMA weights do)",
+    "clipper": "fresh ZClip/max-norm state for every domain",
+    "lr_schedule": "restarts at every domain (warm-up, then decay over that domain's steps)",
+}
+
+
+@dataclass(frozen=True)
+class ContinualConfig:
+    """A continual run's settings, fixed when its first domain starts.
+
+    mode: "modular" (fresh LoRA per domain + one shared CRMA trained throughout), "frozen"
+    (fresh LoRA per domain, no CRMA in the forward pass) or "naive" (one LoRA trained
+    through every domain, no CRMA). ``crma`` is used in modular mode only. ``train`` holds
+    the per-domain training knobs; its ``seed`` is the run's seed. LoRA uses standard
+    initialisation (PiSSA would rewrite the shared base per adapter). ``score_base`` also
+    scores each new domain's holdout with the untrained base model (one more pass).
+    """
+
+    mode: str = "modular"
+    lora: LoraSettings = LoraSettings()
+    crma: CRMAConfig = CRMAConfig()
+    train: TrainConfig = TrainConfig()
+    score_base: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.lora.init != "default":
+            raise ConfigError("continual runs use standard LoRA init (PiSSA would rewrite the "
+                              "shared base model per adapter)")
+
+    @property
+    def seed(self) -> int:
+        return self.train.seed
+
+    @property
+    def uses_crma(self) -> bool:
+        return self.mode == "modular"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "lora": self.lora.to_dict(),
+                "crma": self.crma.to_dict() if self.uses_crma else None,
+                "train": self.train.to_dict(), "score_base": self.score_base}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ContinualConfig:
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown ContinualConfig fields: {', '.join(unknown)}")
+        return cls(mode=data["mode"], lora=LoraSettings.from_dict(data["lora"]),
+                   crma=CRMAConfig.from_dict(data["crma"]) if data.get("crma") else CRMAConfig(),
+                   train=TrainConfig.from_dict(data["train"]),
+                   score_base=bool(data.get("score_base", True)))
+
+    def fixed_part(self) -> dict[str, Any]:
+        """The settings every stage of a run must share."""
+        data = self.to_dict()
+        data["train"] = {k: v for k, v in data["train"].items() if k not in STAGE_MAY_CHANGE}
+        return data
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """One domain: a name, its training file and its holdout file (JSONL, any format)."""
+
+    name: str
+    train_file: Path
+    holdout_file: Path
+
+
+def adapter_name(mode: str, index: int) -> str:
+    """The PEFT adapter that domain ``index`` trains and is scored with."""
+    return NAIVE_ADAPTER if mode == "naive" else f"d{index}"
+
+
+def base_model_identity(model_dir: Path) -> dict[str, Any]:
+    """{"dir_name", "config_sha256"}: a later stage must run on the same base model."""
+    model_dir = Path(model_dir)
+    return {"dir_name": model_dir.name,
+            "config_sha256": sha256_file(model_dir / "config.json")}
+
+
+def slug(name: str) -> str:
+    """A path-safe form of a domain name (for artifact paths)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")
+    return cleaned[:60] or "domain"
+
+
+# -- LoRA tensors ----------------------------------------------------------------------------
+def lora_state(model: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
+    """The adapter's LoRA tensors under PEFT's saved names (adapter name stripped)."""
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model, adapter_name=adapter, save_embedding_layers=False)
+
+
+def save_lora(model: nn.Module, adapter: str, directory: Path, *, base_model_name: str) -> None:
+    """``adapter_model.safetensors`` + ``adapter_config.json`` (loadable with
+    ``peft.PeftModel.from_pretrained(base, directory)``)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_tensors(directory / ADAPTER_WEIGHTS, lora_state(model, adapter))
+    config = model.peft_config[adapter].to_dict()
+    for key, value in config.items():
+        if isinstance(value, set):
+            config[key] = sorted(value)  # sorted: the same adapter gives the same bytes
+    config["base_model_name_or_path"] = base_model_name
+    config["inference_mode"] = True
+    write_json(directory / ADAPTER_CONFIG, config)
+
+
+def load_lora(model: nn.Module, adapter: str, directory: Path) -> None:
+    """Load saved LoRA weights into the model's existing adapter ``adapter`` (exact names
+    and shapes required)."""
+    from peft import set_peft_model_state_dict
+
+    saved = load_tensors(Path(directory) / ADAPTER_WEIGHTS)
+    expected = lora_state(model, adapter)
+    if set(saved) != set(expected):
+        raise CheckpointError(f"LoRA {adapter} in {directory} does not match this model's "
+                              "LoRA layout (different base model or LoRA settings?)")
+    for key, tensor in saved.items():
+        if tensor.shape != expected[key].shape:
+            raise CheckpointError(f"LoRA tensor {key}: shape {tuple(tensor.shape)} saved, "
+                                  f"{tuple(expected[key].shape)} here")
+    result = set_peft_model_state_dict(model, saved, adapter_name=adapter)
+    if result.unexpected_keys:
+        raise CheckpointError(f"unexpected LoRA keys {result.unexpected_keys[:3]}")
+
+
+# -- the state directory ---------------------------------------------------------------------
+def read_state(directory: Path) -> dict[str, Any]:
+    """``state.json`` of a state directory, checked for format and version."""
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a continual-run state (no {STATE_FILE})")
+    state = json.loads(path.read_text())
+    if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+        raise CheckpointError(f"{path}: unsupported state format "
+                              f"{state.get('format')!r} v{state.get('version')!r}")
+    return state
+
+
+def holdout_path(directory: Path, entry: dict[str, Any]) -> Path:
+    """The stored holdout copy of a domain entry, verified against its sha256."""
+    path = Path(directory) / entry["holdout"]
+    if not path.is_file() or sha256_file(path) != entry["holdout_sha256"]:
+        raise CheckpointError(f"holdout copy {entry['holdout']} is missing or altered")
+    return path
+
+
+def begin_state_dir(directory: Path) -> Path:
+    """A fresh temporary sibling of ``directory`` to write into (``finish_state_dir`` moves
+    it into place, so a crash never leaves half a state where a whole one is expected)."""
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()):
+        raise CheckpointError(f"state directory {directory} already exists and is not empty")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def finish_state_dir(tmp: Path, directory: Path) -> Path:
+    directory = Path(directory)
+    if directory.exists():
+        directory.rmdir()  # empty (checked by begin_state_dir)
+    os.replace(tmp, directory)
+    return directory
+
+
+def state_files(directory: Path) -> list[str]:
+    """Every file in a state directory, relative and sorted."""
+    directory = Path(directory)
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+
+
+# -- the published bundle --------------------------------------------------------------------
+def export_bundle(state_dir: Path, out_dir: Path, *, title: str | None = None) -> dict[str, Any]:
+    """The run's downloadable artifacts from a state directory; returns the manifest.
+
+    loras/<i>-<domain>/{adapter_model.safetensors,adapter_config.json} (modular, frozen) or
+    lora/ (naive); crma.safetensors + crma_config.json (modular: the current CRMA, which
+    every domain's LoRA is used with); continual_report.json; plots/loss_matrix.png;
+    manifest.json (sha256 of every file).
+    """
+    from crma_core.drift import plot_loss_matrix
+
+    state_dir, out_dir = Path(state_dir), Path(out_dir)
+    state = read_state(state_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if state["mode"] == "naive":
+        shutil.copytree(state_dir / LORAS_DIR / NAIVE_ADAPTER, out_dir / "lora")
+    else:
+        for entry in state["domains"]:
+            shutil.copytree(state_dir / LORAS_DIR / entry["adapter"],
+                            out_dir / LORAS_DIR / f"{entry['index']}-{slug(entry['name'])}")
+    if state["mode"] == "modular":
+        for name in ("crma.safetensors", "crma_config.json"):
+            shutil.copy2(state_dir / CRMA_DIR / name, out_dir / name)
+    report = json.loads((state_dir / REPORT_FILE).read_text())
+    report = {"mode": state["mode"], "seed": state["seed"], **report}
+    write_json(out_dir / "continual_report.json", report)
+    names = [entry["name"] for entry in state["domains"]]
+    plot_loss_matrix(state["matrix"], names, out_dir / "plots" / "loss_matrix.png",
+                     title=title or f"{state['mode']} run, seed {state['seed']}")
+    manifest = build_manifest(out_dir, {
+        "format": "crma-continual-bundle", "version": 1, "mode": state["mode"],
+        "seed": state["seed"], "base_model": state["base_model"],
+        "domains": [{"index": e["index"], "name": e["name"]} for e in state["domains"]],
+        "config": state["config"],
+    })
+    write_json(out_dir / "manifest.json", manifest)
+    return manifest
