@@ -52,11 +52,13 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settin
 
 
 def insert_file(session: Session, *, account_id: str, **values: Any) -> File:
-    row = File(
-        id=new_id("file"), account_id=account_id, filename="train.jsonl", purpose="fine-tune",
-        bytes=10, status="processed", format="chat", example_count=1, token_counts={},
-        errors=[], error_count=0, created_at=utcnow(), **values,
-    )
+    fields: dict[str, Any] = {
+        "id": new_id("file"), "account_id": account_id, "filename": "train.jsonl",
+        "purpose": "fine-tune", "bytes": 10, "status": "processed", "format": "chat",
+        "example_count": 1, "token_counts": {}, "errors": [], "error_count": 0,
+        "created_at": utcnow(),
+    }
+    row = File(**{**fields, **values})
     session.add(row)
     session.flush()
     return row
