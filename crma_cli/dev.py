@@ -1,6 +1,5 @@
-"""Development and operations commands: `crma serve` (the API), `crma migrate` (Alembic) and
-`crma openapi` (print the OpenAPI document). The embedded all-in-one `crma dev` is registered
-here too by the lead (see register)."""
+"""Operations commands: `crma serve` (the API), `crma migrate` (Alembic) and `crma openapi`
+(print the OpenAPI document). The embedded all-in-one `crma dev` is crma_cli/embedded.py."""
 
 from __future__ import annotations
 
@@ -31,7 +30,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     openapi = subparsers.add_parser("openapi", help="print the OpenAPI document (JSON)")
     openapi.set_defaults(func=run_openapi)
-    # `crma dev` (API + worker, embedded) is added here by the lead.
 
 
 def apply_overrides(args: argparse.Namespace) -> None:

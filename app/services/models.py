@@ -1,8 +1,8 @@
 """The model catalog with prices and availability.
 
-A model is available when its weights are installed in the model store directory
-(`<model_store_dir>/<id>/config.json` or `store.json`) or published in the object store
-(`models/<id>/store.json`). Object-store answers are cached briefly: GET /v1/models must not
+A model is available when it is installed in the model store directory (crma_core's
+ModelStore writes `<model_store_dir>/<id>/store.json` last, so its presence means a complete
+install) or published in the object store (`models/<id>/store.json`). Object-store answers are cached briefly: GET /v1/models must not
 cost an S3 round trip per model per request."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from app.storage.keys import MODEL_STORE_PREFIX
 from crma_core.catalog import CATALOG, CatalogModel
 
 AVAILABILITY_TTL_S = 30.0
-_MARKERS = ("config.json", "store.json")
+STORE_FILE = "store.json"  # crma_core.model_store.STORE_FILE (not imported: keep the API light)
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ _cache_lock = threading.Lock()
 
 
 def is_installed(model_store_dir: Path, model_id: str) -> bool:
-    return any((model_store_dir / model_id / marker).is_file() for marker in _MARKERS)
+    return (model_store_dir / model_id / STORE_FILE).is_file()
 
 
 def is_published(store: ObjectStore, model_id: str) -> bool:
@@ -48,7 +48,7 @@ def is_published(store: ObjectStore, model_id: str) -> bool:
         if hit and hit[1] > time.monotonic():
             return hit[0]
     try:
-        published = store.head(f"{MODEL_STORE_PREFIX}{model_id}/store.json") is not None
+        published = store.head(f"{MODEL_STORE_PREFIX}{model_id}/{STORE_FILE}") is not None
     except Exception:  # noqa: BLE001 - an unreachable store shows up in /readyz, not here
         published = False
     with _cache_lock:

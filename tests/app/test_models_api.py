@@ -25,6 +25,10 @@ def test_catalog_prices_and_availability(tmp_path: Path, pg_url: str, tenant: Te
     installed = settings.resolved_model_store_dir / "tinyllama-1.1b-chat"
     installed.mkdir(parents=True)
     (installed / "config.json").write_text("{}")
+    (installed / "store.json").write_text("{}")
+    half = settings.resolved_model_store_dir / "mistral-7b-v0.3"  # an import still staging
+    half.mkdir()
+    (half / "config.json").write_text("{}")
     models._cache.clear()
     open_store(settings).put_bytes("models/gemma-2-2b-it/store.json", b"{}")
     with TestClient(create_app(settings)) as client:
