@@ -49,7 +49,17 @@ async def create_file(
     request: Request, principal: PrincipalDep, settings: SettingsDep, store: StoreDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
-    """Upload a JSONL training file (validated line by line; errors name the lines)."""
+    """Upload a JSONL training file (validated line by line; errors name the lines).
+
+    The file is validated while it is received: strict UTF-8, one JSON object per line, one
+    format for the whole file (chat `messages`, `prompt`/`completion`, or `text`), at most
+    `max_line_bytes` per line and `max_upload_bytes` in all. A valid file is stored and
+    returned with status `processed`, its format, example count and token estimates per
+    model family. An invalid file is **not stored**: the answer is 400 with code
+    `invalid_file`, the first problems (with line numbers) in `error.message`, and
+    `error.errors` = the first 100 `{line, field, code, message}` plus `error.error_count`.
+    So a stored file can always start a job. Too large: 413.
+    """
     # Authentication ran first; only now is the body read (spooled to disk past 1 MiB).
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InvalidRequest("Send the file as multipart/form-data with fields 'purpose' "
