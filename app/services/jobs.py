@@ -93,7 +93,7 @@ def insert_job(
         status=JobStatus.QUEUED.value, queue=job_queue(free_tier_model=draft.model.free_tier),
         estimated_tokens=draft.estimated_tokens, trained_tokens=0, hold_micros=0,
         cost_micros=0, attempt=0, continual_run_id=continual_run_id, stage_index=stage_index,
-        created_at=now, queued_at=now,
+        created_at=now, queued_at=now, offered_at=now if enqueue else None,
     )
     session.add(job)
     session.flush()
@@ -110,9 +110,9 @@ def insert_job(
 
 
 def enqueue_job(session: Session, *, job: Job) -> None:
-    """The outbox row that hands the job to the workers once this transaction commits."""
+    """The outbox row that hands the job to the workers once this transaction commits
+    (the caller sets `job.offered_at`)."""
     outbox.enqueue(session, task=outbox.RUN_JOB_TASK, queue=job.queue, payload={"job_id": job.id})
-    session.execute(update(Job).where(Job.id == job.id).values(offered_at=utcnow()))
 
 
 def create_job(session: Session, *, account_id: str, spec: JobCreate) -> tuple[Job, Admission]:
