@@ -113,12 +113,14 @@ def test_validator_throughput_is_at_least_20_mb_per_second() -> None:
             {"role": "user", "content": user}, {"role": "assistant", "content": answer}]}))
     data = ("\n".join(lines) + "\n").encode()
     best = 0.0
-    for _ in range(3):  # best of three: the machine is shared
-        started = time.perf_counter()
+    # CPU time of this thread, best of three: other processes share the two cores, and a
+    # wall-clock figure would measure them rather than the validator.
+    for _ in range(3):
+        started = time.thread_time()
         report = _validate(data)
-        best = max(best, len(data) / (time.perf_counter() - started) / 1e6)
+        best = max(best, len(data) / (time.thread_time() - started) / 1e6)
     assert report.ok and report.example_count == 12_000
-    print(f"validator: {best:.1f} MB/s on {len(data) / 1e6:.1f} MB of chat JSONL")
+    print(f"validator: {best:.1f} MB per CPU-second on {len(data) / 1e6:.1f} MB of chat JSONL")
     assert best >= 20
 
 
