@@ -9,43 +9,52 @@ bool, "n_streams": int, "rank": int, "lora_r": int, "lora_alpha": int, "quantiza
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
 from app.schemas.common import ListEnvelope, RequestModel
 
 Auto = Literal["auto"]
 
 
+def _whole_or_auto(name: str, low: int, high: int):  # noqa: ANN202 - a validator factory
+    def check(value: object) -> object:
+        if value is None or value == "auto":
+            return "auto"
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer or 'auto'")
+        if not low <= value <= high:
+            raise ValueError(f"{name} must be between {low} and {high}")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _multiplier_or_auto(value: object) -> object:
+    if value is None or value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("learning_rate_multiplier must be a number or 'auto'")
+    if not 0 < value <= 10:
+        raise ValueError("learning_rate_multiplier must be > 0 and <= 10")
+    return float(value)
+
+
 class HyperparametersIn(RequestModel):
-    n_epochs: int | Auto = Field("auto", description="Passes over the training file (1-50).")
-    batch_size: int | Auto = Field("auto", description="Examples per optimizer step (1-256).")
-    learning_rate_multiplier: float | Auto = Field(
-        "auto", description="Scales the base learning rate (2e-4 for LoRA, 1e-3 for the CRMA "
-        "mixing matrix); 0 < m <= 10."
-    )
+    """Each value may be "auto" (or null): resolved from the training file at creation.
+    Numbers are strict: `true` or `"3"` is a 422, not silently 1 or 3."""
 
-    @field_validator("n_epochs")
-    @classmethod
-    def _epochs(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and not 1 <= value <= 50:
-            raise ValueError("n_epochs must be between 1 and 50")
-        return value
-
-    @field_validator("batch_size")
-    @classmethod
-    def _batch(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and not 1 <= value <= 256:
-            raise ValueError("batch_size must be between 1 and 256")
-        return value
-
-    @field_validator("learning_rate_multiplier")
-    @classmethod
-    def _lr(cls, value: float | str) -> float | str:
-        if isinstance(value, float | int) and not 0 < value <= 10:
-            raise ValueError("learning_rate_multiplier must be > 0 and <= 10")
-        return value
+    n_epochs: Annotated[Annotated[int, Field(ge=1, le=50)] | Auto,
+                        _whole_or_auto("n_epochs", 1, 50)] = Field(
+        "auto", description="Passes over the training file (1-50).")
+    batch_size: Annotated[Annotated[int, Field(ge=1, le=256)] | Auto,
+                          _whole_or_auto("batch_size", 1, 256)] = Field(
+        "auto", description="Examples per optimizer step (1-256).")
+    learning_rate_multiplier: Annotated[Annotated[float, Field(gt=0, le=10)] | Auto,
+                                        BeforeValidator(_multiplier_or_auto)] = (
+        Field("auto", description="Scales the base learning rates (2e-4 for LoRA, 1e-3 for "
+              "the CRMA mixing matrix); 0 < m <= 10."))
 
 
 class AdapterIn(RequestModel):
