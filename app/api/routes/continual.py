@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from sqlalchemy.orm import Session
 
 from app.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
 from app.api.downloads import artifact_response
@@ -33,7 +34,7 @@ def create_run(
 ) -> JSONResponse:
     """Start a continual run: one stage per domain, trained in order."""
 
-    def create(session):  # noqa: ANN001, ANN202
+    def create(session: Session) -> tuple[ContinualRunPublic, dict[str, str]]:
         view, admitted = continual_runs.create_run(session, account_id=principal.account_id,
                                                    spec=body)
         return run_public(view), quota_headers(admitted.quota if admitted else None)
@@ -53,7 +54,7 @@ def append_domains(
 ) -> JSONResponse:
     """Add domains to a run whose stages all succeeded."""
 
-    def create(session):  # noqa: ANN001, ANN202
+    def create(session: Session) -> tuple[ContinualRunPublic, dict[str, str]]:
         view, admitted = continual_runs.append_domains(
             session, account_id=principal.account_id, run_id=run_id, domains=body.domains)
         return run_public(view), quota_headers(admitted.quota if admitted else None)

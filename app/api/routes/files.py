@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
 from app.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
 from app.api.idempotent import IdempotencyKey, respond_idempotently
 from app.api.presenters import file_public
-from app.domain.errors import InvalidRequest
+from app.api.uploads import read_upload
 from app.schemas.common import AfterParam, error_responses
 from app.schemas.files import FileDeleted, FileList, FilePublic
 from app.services import files
@@ -60,37 +60,25 @@ async def create_file(
     `error.errors` = the first 100 `{line, field, code, message}` plus `error.error_count`.
     So a stored file can always start a job. Too large: 413.
     """
-    # Authentication ran first; only now is the body read (spooled to disk past 1 MiB).
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise InvalidRequest("Send the file as multipart/form-data with fields 'purpose' "
-                             "and 'file'.", param="file", code="invalid_content_type")
-    form = await request.form(max_files=1, max_fields=8)
-    try:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise InvalidRequest("The form has no 'file' part.", param="file",
-                                 code="missing_file")
-        purpose = files.check_purpose(form.get("purpose"))  # type: ignore[arg-type]
+    async with read_upload(request) as upload:  # read only now: authentication ran first
         report = await run_in_threadpool(
-            files.validate_upload, upload.file, max_bytes=settings.max_upload_bytes,
+            files.validate_upload, upload.file.file, max_bytes=settings.max_upload_bytes,
             max_line_bytes=settings.max_line_bytes,
             model_store_dir=settings.resolved_model_store_dir,
         )
-        body = {"purpose": purpose, "filename": upload.filename, "sha256": report.sha256}
 
-        def create(session):  # noqa: ANN001, ANN202
+        def create(session: Session) -> tuple[FilePublic, dict[str, str]]:
             row = files.create_file(session, account_id=principal.account_id, store=store,
-                                    stream=upload.file, report=report,
-                                    filename=upload.filename, purpose=purpose)
+                                    stream=upload.file.file, report=report,
+                                    filename=upload.file.filename, purpose=upload.purpose)
             return file_public(row), {}
 
         return await run_in_threadpool(
             respond_idempotently, request, settings=settings, principal=principal,
-            key=idempotency_key, body=body, create=create,
-            location=lambda file_id: f"/v1/files/{file_id}",
+            key=idempotency_key, create=create, location=lambda file_id: f"/v1/files/{file_id}",
+            body={"purpose": upload.purpose, "filename": upload.file.filename,
+                  "sha256": report.sha256},
         )
-    finally:
-        await form.close()
 
 
 @router.get("", response_model=FileList, responses=error_responses(400, 401))

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 
 from app.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep, open_session
@@ -42,7 +43,7 @@ def create_job(
 ) -> JSONResponse:
     """Create a fine-tuning job from an uploaded training file."""
 
-    def create(session):  # noqa: ANN001, ANN202
+    def create(session: Session) -> tuple[JobPublic, dict[str, str]]:
         job, admitted = jobs.create_job(session, account_id=principal.account_id, spec=body)
         public = job_public(job, throughput=settings.throughput_tokens_per_s)
         return public, quota_headers(admitted.quota)
