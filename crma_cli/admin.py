@@ -114,7 +114,8 @@ def list_accounts(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([
             {"account_id": a.id, "name": a.name, "plan": a.plan,
-             "created_at": a.created_at.isoformat(), "credit_available": format_usd(a.credit_available_micros),
+             "created_at": a.created_at.isoformat(),
+             "credit_available": format_usd(a.credit_available_micros),
              "credit_held": format_usd(a.credit_held_micros),
              "keys": [{"key_id": k.id, "prefix": k.prefix, "revoked": k.revoked_at is not None}
                       for k in keys[a.id]]}

@@ -8,15 +8,16 @@ streamed response (file download, server-sent events) starts."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from app.api.logs import account_id_var
-from app.db.session import get_sessionmaker
+from app.db.session import get_engine, get_sessionmaker
 from app.domain.errors import Unauthorized
 from app.domain.principal import Principal
 from app.services import auth
@@ -24,8 +25,8 @@ from app.settings import Settings
 from app.storage.base import ObjectStore
 
 __all__ = [
-    "Principal", "get_principal", "get_session", "get_settings_dep", "get_store",
-    "PrincipalDep", "SessionDep", "SettingsDep", "StoreDep",
+    "Principal", "get_principal", "get_read_session", "get_session", "get_settings_dep",
+    "get_store", "PrincipalDep", "ReadSessionDep", "SessionDep", "SettingsDep", "StoreDep",
 ]
 
 # auto_error=False: a missing header gets our envelope (401), not FastAPI's default 403.
@@ -60,6 +61,25 @@ def get_session(settings: SettingsDep) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+@lru_cache(maxsize=8)
+def _read_sessionmaker(url: str, timeout_s: float) -> sessionmaker[Session]:
+    # Same pool, autocommit connections: a read is one round trip, without BEGIN/COMMIT.
+    engine = get_engine(url, timeout_s).execution_options(isolation_level="AUTOCOMMIT")
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def get_read_session(settings: SettingsDep) -> Iterator[Session]:
+    """For GET routes only: statements run outside a transaction and nothing is committed."""
+    session = _read_sessionmaker(settings.resolved_database_url, settings.db_timeout_s)()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 
 
 async def get_store(request: Request) -> ObjectStore:

@@ -27,7 +27,8 @@ Creator = Callable[[Session], tuple[BaseModel, dict[str, str]]]
 
 def respond_idempotently(
     request: Request, *, settings: Settings, principal: Principal, key: str | None,
-    body: Any, create: Creator, status_code: int = 201, location: Callable[[str], str] | None = None,
+    body: Any, create: Creator, status_code: int = 201,
+    location: Callable[[str], str] | None = None,
 ) -> JSONResponse:
     """Run `create(session)` -> (public model, headers) at most once per key; the session's
     transaction is committed by the idempotency wrapper."""

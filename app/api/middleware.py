@@ -29,7 +29,9 @@ def _envelope(status: int, message: str, type_: str, code: str) -> bytes:
     return json.dumps(body).encode()
 
 
-async def _send_json(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
+async def _send_json(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]]
+) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers + extra})
     await send({"type": "http.response.body", "body": body})
@@ -52,8 +54,9 @@ class RequestContextMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"], status["sent"] = message["status"], True
+                headers = message.get("headers", [])
                 message["headers"] = [
-                    *[(k, v) for k, v in message.get("headers", []) if k.lower() != REQUEST_ID_HEADER],
+                    *[(k, v) for k, v in headers if k.lower() != REQUEST_ID_HEADER],
                     (REQUEST_ID_HEADER, request_id),
                 ]
             await send(message)

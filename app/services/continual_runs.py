@@ -184,7 +184,9 @@ def cancel_run(session: Session, *, account_id: str, run_id: str) -> RunView:
         raise Conflict(f"Run {run_id} is already {view.status}; it cannot be cancelled.",
                        code="run_not_cancellable", param="run_id")
     unfinished = [s.job_id for s in view.stages if JobStatus(s.status) not in TERMINAL]
-    for job in session.scalars(select(Job).where(Job.id.in_(unfinished)).order_by(Job.stage_index.desc())):
+    # Later stages first: the worker, seeing its running stage cancelled, finds them done.
+    later_first = select(Job).where(Job.id.in_(unfinished)).order_by(Job.stage_index.desc())
+    for job in session.scalars(later_first):
         cancel_one(session, job=job)
     session.expire_all()
     return load_run(session, account_id=account_id, run_id=run_id)

@@ -70,7 +70,8 @@ def create_file(
     info = store.put_stream(key, stream)
     if info.bytes != report.bytes or (info.sha256 and info.sha256 != report.sha256):
         store.delete(key)
-        raise Conflict("The upload changed while it was being stored; retry.", code="upload_changed")
+        raise Conflict("The upload changed while it was being stored; retry.",
+                       code="upload_changed")
     return row
 
 

@@ -2,8 +2,8 @@
 
 A model is available when it is installed in the model store directory (crma_core's
 ModelStore writes `<model_store_dir>/<id>/store.json` last, so its presence means a complete
-install) or published in the object store (`models/<id>/store.json`). Object-store answers are cached briefly: GET /v1/models must not
-cost an S3 round trip per model per request."""
+install) or published in the object store (`models/<id>/store.json`). Object-store answers
+are cached briefly: GET /v1/models must not cost an S3 round trip per model per request."""
 
 from __future__ import annotations
 

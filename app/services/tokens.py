@@ -4,7 +4,8 @@ When a model of the family is installed in the model store (`<store>/<id>/tokeni
 its tokenizer (the `tokenizers` library, no transformers/torch) counts the first
 `EXACT_TEXT_BYTES` of text exactly and the rest is extrapolated at the measured
 tokens-per-byte ratio (method `tokenizer:<id>`, or `tokenizer_sample:<id>` once extrapolated).
-Otherwise a documented bytes-per-token heuristic is used (method `heuristic:<bytes>_bytes_per_token`).
+Otherwise a documented bytes-per-token heuristic is used (method
+`heuristic:<bytes>_bytes_per_token`).
 
 Heuristic ratios (UTF-8 bytes per token on English prose and chat, measured on the public
 tokenizers): Llama-family SentencePiece/BPE vocabularies (32k-49k) ~3.7, Mistral v0.3 (32,768)

@@ -65,7 +65,8 @@ def insert_file(session: Session, *, account_id: str, **values: Any) -> File:
 
 
 def insert_job(session: Session, *, account_id: str, **values: Any) -> Job:
-    training = values.pop("training_file_id", None) or insert_file(session, account_id=account_id).id
+    training = (values.pop("training_file_id", None)
+                or insert_file(session, account_id=account_id).id)
     fields: dict[str, Any] = {
         "id": new_id("job"), "account_id": account_id, "kind": "fine_tune",
         "model": "tinyllama-1.1b-chat", "training_file_id": training, "hyperparameters": {},

@@ -175,4 +175,5 @@ def test_list_runs_and_report(client: TestClient, pg_url: str) -> None:
     page = client.get("/v1/continual/runs?limit=2", headers=owner.headers).json()
     assert [r["id"] for r in page["data"]] == ids[::-1][:2] and page["has_more"]
     assert all(len(r["stages"]) == 1 for r in page["data"])
-    assert client.get(f"/v1/continual/runs/{ids[0]}", headers=owner.headers).json()["report"] == report
+    one = client.get(f"/v1/continual/runs/{ids[0]}", headers=owner.headers).json()
+    assert one["report"] == report

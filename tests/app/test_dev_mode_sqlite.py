@@ -19,7 +19,8 @@ def test_full_flow_on_sqlite(tmp_path: Path, sqlite_url: str) -> None:
     free = create_tenant(sqlite_url, plan="free")
     with TestClient(create_app(make_settings(tmp_path, sqlite_url))) as client:
         file_id = upload_id(client, tenant, jsonl(12))
-        assert client.get(f"/v1/files/{file_id}/content", headers=tenant.headers).content == jsonl(12)
+        content = client.get(f"/v1/files/{file_id}/content", headers=tenant.headers).content
+        assert content == jsonl(12)
         assert upload(client, tenant, b"{oops\n").status_code == 400
 
         headers = {**tenant.headers, "Idempotency-Key": "k1"}

@@ -89,7 +89,8 @@ def test_upgrade_downgrade_upgrade_on_a_populated_database(empty_url: str) -> No
     for target in reversed(revisions[:-1]):
         downgrade(empty_url, target)
         assert _counts(empty_url) == populated
-    columns = {c["name"] for c in inspect(create_engine(normalize_url(empty_url))).get_columns("files")}
+    inspector = inspect(create_engine(normalize_url(empty_url)))
+    columns = {c["name"] for c in inspector.get_columns("files")}
     assert "token_estimate_method" not in columns
     upgrade(empty_url)
     assert _counts(empty_url) == populated

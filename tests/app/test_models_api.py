@@ -37,7 +37,8 @@ def test_catalog_prices_and_availability(tmp_path: Path, pg_url: str, tenant: Te
         assert set(by_id) == set(CATALOG)
         tiny = by_id["tinyllama-1.1b-chat"]
         assert (tiny["available"], tiny["free_tier"], tiny["qlora"]) == (True, True, True)
-        assert (tiny["price_per_1m_tokens"], tiny["price_per_1m_tokens_micros"]) == ("0.25", 250_000)
+        price = (tiny["price_per_1m_tokens"], tiny["price_per_1m_tokens_micros"])
+        assert price == ("0.25", 250_000)
         assert tiny["parameters"] == 1_100_048_384 and tiny["context_length"] == 2048
         assert by_id["gemma-2-2b-it"]["available"] is True  # published in the object store
         assert by_id["mistral-7b-v0.3"]["available"] is False

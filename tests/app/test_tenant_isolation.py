@@ -73,13 +73,15 @@ def test_every_id_route_hides_other_tenants_objects(
                              s3_endpoint_url=s3_endpoint, s3_access_key_id="testing",
                              s3_secret_access_key="testing")
     store = open_store(settings)
-    owner, intruder = create_tenant(pg_url, credit_micros=10**8), create_tenant(pg_url, credit_micros=10**8)
+    owner = create_tenant(pg_url, credit_micros=10**8)
+    intruder = create_tenant(pg_url, credit_micros=10**8)
     app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as client:
         file_id = upload_id(client, owner)
         job_id = client.post("/v1/fine_tuning/jobs", headers=owner.headers, json={
             "model": "tinyllama-1.1b-chat", "training_file": file_id}).json()["id"]
-        domain = {"name": "a", "training_file": file_id, "validation_file": upload_id(client, owner)}
+        domain = {"name": "a", "training_file": file_id,
+                  "validation_file": upload_id(client, owner)}
         run_id = client.post("/v1/continual/runs", headers=owner.headers, json={
             "model": "tinyllama-1.1b-chat", "domains": [domain]}).json()["id"]
         name = "lora/adapter_config.json"

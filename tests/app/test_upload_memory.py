@@ -63,7 +63,8 @@ def server(tmp_path: Path, pg_url: str) -> Iterator[tuple[str, subprocess.Popen]
 
 
 def _multipart(body_lines: int, boundary: bytes = b"xYzBoundary") -> Iterator[bytes]:
-    yield b"--" + boundary + b'\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+    yield (b"--" + boundary
+           + b'\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n')
     yield (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; '
            b'filename="big.jsonl"\r\nContent-Type: application/jsonl\r\n\r\n')
     line = (CHAT_LINE + "\n").encode()
@@ -93,7 +94,8 @@ def test_upload_memory_stays_bounded(server: tuple[str, subprocess.Popen], pg_ur
         assert fits.status_code == 201, fits.text
         assert fits.json()["bytes"] > 23 * MiB
         after_valid = _peak_rss(process.pid)
-    print(f"peak RSS MiB: baseline {baseline / MiB:.1f}, after 2x-limit {after_oversize / MiB:.1f}, after 24 MiB upload {after_valid / MiB:.1f}")
+    print(f"peak RSS MiB: baseline {baseline / MiB:.1f}, after the 2x-limit upload "
+          f"{after_oversize / MiB:.1f}, after the 24 MiB upload {after_valid / MiB:.1f}")
     # 64 MiB went through the oversize request and 24 MiB through the valid one; the peak grew
     # by a small fraction of either (parser buffers, one line, the 1 MiB spool threshold).
     assert after_oversize - baseline < 16 * MiB, (baseline, after_oversize)

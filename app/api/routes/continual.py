@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
-from app.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
+from app.api.deps import PrincipalDep, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from app.api.downloads import artifact_response
 from app.api.idempotent import IdempotencyKey, respond_idempotently
 from app.api.presenters import run_public
@@ -67,7 +67,7 @@ def append_domains(
 
 @router.get("", response_model=ContinualRunList, responses=error_responses(400, 401))
 def list_runs(
-    principal: PrincipalDep, session: SessionDep, after: AfterParam = None,
+    principal: PrincipalDep, session: ReadSessionDep, after: AfterParam = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> ContinualRunList:
     """List your continual runs, newest first."""
@@ -77,7 +77,9 @@ def list_runs(
 
 
 @router.get("/{run_id}", response_model=ContinualRunPublic, responses=error_responses(401, 404))
-def retrieve_run(run_id: str, principal: PrincipalDep, session: SessionDep) -> ContinualRunPublic:
+def retrieve_run(
+    run_id: str, principal: PrincipalDep, session: ReadSessionDep
+) -> ContinualRunPublic:
     """Retrieve a run: stages, status and the drift report."""
     return run_public(continual_runs.load_run(session, account_id=principal.account_id,
                                               run_id=run_id))
@@ -94,7 +96,7 @@ def cancel_run(run_id: str, principal: PrincipalDep, session: SessionDep) -> Con
 @router.get("/{run_id}/artifacts", response_model=ArtifactList,
             responses=error_responses(401, 404))
 def list_artifacts(
-    run_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep,
+    run_id: str, principal: PrincipalDep, session: ReadSessionDep, settings: SettingsDep,
     store: StoreDep,
 ) -> ArtifactList:
     """The run's published files (adapters, drift report), each with a download URL."""
@@ -113,7 +115,7 @@ def list_artifacts(
                **error_responses(401, 404)},
 )
 def download_artifact(
-    run_id: str, name: str, principal: PrincipalDep, session: SessionDep,
+    run_id: str, name: str, principal: PrincipalDep, session: ReadSessionDep,
     settings: SettingsDep, store: StoreDep,
 ) -> StreamingResponse | RedirectResponse:
     """Download one of the run's files (a redirect to S3, or streamed)."""

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
+from app.api.deps import PrincipalDep, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from app.api.idempotent import IdempotencyKey, respond_idempotently
 from app.api.presenters import file_public
 from app.api.uploads import read_upload
@@ -83,7 +83,7 @@ async def create_file(
 
 @router.get("", response_model=FileList, responses=error_responses(400, 401))
 def list_files(
-    principal: PrincipalDep, session: SessionDep, after: AfterParam = None,
+    principal: PrincipalDep, session: ReadSessionDep, after: AfterParam = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     purpose: Annotated[str | None, Query(description="Only files with this purpose.")] = None,
 ) -> FileList:
@@ -94,7 +94,7 @@ def list_files(
 
 
 @router.get("/{file_id}", response_model=FilePublic, responses=error_responses(401, 404))
-def retrieve_file(file_id: str, principal: PrincipalDep, session: SessionDep) -> FilePublic:
+def retrieve_file(file_id: str, principal: PrincipalDep, session: ReadSessionDep) -> FilePublic:
     """Retrieve a file's metadata and validation results."""
     return file_public(files.get_file(session, account_id=principal.account_id, file_id=file_id))
 
@@ -104,7 +104,7 @@ def retrieve_file(file_id: str, principal: PrincipalDep, session: SessionDep) ->
     responses={200: {"content": {"application/octet-stream": {}}}, **error_responses(401, 404)},
 )
 def download_file(
-    file_id: str, principal: PrincipalDep, session: SessionDep, store: StoreDep
+    file_id: str, principal: PrincipalDep, session: ReadSessionDep, store: StoreDep
 ) -> StreamingResponse:
     """Download the file's bytes (streamed)."""
     row, chunks = files.open_content(session, account_id=principal.account_id,

@@ -10,7 +10,14 @@ from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 
-from app.api.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep, open_session
+from app.api.deps import (
+    PrincipalDep,
+    ReadSessionDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    open_session,
+)
 from app.api.downloads import artifact_response
 from app.api.idempotent import IdempotencyKey, respond_idempotently
 from app.api.presenters import checkpoint_public, event_public, job_public
@@ -57,7 +64,7 @@ def create_job(
 
 @router.get("", response_model=JobList, responses=error_responses(400, 401))
 def list_jobs(
-    principal: PrincipalDep, session: SessionDep, settings: SettingsDep,
+    principal: PrincipalDep, session: ReadSessionDep, settings: SettingsDep,
     after: AfterParam = None, limit: Limit = 20,
 ) -> JobList:
     """List your fine-tuning jobs, newest first."""
@@ -69,7 +76,7 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobPublic, responses=error_responses(401, 404))
 def retrieve_job(
-    job_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+    job_id: str, principal: PrincipalDep, session: ReadSessionDep, settings: SettingsDep
 ) -> JobPublic:
     """Retrieve a job: status, progress, cost."""
     job = jobs.get_job(session, account_id=principal.account_id, job_id=job_id)
@@ -91,7 +98,7 @@ def cancel_job(
     responses={200: {"content": {"text/event-stream": {}}}, **error_responses(400, 401, 404)},
 )
 def list_events(
-    job_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep,
+    job_id: str, principal: PrincipalDep, session: ReadSessionDep, settings: SettingsDep,
     after: AfterParam = None, limit: Limit = 20,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
     last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -120,7 +127,7 @@ def list_events(
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList,
             responses=error_responses(400, 401, 404))
 def list_checkpoints(
-    job_id: str, principal: PrincipalDep, session: SessionDep,
+    job_id: str, principal: PrincipalDep, session: ReadSessionDep,
     after: AfterParam = None, limit: Limit = 10,
 ) -> CheckpointList:
     """Checkpoints saved during training, latest step first."""
@@ -136,7 +143,7 @@ def list_checkpoints(
 @router.get("/{job_id}/artifacts", response_model=ArtifactList,
             responses=error_responses(401, 404))
 def list_artifacts(
-    job_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep,
+    job_id: str, principal: PrincipalDep, session: ReadSessionDep, settings: SettingsDep,
     store: StoreDep,
 ) -> ArtifactList:
     """The trained adapter's files, each with a download URL."""
@@ -154,7 +161,7 @@ def list_artifacts(
                **error_responses(401, 404)},
 )
 def download_artifact(
-    job_id: str, name: str, principal: PrincipalDep, session: SessionDep,
+    job_id: str, name: str, principal: PrincipalDep, session: ReadSessionDep,
     settings: SettingsDep, store: StoreDep,
 ) -> StreamingResponse | RedirectResponse:
     """Download one adapter file (a redirect to S3, or streamed)."""

@@ -25,5 +25,6 @@ def list_models(_: PrincipalDep, settings: SettingsDep, store: StoreDep) -> Mode
 def retrieve_model(model_id: str, _: PrincipalDep, settings: SettingsDep,
                    store: StoreDep) -> ModelPublic:
     """Retrieve one base model."""
-    return model_public(models.get_model(model_id, model_store_dir=settings.resolved_model_store_dir,
-                                         store=store, prices=settings.prices_micros_per_mtok))
+    offer = models.get_model(model_id, model_store_dir=settings.resolved_model_store_dir,
+                             store=store, prices=settings.prices_micros_per_mtok)
+    return model_public(offer)
