@@ -70,9 +70,13 @@ def _read_sessionmaker(url: str, timeout_s: float) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+def open_read_session(settings: Settings) -> Session:
+    return _read_sessionmaker(settings.resolved_database_url, settings.db_timeout_s)()
+
+
 def get_read_session(settings: SettingsDep) -> Iterator[Session]:
     """For GET routes only: statements run outside a transaction and nothing is committed."""
-    session = _read_sessionmaker(settings.resolved_database_url, settings.db_timeout_s)()
+    session = open_read_session(settings)
     try:
         yield session
     finally:

@@ -16,7 +16,7 @@ from app.api.deps import (
     SessionDep,
     SettingsDep,
     StoreDep,
-    open_session,
+    open_read_session,
 )
 from app.api.downloads import artifact_response
 from app.api.idempotent import IdempotencyKey, respond_idempotently
@@ -114,7 +114,7 @@ def list_events(
                                  code="invalid_cursor")
     if accept and "text/event-stream" in accept:
         stream = event_stream.follow(
-            session_factory=lambda: open_session(settings), job_id=job.id,
+            session_factory=lambda: open_read_session(settings), job_id=job.id,
             after_seq=seq if last_event_id else None,
             render=lambda e: {"id": e.id, "event": "fine_tuning.job.event",
                               "data": event_public(e).model_dump_json()},
