@@ -32,6 +32,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,13 +173,16 @@ class ContinualRunner:
 
     # -- one stage ---------------------------------------------------------------------------
     def train_domain(self, domain: DomainSpec, *, callbacks: TrainCallbacks | None = None,
-                     resume_from: Path | None = None) -> StageResult:
+                     resume_from: Path | None = None,
+                     checkpoint_on_stop: Collection[str] = ()) -> StageResult:
         """Train domain ``len(self.domains)``, then score every seen domain (see module doc).
 
         ``callbacks`` as for Recipe (on_step, on_eval, should_stop, on_checkpoint);
         ``resume_from`` is a checkpoint written by this stage's ``on_checkpoint``. A stage
-        stopped by ``should_stop`` returns its result without scoring; the runner can then
-        only be closed (the stage is redone from its checkpoint by a new runner).
+        stopped by ``should_stop`` returns its result without scoring (after one more
+        checkpoint through ``on_checkpoint`` if the reason is in ``checkpoint_on_stop``, e.g.
+        a worker's warm shutdown); the runner can then only be closed (the stage continues
+        from its checkpoint in a new runner).
         """
         if self._broken:
             raise RuntimeError(f"this runner cannot continue: {self._broken}")
@@ -244,10 +248,12 @@ class ContinualRunner:
             peak_grad_norm=state.grad_norm_peak, mean_grad_norm=state.mean_grad_norm,
             base_loss=base_loss, row=None, report=None, train_seconds=train_seconds,
             history=state.history)
-        del optimizer
         if reason not in FINISHED:
+            if reason in checkpoint_on_stop and callbacks.on_checkpoint and state.step:
+                checkpoint(state)
             self._broken = f"stage {index} stopped ({reason}) before finishing"
             return result
+        del optimizer
 
         started = time.perf_counter()
         row = [self._score(i) for i in range(index + 1)]
@@ -369,7 +375,8 @@ class ContinualRunner:
 
 def run_stage(state_in: Path | None, domain: DomainSpec, state_out: Path, *, model_dir: Path,
               config: ContinualConfig | None = None, callbacks: TrainCallbacks | None = None,
-              resume_from: Path | None = None) -> StageResult:
+              resume_from: Path | None = None,
+              checkpoint_on_stop: Collection[str] = ()) -> StageResult:
     """Add one domain to a run: load ``state_in`` (None starts the run with ``config``),
     train and score ``domain``, write ``state_out`` when the stage finishes.
 
@@ -383,7 +390,8 @@ def run_stage(state_in: Path | None, domain: DomainSpec, state_out: Path, *, mod
     else:
         runner = ContinualRunner.from_state(Path(state_in), model_dir=model_dir, config=config)
     try:
-        result = runner.train_domain(domain, callbacks=callbacks, resume_from=resume_from)
+        result = runner.train_domain(domain, callbacks=callbacks, resume_from=resume_from,
+                                     checkpoint_on_stop=checkpoint_on_stop)
         if result.finished:
             result.state_dir = runner.save_state(Path(state_out))
         return result

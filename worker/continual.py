@@ -96,4 +96,7 @@ def train_stage(*, settings, store, job, training, model_dir):  # noqa: ANN001
     except ImportError as exc:
         raise ContinualUnavailable(
             "continual-run stages need crma_core.continual, which this build lacks") from exc
-    raise ContinualUnavailable("the worker's continual-stage training is not wired yet")
+    from worker.continual_stage import train_stage as run_continual_stage
+
+    return run_continual_stage(settings=settings, store=store, job=job, training=training,
+                               model_dir=model_dir)

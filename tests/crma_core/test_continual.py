@@ -223,26 +223,26 @@ def test_state_directory_is_safetensors_and_json_only(runs):
 
 
 def test_stage_resumes_from_a_mid_domain_checkpoint(runs, model_dir, domains, tmp_path):
-    """A stage stopped after a checkpoint and resumed from it gives the uninterrupted row."""
-    saved = tmp_path / "ckpt"
+    """A stage stopped mid-domain (a worker's warm shutdown: one checkpoint on stop) and
+    resumed from that checkpoint gives the uninterrupted stage's row."""
+    saved, written = tmp_path / "ckpt", []
 
     def keep(step, directory):
+        written.append(step)
         shutil.rmtree(saved, ignore_errors=True)
         shutil.copytree(directory, saved)
 
     stage0 = runs["modular"][1] / "stage-0"
-    config = ContinualConfig(mode="modular", lora=LoraSettings(r=4, alpha=8),
-                             train=TrainConfig(**{**_config("modular").train.to_dict(),
-                                                  "checkpoint_every_steps": 1}))
     steps = []
     stop = TrainCallbacks(on_checkpoint=keep, on_step=lambda m: steps.append(m.step),
                           should_stop=lambda: "shutdown" if len(steps) >= 2 else None)
     stopped = run_stage(stage0, domains[1], tmp_path / "never", model_dir=model_dir,
-                        config=config, callbacks=stop)
+                        callbacks=stop, checkpoint_on_stop=("shutdown",))
     assert stopped.stop_reason == "shutdown" and stopped.state_dir is None
+    assert stopped.steps == 2 and stopped.row is None and written == [2]
     assert not (tmp_path / "never").exists()
     resumed = run_stage(stage0, domains[1], tmp_path / "out", model_dir=model_dir,
-                        config=config, resume_from=saved)
+                        resume_from=saved)
     assert resumed.steps == 3
     assert resumed.row == runs["modular"][0][1].row
 
