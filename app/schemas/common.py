@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.domain.id_format import has_nul
 
 MAX_PAGE = 100
 
@@ -15,6 +17,14 @@ class RequestModel(BaseModel):
     """Base of every request body: unknown fields are rejected (mass assignment, OWASP API3)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: object) -> object:
+        # PostgreSQL text cannot hold NUL: refuse it here (422) rather than fail in the driver.
+        if has_nul(value):
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class ErrorDetail(BaseModel):

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Artifact
 from app.domain.errors import NotFound
+from app.domain.id_format import is_artifact_name
 from app.storage.base import ObjectStore
 
 
@@ -36,7 +37,7 @@ def list_artifacts(session: Session, *, account_id: str, owner_id: str) -> list[
 def get_artifact(session: Session, *, account_id: str, owner_id: str, name: str) -> Artifact:
     row = session.scalars(select(Artifact).where(
         Artifact.account_id == account_id, Artifact.owner_id == owner_id, Artifact.name == name,
-    )).first()
+    )).first() if is_artifact_name(name) else None
     if row is None:
         raise NotFound(f"No artifact {name!r}.", param="name")
     return row

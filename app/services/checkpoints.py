@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Checkpoint
 from app.domain.errors import InvalidRequest
+from app.domain.id_format import is_id
 
 
 def list_checkpoints(
@@ -18,7 +19,7 @@ def list_checkpoints(
     if after is not None:
         step = session.scalar(
             select(Checkpoint.step).where(Checkpoint.job_id == job_id, Checkpoint.id == after)
-        )
+        ) if is_id(after) else None
         if step is None:
             raise InvalidRequest(f"Unknown cursor {after!r}.", param="after", code="invalid_cursor")
         statement = statement.where(Checkpoint.step < step)

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
 from app.db.models import JobEvent
+from app.domain.id_format import is_id
 from app.domain.ids import new_id
 
 LEVELS = ("info", "warn", "error")
@@ -62,6 +63,8 @@ def list_events(
 
 def event_seq(session: Session, *, job_id: str, event_id: str) -> int | None:
     """The sequence number of an event of this job (resolves an `after` cursor)."""
+    if not is_id(event_id):
+        return None
     return session.scalar(
         select(JobEvent.seq).where(JobEvent.job_id == job_id, JobEvent.id == event_id)
     )

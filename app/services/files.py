@@ -17,6 +17,7 @@ from app.db.base import utcnow
 from app.db.models import File, Job
 from app.domain.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from app.domain.files import PURPOSES, USABLE_STATUS, InvalidFile, safe_filename
+from app.domain.id_format import is_id
 from app.domain.ids import new_id
 from app.domain.job_state import TERMINAL
 from app.services.pagination import page, scoped_select
@@ -78,7 +79,7 @@ def create_file(
 def get_file(session: Session, *, account_id: str, file_id: str) -> File:
     row = session.scalars(
         scoped_select(File, account_id).where(File.id == file_id, File.deleted_at.is_(None))
-    ).first()
+    ).first() if is_id(file_id) else None
     if row is None:
         raise NotFound(f"No such file: {file_id!r}.", param="file_id")
     return row
@@ -127,7 +128,7 @@ def require_usable_file(session: Session, *, account_id: str, file_id: str, para
     """A file a job may train or validate on; 400 naming `param` otherwise."""
     row = session.scalars(
         scoped_select(File, account_id).where(File.id == file_id, File.deleted_at.is_(None))
-    ).first()
+    ).first() if is_id(file_id) else None
     if row is None:
         raise InvalidRequest(f"{param} {file_id!r} does not exist.", param=param,
                              code="file_not_found")

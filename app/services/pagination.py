@@ -10,6 +10,7 @@ from sqlalchemy import Select, select, tuple_
 from sqlalchemy.orm import Session
 
 from app.domain.errors import InvalidRequest
+from app.domain.id_format import is_id
 
 T = TypeVar("T")
 
@@ -22,7 +23,7 @@ def page(
     if after is not None:
         cursor = session.execute(
             statement.with_only_columns(created, ident).where(ident == after)
-        ).first()
+        ).first() if is_id(after) else None
         if cursor is None:
             raise InvalidRequest(f"Unknown cursor {after!r}.", param="after", code="invalid_cursor")
         statement = statement.where(tuple_(created, ident) < tuple_(cursor[0], cursor[1]))

@@ -153,3 +153,35 @@ def test_access_log_is_json_with_request_and_account(client: TestClient,
     assert entry["level"] == "info" and entry["logger"] == "app.access"
     assert lines[-1]["status"] == 401 and lines[-1]["account_id"] is None
     assert tenant.key not in stream.getvalue()
+
+
+@pytest.mark.parametrize("junk", ["%00", "ftjob-%00x", "x" * 5000, "..%2F..%2Fetc", "ftjob-ä"])
+def test_malformed_ids_are_plain_404s(client: TestClient, tenant: Tenant, junk: str) -> None:
+    for path in (f"/v1/files/{junk}", f"/v1/fine_tuning/jobs/{junk}",
+                 f"/v1/fine_tuning/jobs/{junk}/events", f"/v1/continual/runs/{junk}",
+                 f"/v1/fine_tuning/jobs/{junk}/artifacts/lora/{junk}"):
+        response = client.get(path, headers=tenant.headers)
+        assert response.status_code == 404, (path, response.text)
+        assert _is_envelope(response.json())
+
+
+def test_nul_characters_and_junk_never_reach_the_database(client: TestClient,
+                                                         tenant: Tenant) -> None:
+    nul_metadata = client.post("/v1/fine_tuning/jobs", headers=tenant.headers, json={
+        "model": "tinyllama-1.1b-chat", "training_file": "file-x", "metadata": {"k": "a\x00b"}})
+    assert nul_metadata.status_code == 422
+    assert nul_metadata.json()["error"]["param"] == "metadata"
+    nul_model = client.post("/v1/continual/runs", headers=tenant.headers, json={
+        "model": "\x00" + "m" * 300,
+        "domains": [{"name": "a", "training_file": "f", "validation_file": "g"}]})
+    assert nul_model.status_code == 422
+    long_model = client.post("/v1/continual/runs", headers=tenant.headers, json={
+        "model": "m" * 300,
+        "domains": [{"name": "a", "training_file": "f", "validation_file": "g"}]})
+    assert long_model.status_code == 400
+    assert long_model.json()["error"]["code"] == "model_not_found"
+    for url in ("/v1/files?after=%00", "/v1/fine_tuning/jobs?after=%00",
+                "/v1/continual/runs?after=" + "z" * 3000):
+        response = client.get(url, headers=tenant.headers)
+        assert response.status_code == 400 and response.json()["error"]["param"] == "after"
+    assert client.get("/v1/files?purpose=%00", headers=tenant.headers).status_code == 422

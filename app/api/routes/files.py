@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -85,7 +85,8 @@ async def create_file(
 def list_files(
     principal: PrincipalDep, session: ReadSessionDep, after: AfterParam = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    purpose: Annotated[str | None, Query(description="Only files with this purpose.")] = None,
+    purpose: Annotated[Literal["fine-tune"] | None,
+                       Query(description="Only files with this purpose.")] = None,
 ) -> FileList:
     """List your files, newest first."""
     rows, has_more = files.list_files(session, account_id=principal.account_id, after=after,
