@@ -55,7 +55,7 @@ def _wait_until_ready(base: str, data_dir: Path, server: subprocess.Popen, timeo
 
 
 @pytest.mark.integration
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_readme_walkthrough_against_crma_dev(tmp_path: Path) -> None:
     data_dir, workdir = tmp_path / "data", tmp_path / "work"
     workdir.mkdir()
