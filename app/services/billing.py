@@ -354,13 +354,14 @@ def usage(session: Session, *, account_id: str, start: date, end: date) -> list[
     UTC day of `finished_at` and model, for start <= day <= end. Aggregated here rather than
     in SQL because day truncation differs between PostgreSQL and SQLite."""
     lower = datetime.combine(start, time(), tzinfo=UTC)
-    upper = datetime.combine(end + timedelta(days=1), time(), tzinfo=UTC)
+    # end == date.max has no next day (OverflowError): bound by its last instant instead.
+    upper = datetime.combine(end, time.max, tzinfo=UTC)
     rows = session.execute(
         select(Job.finished_at, Job.model, Job.trained_tokens, Job.cost_micros).where(
             Job.account_id == account_id,
             Job.status.in_([s.value for s in TERMINAL]),
             Job.finished_at >= lower,
-            Job.finished_at < upper,
+            Job.finished_at <= upper,
         )
     ).all()
     buckets: dict[tuple[date, str], list[int]] = {}

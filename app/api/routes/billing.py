@@ -79,7 +79,8 @@ def get_usage(
     """Trained tokens and cost per UTC day and model (jobs and continual-run stages, counted
     on the day they finished)."""
     end = end_date or datetime.now(UTC).date()
-    start = start_date or end - timedelta(days=DEFAULT_USAGE_DAYS - 1)
+    # Near date.min the default window would start before year 1 (OverflowError, a 500).
+    start = start_date or end - timedelta(days=min(DEFAULT_USAGE_DAYS - 1, (end - date.min).days))
     if start > end:
         raise InvalidRequest("start_date must not be after end_date.", param="start_date")
     if (end - start).days >= MAX_USAGE_DAYS:
