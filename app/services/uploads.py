@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -132,7 +133,7 @@ def _parse_line(raw: bytes, line_no: int, report: ValidationReport) -> object | 
     if not text.strip():
         return None
     try:
-        return json.loads(text)
+        obj = json.loads(text)
     except json.JSONDecodeError as error:
         report.add_error(line_no, "", INVALID_JSON,
                          f"malformed JSON: {error.msg} (column {error.colno})")
@@ -140,6 +141,29 @@ def _parse_line(raw: bytes, line_no: int, report: ValidationReport) -> object | 
     except RecursionError:
         report.add_error(line_no, "", INVALID_JSON, "malformed JSON: nested too deeply")
         return None
+    except ValueError as error:
+        # Not a JSONDecodeError: e.g. an integer literal longer than Python's 4300 digits.
+        report.add_error(line_no, "", INVALID_JSON, f"malformed JSON: {error}"[:200])
+        return None
+    if _SURROGATE_ESCAPE.search(raw) and not _encodes_as_utf8(obj):
+        # "\ud800" alone parses to a lone surrogate, which no UTF-8 consumer (tokenizers, the
+        # trainer) can encode.
+        report.add_error(line_no, "", INVALID_UTF8,
+                         "a \\u escape encodes an unpaired UTF-16 surrogate")
+        return None
+    return obj
+
+
+# A \uD800-\uDFFF escape: a surrogate, which is fine only as half of a pair.
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+
+
+def _encodes_as_utf8(obj: object) -> bool:
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):
+        return False
+    return True
 
 
 def summarize_errors(report: ValidationReport, *, limit: int = 5) -> str:
