@@ -9,6 +9,7 @@ from starlette.types import Scope
 from app.api.errors import install_error_handlers
 from app.api.logs import configure_logging
 from app.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.api.rate_limit import RateLimiter
 from app.api.routes import ALL_ROUTERS
 from app.settings import Settings, get_settings
 from app.storage.base import ObjectStore
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     )
     app.state.settings = settings
     app.state.store = store or open_store(settings)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
     for router in ALL_ROUTERS:
         _summaries_from_docstrings(router)
         app.include_router(router)
@@ -115,10 +117,50 @@ def _envelope_openapi(app: FastAPI) -> None:
         components = schema.get("components", {}).get("schemas", {})
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
+        _document_authenticated_responses(schema)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+RATE_LIMIT_HEADERS = {
+    "x-ratelimit-limit-requests": "Requests per minute allowed for this API key.",
+    "x-ratelimit-remaining-requests": "Requests left in the key's bucket.",
+    "x-ratelimit-reset-requests": "Time until the bucket is full again (e.g. `12ms`, `6m0s`).",
+}
+COMMON_AUTHENTICATED = {
+    "429": "Quota or rate limit exceeded (retry after Retry-After seconds)",
+    "503": "Temporarily unavailable (retry after Retry-After seconds)",
+}
+
+
+def _document_authenticated_responses(schema: dict) -> None:
+    """Every authenticated operation can answer 429 (per-key rate limit, app/api/rate_limit.py)
+    or 503 (database down), and its responses carry the x-ratelimit-* headers."""
+    header_refs = {}
+    headers = schema.setdefault("components", {}).setdefault("headers", {})
+    for name, description in RATE_LIMIT_HEADERS.items():
+        headers[name] = {"description": description, "schema": {"type": "string"}}
+        header_refs[name] = {"$ref": f"#/components/headers/{name}"}
+    retry_after = {"description": "Seconds to wait before retrying.", "required": True,
+                   "schema": {"type": "string"}}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if not operation.get("security"):
+                continue
+            responses = operation.setdefault("responses", {})
+            for code, description in COMMON_AUTHENTICATED.items():
+                responses.setdefault(code, {
+                    "description": description,
+                    "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+                })
+            for code, response in responses.items():
+                if code.startswith("2"):
+                    response.setdefault("headers", {}).update(header_refs)
+                elif code in COMMON_AUTHENTICATED:
+                    response.setdefault("headers", {})["Retry-After"] = dict(retry_after)
 
 
 def _instrument(app: FastAPI) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from app.api.logs import account_id_var
+from app.api.rate_limit import enforce as enforce_rate_limit
 from app.db.session import get_engine, get_sessionmaker
 from app.domain.errors import Unauthorized
 from app.domain.principal import Principal
@@ -122,6 +123,8 @@ async def get_principal(
     # Read by the access-log middleware, and by log lines of this request's context.
     request.state.account_id = principal.account_id
     account_id_var.set(principal.account_id)
+    enforce_rate_limit(getattr(request.app.state, "rate_limiter", None),
+                       key=principal.key_id, state=request.state)
     return principal
 
 

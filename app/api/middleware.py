@@ -1,7 +1,8 @@
 """Pure ASGI middleware (no BaseHTTPMiddleware: it would buffer streamed bodies).
 
-RequestContextMiddleware: x-request-id on every response, one JSON access-log line per
-request, and the last-resort 500 envelope (no stack trace to the client).
+RequestContextMiddleware: x-request-id on every response (and the x-ratelimit-* headers of
+authenticated requests), one JSON access-log line per request, and the last-resort 500
+envelope (no stack trace to the client).
 BodyLimitMiddleware: counts the bytes of the raw `receive` stream, so a chunked upload with no
 Content-Length is cut off at the limit too (413), before anything buffers it."""
 
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.logs import account_id_var, request_id_var
+from app.api.rate_limit import response_headers as rate_limit_headers
 
 logger = logging.getLogger("app.access")
 
@@ -58,6 +60,7 @@ class RequestContextMiddleware:
                 message["headers"] = [
                     *[(k, v) for k, v in headers if k.lower() != REQUEST_ID_HEADER],
                     (REQUEST_ID_HEADER, request_id),
+                    *rate_limit_headers(scope.get("state") or {}),
                 ]
             await send(message)
 
