@@ -2,7 +2,7 @@
 
 `crma worker --gpu N` runs one Celery worker for GPU N (CUDA_VISIBLE_DEVICES=N, device
 cuda:0 inside the process); without `--gpu` it trains on the CPU. One worker process per GPU,
-one job at a time, a fresh child process per job (see worker/celery_app.py)."""
+one job at a time, a fresh child process per job on a GPU (see worker/celery_app.py)."""
 
 from __future__ import annotations
 
@@ -73,14 +73,15 @@ def run_worker(args: argparse.Namespace) -> int:
     if not settings.worker_device.startswith("cuda"):
         # CPU only: children inherit the imported library, so a fresh child per job costs a
         # fork, not seconds of imports. Never on a GPU worker: CUDA is not fork-safe.
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
+        import crma_core.recipe  # noqa: F401  (torch, transformers)
+        import matplotlib  # noqa: F401  (the bundle's plots)
+        import peft  # noqa: F401
 
     from worker.celery_app import app
 
     argv = ["worker", "--queues", queues, "--concurrency", str(args.concurrency),
             "--pool", args.pool, "--hostname", name, "--loglevel", args.loglevel,
-            "--max-tasks-per-child", "1", "--without-gossip", "--without-mingle"]
+            "--without-gossip", "--without-mingle"]
     app.worker_main(argv)
     return 0
 

@@ -9,6 +9,7 @@ than a couple of ping intervals behind is not consuming and should be restarted.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
 from celery import Celery
@@ -68,8 +69,14 @@ def record_consumed(*, settings: Settings, worker_name: str) -> None:
         touch(session, worker_name=worker_name, current_job_id=None, clear_job=True)
 
 
+# worker name -> monotonic time this process last pinged it. At most one ping per interval
+# per worker: pings must not pile up behind a slow worker (each one takes the pool slot).
+_last_ping: dict[str, float] = {}
+
+
 def ping_idle_workers(session: Session, *, celery: Celery, settings: Settings) -> int:
-    """Send a ping to each idle worker not seen for a ping interval (and seen this hour)."""
+    """Ping each idle worker not seen for a ping interval (and seen this hour) through its
+    own queue, unless this process pinged it less than an interval ago."""
     now = db_now(session)
     rows = session.scalars(
         select(WorkerHeartbeat.worker_id).where(
@@ -80,9 +87,12 @@ def ping_idle_workers(session: Session, *, celery: Celery, settings: Settings) -
     ).all()
     sent = 0
     for name in rows:
+        if time.monotonic() - _last_ping.get(name, float("-inf")) < settings.worker_ping_interval_s:
+            continue
         try:
             celery.send_task(PING, queue=worker_direct(name),
                              expires=settings.worker_ping_interval_s)
+            _last_ping[name] = time.monotonic()
             sent += 1
         except Exception:  # noqa: BLE001 - the broker being down must not stop the reaper
             log.warning("could not ping worker %s", name, exc_info=True)

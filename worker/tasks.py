@@ -21,8 +21,9 @@ def run_job(self, job_id: str) -> str:
     from worker.runner import run_job as run
 
     _, soft = self.request.timelimit or (None, None)
-    return run(job_id=job_id, settings=get_settings(), worker_name=self.request.hostname or "",
-               soft_time_limit_s=soft or app.conf.task_soft_time_limit)
+    outcome = run(job_id=job_id, settings=get_settings(), worker_name=self.request.hostname or "",
+                  soft_time_limit_s=soft or app.conf.task_soft_time_limit)
+    return f"{job_id}: {outcome}"  # Celery logs it with the task's duration
 
 
 @app.task(name=RELAY_OUTBOX, **MAINTENANCE)

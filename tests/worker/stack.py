@@ -52,6 +52,11 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_ready(self) -> None:
+        wait_for(lambda: "ready." in self.log() or self.process.poll() is not None, 120,
+                 what=f"worker {self.name} to be ready")
+        assert self.process.poll() is None, self.log()
+
     def kill(self) -> None:
         """SIGKILL the whole worker (parent and pool children), like a container kill."""
         if self.process.poll() is None:
@@ -91,10 +96,30 @@ class Stack:
         worker = WorkerProcess(process=process, log_path=log_path, name=name)
         self.workers.append(worker)
         if wait:
-            wait_for(lambda: "ready." in worker.log() or process.poll() is not None, 90,
-                     what=f"worker {name} to be ready")
-            assert process.poll() is None, worker.log()
+            worker.wait_ready()
         return worker
+
+    def start_workers(self, n: int) -> list[WorkerProcess]:
+        """Start `n` workers at once (their imports overlap) and wait until all consume."""
+        workers = [self.start_worker(wait=False) for _ in range(n)]
+        for worker in workers:
+            worker.wait_ready()
+        return workers
+
+    def live_workers(self) -> list[WorkerProcess]:
+        return [w for w in self.workers if w.process.poll() is None]
+
+    def ensure_workers(self, n: int) -> list[WorkerProcess]:
+        """Start workers until `n` are alive, and wait until all of them consume."""
+        missing = n - len(self.live_workers())
+        if missing > 0:
+            self.start_workers(missing)
+        for worker in self.live_workers():
+            worker.wait_ready()
+        return self.live_workers()
+
+    def worker_named(self, name: str) -> WorkerProcess:
+        return next(w for w in self.workers if w.name == name)
 
     def start_relay_and_reaper(self) -> None:
         from worker.celery_app import create_app
@@ -177,7 +202,7 @@ class Stack:
 
     def _diagnose(self, job_id: str) -> str:
         job = self.job(job_id)
-        tail = "\n".join(w.log()[-3000:] for w in self.workers)
+        tail = "\n".join(f"--- {w.name} ({w.log_path})\n" + w.log()[-6000:] for w in self.workers)
         return f"status={job.status} attempt={job.attempt} error={job.error}\n{tail}"
 
 
@@ -201,7 +226,7 @@ def stack_settings(*, pg_url: str, redis_url: str, prefix: str, tmp: Path,
         "model_store_dir": str(model_store), "worker_cache_dir": str(tmp / "cache"),
         # Short reliability constants so a test sees expiry and recovery in seconds.
         "lease_ttl_s": 3.0, "heartbeat_s": 1.0, "reaper_interval_s": 1.0, "max_attempts": 3,
-        "stale_queued_s": 30.0, "relay_interval_s": 0.2, "worker_ping_interval_s": 2.0,
+        "stale_queued_s": 30.0, "relay_interval_s": 0.2, "worker_ping_interval_s": 3.0,
         "checkpoint_every_steps": 4, "checkpoint_every_s": 3600.0,
         "worker_step_delay_s": 0.15, "free_busy_retry_s": 2.0,
     }

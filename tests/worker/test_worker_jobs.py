@@ -1,22 +1,47 @@
-"""End to end through a real `crma worker` process (Celery over Redis), PostgreSQL, the outbox
-relay and the reaper: a tiny random-weight model trains for real on the CPU."""
+"""End to end through real `crma worker` processes (Celery over Redis), PostgreSQL, the outbox
+relay and the reaper: a tiny random-weight model trains for real on the CPU. These tests share
+the session's stack (two workers); tests that kill workers are in test_worker_recovery.py."""
 
 from __future__ import annotations
 
 import hashlib
+import re
+import time
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from app.db.models import Artifact, Checkpoint, LedgerTransaction
+from app.db.models import Artifact, Checkpoint, Job, LedgerTransaction
+from app.domain.pricing import price_micros
 from app.storage.factory import open_store
+from tests.worker.stack import MODEL_ID, wait_for
 
 pytestmark = pytest.mark.integration
 
+TERMINAL = ("succeeded", "failed", "cancelled")
 
-def test_submitted_job_succeeds_with_events_checkpoints_and_verified_artifacts(make_stack) -> None:
-    stack = make_stack(worker_step_delay_s=0.0)
-    stack.start_worker()
+
+def _captures(stack, job_id: str) -> list[LedgerTransaction]:
+    with stack.session() as s:
+        return list(s.scalars(select(LedgerTransaction).where(
+            LedgerTransaction.source_id == job_id, LedgerTransaction.kind == "capture")))
+
+
+def _last_step(stack, job_id: str) -> int:
+    return max(stack.step_losses(job_id), default=0)
+
+
+def _task_results(stack, job_id: str) -> list[tuple[str, float]]:
+    """(outcome, seconds) of every delivery of `job_id`, from the workers' Celery logs."""
+    pattern = re.compile(r"Task crma\.run_job\[[^\]]+\] succeeded in ([0-9.]+)s: "
+                         + re.escape(f"'{job_id}: ") + r"(\w+)'")
+    return [(m.group(2), float(m.group(1)))
+            for w in stack.workers for m in pattern.finditer(w.log())]
+
+
+def test_submitted_job_succeeds_with_events_checkpoints_and_verified_artifacts(worker_stack) -> None:
+    stack = worker_stack
+    stack.ensure_workers(2)
     account_id, job_id = stack.submit()
     job = stack.wait_status(job_id, ("succeeded", "failed", "cancelled"), 120)
     assert job.status == "succeeded", job.error
@@ -58,3 +83,109 @@ def test_submitted_job_succeeds_with_events_checkpoints_and_verified_artifacts(m
         data = b"".join(store.iter_chunks(artifact.storage_key))
         assert len(data) == artifact.bytes
         assert hashlib.sha256(data).hexdigest() == artifact.sha256
+
+
+def test_the_same_task_delivered_twice_runs_once(worker_stack) -> None:
+    stack = worker_stack
+    stack.ensure_workers(2)
+    _, job_id = stack.submit()
+    from worker.celery_app import RUN_JOB, create_app
+
+    create_app(stack.settings).send_task(RUN_JOB, kwargs={"job_id": job_id}, queue="small")
+    job = stack.wait_status(job_id, TERMINAL, 120)
+    assert job.status == "succeeded" and job.attempt == 1
+
+    keys = [e.dedupe_key for e in stack.events(job_id)]
+    assert len(keys) == len(set(keys))
+    assert sum(k.startswith("metrics:step:") for k in keys) == 12
+    assert sum(k.startswith("status:running") for k in keys) == 1
+    with stack.session() as s:
+        assert s.scalar(select(func.count()).select_from(Checkpoint)
+                        .where(Checkpoint.job_id == job_id)) == 3
+    assert len(_captures(stack, job_id)) == 1
+
+    # Both deliveries ran; the duplicate found nothing to claim and returned at once.
+    wait_for(lambda: len(_task_results(stack, job_id)) == 2, 30,
+             what="both deliveries to finish")
+    results = _task_results(stack, job_id)
+    assert sorted(r for r, _ in results) == ["skipped", "succeeded"]
+    assert all(seconds < 1.0 for r, seconds in results if r == "skipped")
+
+
+def test_cancel_while_running_stops_within_a_heartbeat_and_bills_trained_tokens(worker_stack) -> None:
+    from app.services.jobs import cancel_job
+
+    stack = worker_stack
+    stack.ensure_workers(1)
+    account_id, job_id = stack.submit(n_epochs=3)
+    with stack.session() as s:
+        held_before = s.scalar(select(Job.hold_micros).where(Job.id == job_id))
+    wait_for(lambda: _last_step(stack, job_id) >= 5, 60, what="step 5")
+    with stack.session() as s:
+        cancel_job(s, account_id=account_id, job_id=job_id)
+    requested = time.monotonic()
+    job = stack.wait_status(job_id, TERMINAL, 30)
+    elapsed = time.monotonic() - requested
+    assert job.status == "cancelled"
+    # One heartbeat to see the flag, then the step in flight (plus polling slack).
+    assert elapsed <= stack.settings.heartbeat_s + 2.0, elapsed
+
+    steps = stack.step_losses(job_id)
+    assert 5 <= max(steps) < 36
+    last = next(e for e in reversed(stack.events(job_id)) if e.type == "metrics"
+                and e.dedupe_key.startswith("metrics:step:"))
+    assert job.trained_tokens == last.data["trained_tokens"]
+    captures = _captures(stack, job_id)
+    assert len(captures) == 1
+    assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens) < held_before
+    keys = [e.dedupe_key for e in stack.events(job_id)]
+    assert keys[-1] == f"status:cancelled:{job.attempt}"
+
+
+def test_free_account_jobs_run_one_at_a_time(worker_stack) -> None:
+    stack = worker_stack
+    stack.ensure_workers(2)
+    account_id, first = stack.submit(plan="free")
+    _, second = stack.submit(account_id=account_id)
+    overlap = []
+
+    def both_running() -> bool:
+        with stack.session() as s:
+            running = s.scalar(select(func.count()).select_from(Job).where(
+                Job.account_id == account_id, Job.status == "running"))
+        overlap.append(running)
+        return all(stack.job(j).status in TERMINAL for j in (first, second))
+
+    wait_for(both_running, 180, what="both free jobs to finish", interval=0.1)
+    assert max(overlap) == 1
+    assert [stack.job(j).status for j in (first, second)] == ["succeeded", "succeeded"]
+    earlier, later = sorted((stack.job(first), stack.job(second)), key=lambda j: j.started_at)
+    # The later one waited in the queue (re-offered) until the earlier one had finished.
+    assert later.started_at >= earlier.finished_at
+    assert (earlier.attempt, later.attempt) == (1, 1)
+
+
+def test_idle_workers_prove_they_consume_by_answering_pings(worker_stack) -> None:
+    """worker_heartbeats.last_seen_at moves only when a worker consumes (a ping through its
+    own queue, or a heartbeat of the job it runs)."""
+    from app.db.models import WorkerHeartbeat
+    from app.services.leases import db_now
+
+    stack = worker_stack
+    names = [w.name for w in stack.ensure_workers(2)]
+    with stack.session() as s:
+        start = db_now(s)
+    interval = stack.settings.worker_ping_interval_s
+
+    def all_answered() -> bool:
+        with stack.session() as s:
+            rows = s.scalars(select(WorkerHeartbeat).where(
+                WorkerHeartbeat.worker_id.in_(names))).all()
+        return len(rows) == 2 and all(r.last_seen_at > start and r.current_job_id is None
+                                      for r in rows)
+
+    wait_for(all_answered, 4 * interval + 10, what="both idle workers to answer a ping")
+    with stack.session() as s:
+        rows = s.scalars(select(WorkerHeartbeat).where(WorkerHeartbeat.worker_id.in_(names))).all()
+    assert {r.queues for r in rows} == {"large,small"}
+    assert {r.device for r in rows} == {"cpu"}
