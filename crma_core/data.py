@@ -266,6 +266,13 @@ def epoch_batches(rows: list[Example], *, batch_size: int, seed: int, epoch: int
         yield index, collate(chosen, pad_id)
 
 
+def load_eval_batches(path: Path, tokenizer, *, max_seq_len: int,
+                      batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """A holdout JSONL file as batches for ``crma_core.loop.evaluate_loss``."""
+    rows, _ = load_examples(path, tokenizer, max_seq_len=max_seq_len)
+    return eval_batches(rows, batch_size=batch_size, pad_id=tokenizer.pad_token_id)
+
+
 def eval_batches(rows: list[Example], *, batch_size: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
     """Validation batches in file order."""
     return [collate(rows[i:i + batch_size], pad_id) for i in range(0, len(rows), batch_size)]

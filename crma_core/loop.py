@@ -161,11 +161,11 @@ def train_loop(*, model: nn.Module, rows: list[Example], optimizer: torch.optim.
     last_checkpoint = time.monotonic()
     model.train()
     while True:
-        if plan.max_steps is not None and state.step >= plan.max_steps:
-            return "max_steps"
         position = _next_batch(rows, plan, state)
         if position is None:
             return "completed"
+        if plan.max_steps is not None and state.step >= plan.max_steps:
+            return "max_steps"
         if callbacks.should_stop is not None:
             reason = callbacks.should_stop()
             if reason:

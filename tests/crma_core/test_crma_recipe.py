@@ -9,6 +9,7 @@ import torch
 from crma_core import (CRMAConfig, LoraSettings, Recipe, TrainCallbacks, TrainConfig,
                        load_for_generation)
 from crma_core.artifacts import verify_bundle
+from crma_core.data import epoch_batches
 from crma_core.errors import CheckpointError, QuantizationUnavailableError
 from crma_core.model import get_crma
 
@@ -296,3 +297,85 @@ def test_packing_and_text_data(tiny_model_dirs, tmp_path):
     result = recipe.train()
     recipe.cleanup()
     assert result.stop_reason == "completed" and result.steps == -(-len(recipe.rows) // 4)
+
+
+def test_gradient_checkpointing_gives_the_same_step(tiny_model_dirs, chat_files):
+    from crma_core.loop import loss_terms
+
+    grads = []
+    for checkpointing in (False, True):
+        recipe = _recipe(tiny_model_dirs["gemma2"], chat_files, validation=False,
+                         gradient_checkpointing=checkpointing, lora=LoraSettings(r=4, alpha=8))
+        recipe.setup()
+        handle = recipe.built.crma
+        with torch.no_grad():
+            for layer in handle.layers:
+                layer.write.normal_(std=0.02)
+        recipe.built.model.train()
+        batch = next(iter(epoch_batches(
+            recipe.rows, batch_size=4, seed=0, epoch=0, pad_id=recipe.built.tokenizer.pad_token_id)))[1]
+        loss_sum, n = loss_terms(recipe.built.model, batch)
+        (loss_sum / n).backward()
+        grads.append([p.grad.clone() for g in handle.parameter_groups().values() for p in g])
+        recipe.cleanup()
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_bfloat16_training_keeps_crma_in_float32(tiny_model_dirs, chat_files):
+    steps = []
+    recipe = _recipe(tiny_model_dirs["llama"], chat_files, validation=False, dtype="bfloat16",
+                     max_steps=3, callbacks=TrainCallbacks(on_step=steps.append))
+    recipe.setup()
+    result = recipe.train()
+    assert result.steps == 3 and all(torch.isfinite(torch.tensor(s.loss)) for s in steps)
+    assert all(p.dtype == torch.float32 for p in recipe.built.crma.parameters())
+    assert max(s.crma["max_marginal_error"] for s in steps) <= 1e-6
+    recipe.cleanup()
+
+
+def test_max_steps_equal_to_the_data_is_completed(tiny_model_dirs, chat_files):
+    recipe = _recipe(tiny_model_dirs["llama"], chat_files, validation=False, max_steps=6)
+    recipe.setup()
+    assert recipe.train().stop_reason == "completed"  # 24 rows / 4 = 6 batches
+    recipe.cleanup()
+
+
+def test_public_names_resolve():
+    import crma_core
+
+    for name in crma_core.__all__:
+        assert getattr(crma_core, name) is not None
+    with pytest.raises(AttributeError):
+        crma_core.not_a_name  # noqa: B018
+
+
+def test_t13_peak_grad_norm_is_measured_before_clipping(tiny_model_dirs, chat_files):
+    steps = []
+    recipe = _recipe(tiny_model_dirs["llama"], chat_files, validation=False, clip="max_norm",
+                     max_grad_norm=1e-3, max_steps=3, callbacks=TrainCallbacks(on_step=steps.append))
+    recipe.setup()
+    result = recipe.train()
+    recipe.cleanup()
+    assert all(s.clipped and s.grad_norm > 1e-3 for s in steps)
+    assert result.peak_grad_norm == max(s.grad_norm for s in steps) > 1e-3
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_response_loss_matches_the_models_own_loss(tiny_model_dirs, family):
+    from transformers import AutoModelForCausalLM
+
+    from crma_core.data import collate, tokenize_example
+    from crma_core.loop import loss_terms
+    from crma_core.recipe import load_tokenizer
+    from crma_core.testing import arithmetic_chat_rows
+
+    tokenizer = load_tokenizer(tiny_model_dirs[family])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[family], local_files_only=True).eval()
+    rows = [tokenize_example(r, "chat", tokenizer) for r in arithmetic_chat_rows(3)]
+    batch = collate(rows, tokenizer.pad_token_id)
+    with torch.no_grad():
+        loss_sum, n = loss_terms(model, batch)
+        reference = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          labels=batch["labels"]).loss
+    torch.testing.assert_close(loss_sum / n, reference, rtol=1e-5, atol=1e-6)
