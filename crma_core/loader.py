@@ -7,6 +7,7 @@ from pathlib import Path
 from torch import nn
 
 from crma_core.artifacts import LORA_DIR
+from crma_core.errors import CheckpointError
 from crma_core.io import CRMA_CONFIG, load_crma
 from crma_core.model import CRMAHandle, get_crma
 from crma_core.recipe import load_base_model, load_tokenizer
@@ -24,6 +25,10 @@ def load_for_generation(model_dir: Path, bundle_dir: Path, device: str = "cpu",
     from peft import PeftModel
 
     bundle_dir = Path(bundle_dir)
+    weights = bundle_dir / LORA_DIR / "adapter_model.safetensors"
+    if not weights.is_file():
+        # peft would fall back to a pickled adapter_model.bin (torch.load): refuse instead.
+        raise CheckpointError(f"{weights} is missing: bundles load from safetensors only")
     tokenizer = load_tokenizer(Path(model_dir))
     base = load_base_model(Path(model_dir), device=device, dtype=dtype)
     base.config.use_cache = True
