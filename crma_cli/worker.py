@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import threading
+from pathlib import Path
 
 TRAINING_AND_MAINTENANCE = ("small", "large", "maintenance")
 
@@ -53,6 +54,11 @@ def _prepare_environment(args: argparse.Namespace) -> None:
     from app.settings import get_settings
 
     get_settings.cache_clear()
+    settings = get_settings()
+    broker = settings.resolved_broker_url
+    if broker.startswith("sqla+sqlite:///"):
+        # SQLite creates the file, not its directory (the embedded default lives in data_dir).
+        Path(broker.removeprefix("sqla+sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 

@@ -3,8 +3,9 @@ resumed attempt, the checkpoint to resume from.
 
 Base models: the local model store (`resolved_model_store_dir/<id>/`, what `crma models
 import` writes) first; otherwise `models/<id>/...` from the object store, downloaded once into
-`resolved_worker_cache_dir/models/<id>/` and reused by later jobs (a `.complete` marker is
-written last, so a download killed half-way is redone, never used)."""
+`resolved_worker_cache_dir/models/<id>/` (itself a crma_core ModelStore) and reused by later
+jobs. The download lands in a hidden directory renamed into place, so a download killed
+half-way is redone, never used; the weights are checked against store.json's sha256."""
 
 from __future__ import annotations
 
@@ -16,41 +17,40 @@ from app.settings import Settings
 from app.storage.base import ObjectStore
 from app.storage.keys import MODEL_STORE_PREFIX
 
-COMPLETE = ".complete"
-
 
 class ModelUnavailable(Exception):
     """The base model is neither in the local model store nor in the object store."""
 
 
-def _is_model_dir(path: Path) -> bool:
-    return (path / "config.json").is_file()
-
-
 def resolve_model_dir(*, settings: Settings, store: ObjectStore, model_id: str) -> Path:
-    local = settings.resolved_model_store_dir / model_id
-    if _is_model_dir(local):
-        return local
-    cached = settings.resolved_worker_cache_dir / "models" / model_id
-    if (cached / COMPLETE).is_file():
-        return cached
+    from crma_core.model_store import STORE_FILE, ModelStore
+
+    local = ModelStore(settings.resolved_model_store_dir)
+    if local.is_installed(model_id):
+        return local.path(model_id)
+    cache = ModelStore(settings.resolved_worker_cache_dir / "models")
+    if cache.is_installed(model_id):
+        return cache.path(model_id)
     prefix = f"{MODEL_STORE_PREFIX}{model_id}/"
-    keys = store.list_keys(prefix)
-    if not keys:
+    if store.head(prefix + STORE_FILE) is None:
         raise ModelUnavailable(f"The base model {model_id!r} is not installed on this service.")
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{model_id}-", dir=cached.parent))
+    cache.root.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{model_id}-", dir=cache.root))
     try:
         download_prefix(store, prefix, partial)
-        if not _is_model_dir(partial):
-            raise ModelUnavailable(f"The stored base model {model_id!r} has no config.json.")
-        (partial / COMPLETE).write_text("ok\n")
-        shutil.rmtree(cached, ignore_errors=True)
-        partial.rename(cached)  # atomic: another worker sees all of it or none
-    except BaseException:
+        try:
+            partial.rename(cache.root / model_id)  # atomic: all of the model or none
+        except OSError:
+            if not cache.is_installed(model_id):  # not another worker's finished copy
+                raise
+        try:
+            cache.verify(model_id)
+        except Exception:
+            shutil.rmtree(cache.root / model_id, ignore_errors=True)
+            raise
+    finally:
         shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return cached
+    return cache.path(model_id)
 
 
 def download_prefix(store: ObjectStore, prefix: str, directory: Path) -> list[Path]:

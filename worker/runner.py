@@ -56,8 +56,14 @@ def run_job(*, job_id: str, settings: Settings, worker_name: str,
     if claim.outcome == "busy":
         _reoffer_later(settings, job_id)
         return "busy"
-    attempt = claim.attempt
-    shutdown.install_child_handler()
+    with shutdown.while_training():
+        return _run_claimed(settings, job_id, claim.attempt, worker_name, started,
+                            soft_time_limit_s)
+
+
+def _run_claimed(settings: Settings, job_id: str, attempt: int, worker_name: str,
+                 started: float, soft_time_limit_s: float | None) -> str:
+    url = settings.resolved_database_url
     deadline = None
     if soft_time_limit_s:
         # Stop early enough to checkpoint before Celery's own soft limit fires.

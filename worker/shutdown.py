@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _requested = threading.Event()
 
@@ -22,15 +24,23 @@ def requested() -> bool:
     return _requested.is_set()
 
 
-def install_child_handler() -> None:
-    """In a pool child that trains: SIGTERM asks for a clean stop instead of killing it.
-    Not in the worker's main process (solo pool), where SIGTERM is Celery's own."""
+@contextmanager
+def while_training() -> Iterator[None]:
+    """Around one job in a pool child: SIGTERM asks the job to checkpoint and hand its lease
+    back instead of killing the process. Outside a job (an idle child that the pool
+    terminates) SIGTERM keeps its default meaning. Not in the worker's main process (solo
+    pool), where SIGTERM is Celery's own and `forward_to_children` sets the flag."""
     from billiard.process import current_process
 
-    if current_process()._name == "MainProcess":
-        return
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: request())
+    _requested.clear()
+    in_child = (current_process()._name != "MainProcess"
+                and threading.current_thread() is threading.main_thread())
+    previous = signal.signal(signal.SIGTERM, lambda *_: request()) if in_child else None
+    try:
+        yield
+    finally:
+        if in_child:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def forward_to_children() -> None:

@@ -43,12 +43,15 @@ def settings(pg_url: str, tmp_path) -> Settings:
 
 @pytest.fixture(scope="session")
 def tiny_model_store(tmp_path_factory) -> Path:
-    """A model store holding a tiny random-weight Llama under a catalog id."""
+    """A model store holding a tiny random-weight Llama imported under a catalog id (as
+    `crma models import` does)."""
+    from crma_core.model_store import ModelStore
     from crma_core.testing import make_tiny_model_dir
     from tests.worker.stack import MODEL_ID
 
+    source = make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model") / "hf", "llama", seed=0)
     root = tmp_path_factory.mktemp("model-store")
-    make_tiny_model_dir(root / MODEL_ID, "llama", seed=0)
+    ModelStore(root).import_dir(MODEL_ID, source)
     return root
 
 

@@ -107,7 +107,8 @@ class Stack:
         return workers
 
     def live_workers(self) -> list[WorkerProcess]:
-        return [w for w in self.workers if w.process.poll() is None]
+        return [w for w in self.workers
+                if w.process.poll() is None and w.name not in ("relay", "reaper")]
 
     def ensure_workers(self, n: int) -> list[WorkerProcess]:
         """Start workers until `n` are alive, and wait until all of them consume."""
@@ -120,6 +121,15 @@ class Stack:
 
     def worker_named(self, name: str) -> WorkerProcess:
         return next(w for w in self.workers if w.name == name)
+
+    def start_loop_processes(self) -> None:
+        """`crma relay` and `crma reaper` as processes (what `crma dev` and compose run)."""
+        for command in ("relay", "reaper"):
+            log_path = self.tmp / f"{command}.log"
+            process = subprocess.Popen(
+                [sys.executable, "-m", "crma_cli.main", command], cwd=ROOT, env=self.env,
+                stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+            self.workers.append(WorkerProcess(process=process, log_path=log_path, name=command))
 
     def start_relay_and_reaper(self) -> None:
         from worker.celery_app import create_app

@@ -154,3 +154,29 @@ def _all_ledger(stack, job_id: str) -> list[LedgerTransaction]:
             LedgerTransaction.source_id == job_id)))
 
 
+
+
+def test_sigterm_checkpoints_hands_the_job_back_and_another_worker_resumes_it(worker_stack) -> None:
+    """R9 (deploy): a worker asked to stop mid-job checkpoints at the current step, puts the
+    job back in the queue without waiting for its lease to expire, and exits; the other
+    worker resumes from that checkpoint and the curve is unchanged."""
+    stack = worker_stack
+    stack.ensure_workers(2)
+    _, job_id = stack.submit(n_epochs=2)
+    wait_for(lambda: _last_step(stack, job_id) >= 6, 90, what="step 6")
+    name = stack.job(job_id).lease_owner.rsplit("/", 1)[0]
+    stopping = stack.worker_named(name)
+    os.killpg(stopping.process.pid, signal.SIGTERM)
+    stopping.process.wait(timeout=60)  # warm shutdown completes once the job is handed back
+    queued = [e for e in stack.events(job_id) if e.dedupe_key == "status:queued:1"]
+    assert queued and "(shutdown)" in queued[0].message  # by the worker, not the reaper
+    job = stack.wait_status(job_id, TERMINAL, 120)
+    assert job.status == "succeeded" and job.attempt == 2, job.error
+    with stack.session() as s:
+        rows = s.execute(select(Checkpoint.step, Checkpoint.attempt).where(
+            Checkpoint.job_id == job_id)).all()
+    stopped_at = max(step for step, attempt in rows if attempt == 1)
+    assert stopped_at >= 6  # the hand-back checkpoint, at the step where it stopped
+    resumed = [e for e in stack.events(job_id) if e.dedupe_key == "resumed:2"]
+    assert resumed and resumed[0].data["step"] == stopped_at
+    assert sorted(stack.step_losses(job_id)) == list(range(1, 25))
