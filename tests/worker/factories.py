@@ -37,7 +37,8 @@ def make_file(session: Session, *, account_id: str, storage_key: str | None = No
 
 
 def make_job(session: Session, *, account_id: str, admit: bool = False,
-             estimated_tokens: int = 10_000, offer: bool = False, **values: Any) -> str:
+             estimated_tokens: int = 10_000, offer: bool = False,
+             max_cost_micros: int | None = None, **values: Any) -> str:
     """A queued job (the API's shape). `admit` places the hold / reserves the free run;
     `offer` writes the outbox row the API writes at creation."""
     training = values.pop("training_file_id", None) or make_file(session, account_id=account_id)
@@ -54,7 +55,8 @@ def make_job(session: Session, *, account_id: str, admit: bool = False,
     session.flush()
     if admit:
         admission.admit(session, account_id=account_id, model=fields["model"],
-                        estimated_tokens=estimated_tokens, source_id=fields["id"])
+                        estimated_tokens=estimated_tokens, source_id=fields["id"],
+                        max_cost_micros=max_cost_micros)
     if offer:
         outbox.enqueue(session, task=outbox.RUN_JOB_TASK, queue=fields["queue"],
                        payload={"job_id": fields["id"]})

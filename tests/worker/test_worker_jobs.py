@@ -189,3 +189,21 @@ def test_idle_workers_prove_they_consume_by_answering_pings(worker_stack) -> Non
         rows = s.scalars(select(WorkerHeartbeat).where(WorkerHeartbeat.worker_id.in_(names))).all()
     assert {r.queues for r in rows} == {"large,small"}
     assert {r.device for r in rows} == {"cpu"}
+
+
+def test_a_job_stops_at_its_budget_and_still_delivers_the_adapter(worker_stack) -> None:
+    """max_cost: training stops before the step that would exceed the token budget, the
+    adapter trained so far is published, and the charge is what was trained (API.md)."""
+    stack = worker_stack
+    stack.ensure_workers(1)
+    _, job_id = stack.submit(max_cost_micros=30)  # 300 tokens at $0.10 per 1M
+    job = stack.wait_status(job_id, TERMINAL, 120)
+    assert job.status == "succeeded", job.error
+    assert job.token_budget == 300 and job.stop_reason == "budget"
+    assert 0 < job.trained_tokens <= job.token_budget
+    assert 1 <= len(stack.step_losses(job_id)) < 12
+    assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens) <= 30
+    assert "budget_stop" in [e.dedupe_key for e in stack.events(job_id)]
+    with stack.session() as s:
+        names = set(s.scalars(select(Artifact.name).where(Artifact.owner_id == job_id)))
+    assert {"lora/adapter_model.safetensors", "crma.safetensors", "manifest.json"} <= names
