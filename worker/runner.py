@@ -66,8 +66,8 @@ def _run_claimed(settings: Settings, job_id: str, attempt: int, worker_name: str
     url = settings.resolved_database_url
     deadline = None
     if soft_time_limit_s:
-        # Stop early enough to checkpoint before Celery's own soft limit fires.
-        deadline = started + soft_time_limit_s - min(60.0, 0.1 * soft_time_limit_s)
+        # Stop early enough to checkpoint and hand back before Celery's own soft limit fires.
+        deadline = started + soft_time_limit_s - min(60.0, 0.5 * soft_time_limit_s)
     job, cancel_requested = _load_spec(settings, job_id)
     with session_scope(url) as session:
         record_status_event(session, job_id=job_id, status=JobStatus.RUNNING, attempt=attempt,

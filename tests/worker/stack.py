@@ -170,7 +170,8 @@ class Stack:
 
     def submit(self, *, plan: str = "pro", account_id: str | None = None, examples: int = 24,
                n_epochs: int = 1, batch_size: int = 2, seed: int = 7,
-               estimated_tokens: int = 200_000, **job_values: Any) -> tuple[str, str]:
+               estimated_tokens: int = 200_000, offer: bool = True,
+               **job_values: Any) -> tuple[str, str]:
         """Create an account (unless given) and a job exactly as the API does: job row,
         admission, `created` event and outbox row in one transaction."""
         from app.services.events import record_event
@@ -186,7 +187,7 @@ class Stack:
                                  "learning_rate_multiplier": 1.0},
                 adapter={"crma": True, "n_streams": 4, "rank": 1, "lora_r": 4, "lora_alpha": 8,
                          "quantization": None},
-                seed=seed, admit=True, offer=True, estimated_tokens=estimated_tokens,
+                seed=seed, admit=True, offer=offer, estimated_tokens=estimated_tokens,
                 **job_values)
             record_event(s, job_id=job_id, message="Created fine-tuning job", type="status",
                          data={"status": "queued"}, dedupe_key="created")

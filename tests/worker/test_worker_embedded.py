@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import pytest
 
+from sqlalchemy import select
+
 from app.db.migrate import upgrade
-from tests.worker.stack import Stack, stack_settings
+from app.db.models import WorkerHeartbeat
+from tests.worker.stack import Stack, stack_settings, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -31,5 +34,14 @@ def test_a_job_succeeds_on_the_sqlite_database_and_broker(tmp_path, tiny_model_s
         assert job.attempt == 1 and sorted(stack.step_losses(job_id)) == [1, 2, 3, 4]
         keys = [e.dedupe_key for e in stack.events(job_id)]
         assert keys[1] == "status:running:1" and keys[-1] == "status:succeeded:1"
+        # The liveness ping reaches the idle worker through its own queue on this broker too.
+        with stack.session() as s:
+            seen_before = s.scalar(select(WorkerHeartbeat.last_seen_at))
+        wait_for(lambda: _last_seen(stack) > seen_before, 30, what="a ping to be answered")
     finally:
         stack.close()
+
+
+def _last_seen(stack):
+    with stack.session() as s:
+        return s.scalar(select(WorkerHeartbeat.last_seen_at))

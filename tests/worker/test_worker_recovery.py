@@ -180,3 +180,27 @@ def test_sigterm_checkpoints_hands_the_job_back_and_another_worker_resumes_it(wo
     resumed = [e for e in stack.events(job_id) if e.dedupe_key == "resumed:2"]
     assert resumed and resumed[0].data["step"] == stopped_at
     assert sorted(stack.step_losses(job_id)) == list(range(1, 25))
+
+
+def test_the_soft_time_limit_checkpoints_and_the_next_attempt_resumes(worker_stack) -> None:
+    """A message carrying a short soft limit (the relay sends per-queue limits): the runner
+    stops before it, checkpoints, hands the job back; the next delivery (normal limits)
+    resumes from that checkpoint."""
+    from worker.celery_app import RUN_JOB, create_app
+
+    stack = worker_stack
+    stack.ensure_workers(1)
+    _, job_id = stack.submit(n_epochs=2, offer=False)
+    create_app(stack.settings).send_task(RUN_JOB, kwargs={"job_id": job_id}, queue="small",
+                                         soft_time_limit=8, time_limit=60)
+    job = stack.wait_status(job_id, TERMINAL, 120)
+    assert job.status == "succeeded" and job.attempt == 2, job.error
+    queued = [e for e in stack.events(job_id) if e.dedupe_key == "status:queued:1"]
+    assert queued and "(time_limit)" in queued[0].message
+    with stack.session() as s:
+        rows = s.execute(select(Checkpoint.step, Checkpoint.attempt).where(
+            Checkpoint.job_id == job_id)).all()
+    stopped_at = max(step for step, attempt in rows if attempt == 1)
+    resumed = [e for e in stack.events(job_id) if e.dedupe_key == "resumed:2"]
+    assert resumed and resumed[0].data["step"] == stopped_at >= 1
+    assert sorted(stack.step_losses(job_id)) == list(range(1, 25))
