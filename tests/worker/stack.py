@@ -179,7 +179,8 @@ class Stack:
         if account_id is None:
             with self.session() as s:
                 account_id = make_account(s, plan=plan, credit_micros=50_000_000)
-        file_id = self.upload_file(account_id, chat_examples(examples))
+        file_id = job_values.pop("training_file_id", None) or \
+            self.upload_file(account_id, chat_examples(examples))
         with self.session() as s:
             job_id = make_job(
                 s, account_id=account_id, training_file_id=file_id, model=MODEL_ID,

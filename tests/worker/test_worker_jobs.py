@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from app.db.models import Artifact, Checkpoint, Job, LedgerTransaction
 from app.domain.pricing import price_micros
 from app.storage.factory import open_store
+from tests.worker.factories import make_account
 from tests.worker.stack import MODEL_ID, wait_for
 
 pytestmark = pytest.mark.integration
@@ -207,3 +208,21 @@ def test_a_job_stops_at_its_budget_and_still_delivers_the_adapter(worker_stack) 
     with stack.session() as s:
         names = set(s.scalars(select(Artifact.name).where(Artifact.owner_id == job_id)))
     assert {"lora/adapter_model.safetensors", "crma.safetensors", "manifest.json"} <= names
+
+
+def test_data_that_fails_at_training_time_fails_the_job_as_invalid_training_file(
+        worker_stack) -> None:
+    stack = worker_stack
+    stack.ensure_workers(1)
+    with stack.session() as s:
+        account_id = make_account(s)
+    # Valid JSON, but every assistant turn is empty: the loss mask leaves nothing to train.
+    empty = [{"messages": [{"role": "user", "content": f"hi {i}"},
+                           {"role": "assistant", "content": ""}]} for i in range(4)]
+    file_id = stack.upload_file(account_id, empty)
+    _, job_id = stack.submit(account_id=account_id, training_file_id=file_id)
+    job = stack.wait_status(job_id, TERMINAL, 120)
+    assert job.status == "failed" and job.error["code"] == "invalid_training_file", job.error
+    assert "Traceback" not in job.error["message"]
+    assert job.trained_tokens == 0 and job.cost_micros == 0
+    assert len(_captures(stack, job_id)) == 1
