@@ -53,7 +53,7 @@ from crma_core.errors import CheckpointError, ConfigError
 from crma_core.io import load_crma_into, save_crma, sha256_file, write_json
 from crma_core.loop import LoopPlan, LoopState, evaluate_loss, run_evaluation, train_loop
 from crma_core.optim import make_optimizer
-from crma_core.recipe import BuiltModel, build_model, lora_config, optimizer_groups
+from crma_core.recipe import BuiltModel, _diff, build_model, lora_config, optimizer_groups
 
 __all__ = ["ContinualConfig", "DomainSpec", "StageResult", "ContinualRunner", "run_stage",
            "run_continual", "stage_seed"]
@@ -418,15 +418,3 @@ def run_continual(domains: list[DomainSpec], *, model_dir: Path, config: Continu
     finally:
         runner.close()
 
-
-def _diff(a: dict, b: dict, prefix: str = "") -> str:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            sub = _diff(x, y, f"{prefix}{key}.")
-            if sub:
-                out.append(sub)
-        elif x != y:
-            out.append(f"{prefix}{key}: {x!r} vs {y!r}")
-    return ", ".join(out)
