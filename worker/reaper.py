@@ -93,7 +93,8 @@ def _reoffer_stale(settings: Settings, report: ReapReport) -> None:
     with session_scope(settings.resolved_database_url) as session:
         cutoff = leases.db_now(session) - timedelta(seconds=settings.stale_queued_s)
         for job in leases.stale_queued(session, cutoff=cutoff, limit=100):
-            if leases.offer_job(session, job_id=job.id, queue=job.queue, not_offered_since=cutoff):
+            if leases.offer_job(session, job_id=job.id, queue=job.queue,
+                                only_if_offered_before=cutoff):
                 report.reoffered.append(job.id)
                 log.info("job %s was queued and not offered since %s; offered again",
                          job.id, cutoff.isoformat())

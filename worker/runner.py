@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import time
-from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import select
@@ -211,12 +210,12 @@ def _hand_back(settings: Settings, job: JobSpec, attempt: int, *, reason: str) -
 
 def _reoffer_later(settings: Settings, job_id: str) -> None:
     """A free account's other job is running: offer this one again in a little while. The
-    conditional offer collapses duplicate deliveries into one delayed row."""
+    conditional offer (none still pending) collapses duplicate deliveries into one row."""
     with session_scope(settings.resolved_database_url) as session:
         queue = session.scalar(select(Job.queue).where(Job.id == job_id))
-        since = leases.db_now(session) - timedelta(seconds=settings.free_busy_retry_s / 2)
         leases.offer_job(session, job_id=job_id, queue=queue or "small",
-                         delay_s=settings.free_busy_retry_s, not_offered_since=since)
+                         delay_s=settings.free_busy_retry_s,
+                         only_if_offered_before=leases.db_now(session))
     log.info("job %s: its free account already has a job running; offered again in %.0fs",
              job_id, settings.free_busy_retry_s)
 

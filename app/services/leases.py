@@ -163,21 +163,24 @@ def _fenced(job_id: str, attempt: int):
 
 def offer_job(
     session: Session, *, job_id: str, queue: str, delay_s: float = 0.0,
-    not_offered_since: datetime | None = None,
+    only_if_offered_before: datetime | None = None,
 ) -> bool:
-    """Write an outbox row that hands a queued job to the broker (after `delay_s`).
+    """Write an outbox row that hands a queued job to the broker `delay_s` from now, and set
+    `offered_at` to that moment (when the offer becomes deliverable).
 
-    With `not_offered_since`, only if the job was not offered after that instant: the
-    conditional UPDATE of `offered_at` lets one caller win when several reapers, or several
-    duplicate deliveries of a busy free-tier job, try at once."""
+    With `only_if_offered_before`, only if the job's latest offer became deliverable before
+    that instant. The conditional UPDATE lets one caller win when several reapers re-offer a
+    stale job (cutoff = now - stale_queued_s), and collapses duplicate deliveries of a busy
+    free-tier job into one pending re-offer (cutoff = now: no offer is still pending)."""
     from app.services import outbox
 
     now = db_now(session)
+    available = now + timedelta(seconds=delay_s)
     statement = update(Job).where(Job.id == job_id, Job.status == QUEUED)
-    if not_offered_since is not None:
-        statement = statement.where(_offered_at() < not_offered_since)
+    if only_if_offered_before is not None:
+        statement = statement.where(_offered_at() < only_if_offered_before)
     won = session.execute(
-        statement.values(offered_at=now).execution_options(synchronize_session=False)
+        statement.values(offered_at=available).execution_options(synchronize_session=False)
     ).rowcount == 1
     if won:
         outbox.enqueue(session, task=outbox.RUN_JOB_TASK, queue=queue,
@@ -231,7 +234,7 @@ def expired_leases(session: Session, *, limit: int = 100) -> list[LeasedJob]:
 def stale_queued(session: Session, *, cutoff: datetime, limit: int = 100) -> list[LeasedJob]:
     """Queued jobs not offered to the broker since `cutoff` (a lost message, a flushed
     Redis), excluding continual stages still waiting for an earlier stage. Re-offer each with
-    `offer_job(..., not_offered_since=cutoff)`."""
+    `offer_job(..., only_if_offered_before=cutoff)`."""
     rows = session.execute(
         select(Job.id, Job.attempt, Job.queue)
         .where(Job.status == QUEUED, _offered_at() < cutoff, _stage_ready())

@@ -225,7 +225,8 @@ def test_offer_once_wins_among_racing_callers(tx) -> None:
     def offer() -> None:
         barrier.wait()
         with tx() as s:
-            won.append(leases.offer_job(s, job_id=job_id, queue="small", not_offered_since=cutoff))
+            won.append(leases.offer_job(s, job_id=job_id, queue="small",
+                                        only_if_offered_before=cutoff))
 
     threads = [threading.Thread(target=offer) for _ in range(6)]
     for t in threads:
@@ -235,3 +236,29 @@ def test_offer_once_wins_among_racing_callers(tx) -> None:
     assert sorted(won) == [False] * 5 + [True]
     with tx() as s:
         assert _outbox_rows(s, job_id) == 1
+
+
+def test_busy_reoffers_collapse_while_one_is_pending(tx) -> None:
+    """A free account's waiting job: the first busy delivery writes a delayed re-offer, a
+    duplicate of that delivery writes nothing while the re-offer is pending, and once it
+    became deliverable the next busy delivery writes the next one."""
+    with tx() as s:
+        job_id = make_job(s, account_id=make_account(s, plan="free"), offered_at=utcnow())
+
+    def busy(delay_s: float) -> bool:
+        with tx() as s:
+            return leases.offer_job(s, job_id=job_id, queue="small", delay_s=delay_s,
+                                    only_if_offered_before=leases.db_now(s))
+
+    assert busy(0.3) is True
+    assert busy(0.3) is False  # the duplicate delivery
+    with tx() as s:
+        row = s.execute(select(OutboxMessage).where(
+            OutboxMessage.payload["job_id"].as_string() == job_id)).scalar_one()
+        assert row.available_at == job_row(s, job_id).offered_at > row.created_at
+    import time
+
+    time.sleep(0.4)
+    assert busy(0.3) is True
+    with tx() as s:
+        assert _outbox_rows(s, job_id) == 2

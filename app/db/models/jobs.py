@@ -84,9 +84,9 @@ class Job(Base):
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    # Last time the job was handed to the broker (outbox row written). The reaper re-offers a
-    # job queued and not offered for `stale_queued_s`; the conditional UPDATE of this column
-    # lets only one reaper (or one duplicate delivery) write the re-offer.
+    # When the job's latest offer to the broker (outbox row) became or becomes deliverable.
+    # The reaper re-offers a job queued and not offered for `stale_queued_s`; conditional
+    # UPDATEs of this column let one reaper, or one duplicate delivery, write a re-offer.
     offered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
