@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.db.models import Checkpoint
@@ -25,7 +26,7 @@ from app.services.events import record_event
 from app.settings import Settings
 from app.storage import keys
 from app.storage.base import ObjectStore
-from worker.inputs import upload_directory
+from worker.inputs import download_prefix, upload_directory
 from worker.lease_keeper import LeaseKeeper
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class AttemptTraining:
         """Upload a checkpoint directory and move the job's resume pointer to it. The objects
         go under an attempt-specific prefix, so a stale attempt can never overwrite the files
         a newer attempt's pointer refers to."""
-        if not leases_alive(self):
+        if self.keeper.fenced or self.keeper.lost:
             return False
         prefix = f"{keys.checkpoint_prefix(self.job.account_id, self.job.id, step)}" \
                  f"attempt-{self.attempt}/"
@@ -163,10 +164,6 @@ class AttemptTraining:
         step = self.job.last_checkpoint_step
         if step is None:
             return None
-        from sqlalchemy import select
-
-        from worker.inputs import download_prefix
-
         with session_scope(self.settings.resolved_database_url) as session:
             prefix = session.scalar(select(Checkpoint.storage_prefix).where(
                 Checkpoint.job_id == self.job.id, Checkpoint.step == step))
@@ -216,10 +213,6 @@ class AttemptTraining:
             return outcome
         finally:
             recipe.cleanup()
-
-
-def leases_alive(training: AttemptTraining) -> bool:
-    return not (training.keeper.fenced or training.keeper.lost)
 
 
 def step_event_data(metrics, *, total_steps: int | None) -> dict[str, Any]:  # noqa: ANN001
