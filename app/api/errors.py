@@ -11,10 +11,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from app.domain.errors import DomainError
 
@@ -75,16 +77,36 @@ async def _on_validation_error(_: Request, error: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=422)
 
 
-async def _on_http_error(_: Request, error: Exception) -> JSONResponse:
+async def _on_http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
     code = _HTTP_CODES.get(error.status_code, "http_error")
     message = error.detail if isinstance(error.detail, str) else "request failed"
     if error.status_code == 404:
         message = "Not found."
-    return JSONResponse(
-        error_body(message, code=code), status_code=error.status_code,
-        headers=getattr(error, "headers", None),
-    )
+    headers = dict(getattr(error, "headers", None) or {})
+    if error.status_code == 405:
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+    return JSONResponse(error_body(message, code=code), status_code=error.status_code,
+                        headers=headers or None)
+
+
+def _allowed_methods(request: Request) -> str:
+    """The methods of the most specific documented path that matches (Starlette's 405 names
+    only the first route whose path matched: GET but not DELETE on /v1/files/{id}). For
+    /v1/fine_tuning/jobs/estimate that is POST, not also GET of /v1/fine_tuning/jobs/{id}."""
+    path = request.scope.get("path", "")
+    table = getattr(request.app.state, "route_methods", None)
+    if table is None:
+        by_path: dict[str, set[str]] = {}
+        for context in iter_route_contexts(request.app.router.routes):
+            by_path.setdefault(context.path, set()).update(context.methods or ())
+        table = [(compile_path(p)[0], p.count("{"), m) for p, m in by_path.items()]
+        request.app.state.route_methods = table
+    matches = [(params, methods) for regex, params, methods in table if regex.match(path)]
+    if not matches:
+        return ""
+    fewest = min(params for params, _ in matches)
+    return ", ".join(sorted(set().union(*(m for p, m in matches if p == fewest))))
 
 
 async def _on_database_unavailable(_: Request, error: Exception) -> JSONResponse:
