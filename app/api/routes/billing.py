@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from pydantic import BeforeValidator
 
 from app.api.deps import PrincipalDep, SessionDep
 from app.domain.errors import InvalidRequest
@@ -23,6 +25,16 @@ from app.schemas.common import AfterParam, LimitParam, error_responses
 from app.services import billing, quotas
 
 router = APIRouter(tags=["billing"])
+
+
+def _iso_date(value: object) -> object:
+    # pydantic would read "0" or "1700000000" as a Unix timestamp: the schema says YYYY-MM-DD.
+    if isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("must be a date in YYYY-MM-DD form")
+    return value
+
+
+IsoDate = Annotated[date, BeforeValidator(_iso_date)]
 
 DEFAULT_USAGE_DAYS = 30
 MAX_USAGE_DAYS = 366
@@ -71,9 +83,9 @@ def list_ledger(
 def get_usage(
     principal: PrincipalDep,
     session: SessionDep,
-    start_date: Annotated[date | None, Query(description="First UTC day (YYYY-MM-DD); "
-                                             "default 29 days before end_date.")] = None,
-    end_date: Annotated[date | None, Query(description="Last UTC day, inclusive; "
+    start_date: Annotated[IsoDate | None, Query(description="First UTC day (YYYY-MM-DD); "
+                                                "default 29 days before end_date.")] = None,
+    end_date: Annotated[IsoDate | None, Query(description="Last UTC day, inclusive; "
                                            "default today.")] = None,
 ) -> UsageList:
     """Trained tokens and cost per UTC day and model (jobs and continual-run stages, counted
