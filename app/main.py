@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
+from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRoute
 from starlette.types import Scope
 
 from app.api.errors import install_error_handlers
 from app.api.logs import configure_logging
 from app.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.api.openapi_links import add_links
 from app.api.rate_limit import RateLimiter
 from app.api.routes import ALL_ROUTERS
 from app.settings import Settings, get_settings
@@ -118,6 +120,7 @@ def _envelope_openapi(app: FastAPI) -> None:
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
         _document_authenticated_responses(schema)
+        add_links(schema)
         app.openapi_schema = schema
         return schema
 
@@ -169,4 +172,4 @@ def _instrument(app: FastAPI) -> None:
     Instrumentator(
         should_group_status_codes=False, excluded_handlers=["/metrics", "/healthz"],
     ).instrument(app).expose(app, endpoint="/metrics", tags=["ops"],
-                             summary="Prometheus metrics")
+                             summary="Prometheus metrics", response_class=PlainTextResponse)

@@ -19,7 +19,9 @@ from app.settings import Settings
 IdempotencyKey = Annotated[
     str | None,
     Header(alias="Idempotency-Key", description="Retry-safe key: the same key and body replay "
-           "the first response for 24 h."),
+           "the first response for 24 h.",
+           # Documented only (the service answers 400 invalid_idempotency_key otherwise).
+           json_schema_extra={"pattern": "^[ -~]+$", "minLength": 1, "maxLength": 255}),
 ]
 
 Creator = Callable[[Session], tuple[BaseModel, dict[str, str]]]
