@@ -8,7 +8,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8000
 # CI=1 makes a missing PostgreSQL/Redis an error instead of a skip and adds the chaos suite.
 CI      ?=
-PYTEST_MARKERS := $(if $(CI),not slow and not load and not gpu,not slow and not chaos and not load and not gpu)
+PYTEST_MARKERS := $(if $(CI),not slow and not load and not gpu,not slow and not chaos and not contract and not load and not gpu)
 
 .PHONY: run test venv test-slow bench openapi clean
 

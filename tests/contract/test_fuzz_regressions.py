@@ -31,3 +31,35 @@ def test_usage_window_that_starts_after_it_ends_is_a_400(client: TestClient,
                           headers=tenant.headers)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "start_date"
+
+
+@pytest.mark.parametrize("query", ["end_date=0", "start_date=1700000000", "end_date=2026-1-1"])
+def test_usage_dates_are_iso_days_not_timestamps(client: TestClient, tenant: Tenant,
+                                                 query: str) -> None:
+    response = client.get(f"/v1/usage?{query}", headers=tenant.headers)
+    assert response.status_code == 422, response.text
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("OPTIONS", "/v1/files/file-000000000000000000000000", "DELETE, GET"),
+    ("PUT", "/v1/files", "GET, POST"),
+    ("PATCH", "/v1/fine_tuning/jobs", "GET, POST"),
+    ("OPTIONS", "/v1/fine_tuning/jobs/estimate", "POST"),
+])
+def test_405_allow_lists_every_documented_method(client: TestClient, tenant: Tenant,
+                                                 method: str, path: str, allow: str) -> None:
+    response = client.request(method, path, headers=tenant.headers)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_metrics_are_documented_as_the_text_they_are(client: TestClient) -> None:
+    import json
+    from pathlib import Path
+
+    document = json.loads((Path(__file__).resolve().parents[2] / "openapi" / "openapi.json")
+                          .read_text())
+    documented = document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    served = client.get("/metrics").headers["content-type"].split(";")[0]
+    assert list(documented) == [served] == ["text/plain"]
