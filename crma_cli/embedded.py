@@ -107,8 +107,21 @@ def start_children(data_dir: Path) -> list[subprocess.Popen[bytes]]:
         [*crma, "reaper", *common],
     ]
     # Own process groups: Ctrl-C reaches this process, which then stops the children in order
-    # (a worker mid-job gets SIGTERM and checkpoints, instead of a SIGINT race).
-    return [subprocess.Popen(command, start_new_session=True) for command in commands]
+    # (a worker mid-job gets SIGTERM and checkpoints, instead of a SIGINT race). uvicorn
+    # re-raises the signal that stopped it, so this process may die before `finally` runs:
+    # the kernel's parent-death signal stops the children in that case (Linux).
+    return [
+        subprocess.Popen(command, start_new_session=True, preexec_fn=_terminate_with_parent)
+        for command in commands
+    ]
+
+
+def _terminate_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def stop_children(children: list[subprocess.Popen[bytes]]) -> None:
