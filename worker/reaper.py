@@ -20,7 +20,7 @@ from datetime import timedelta
 
 from celery import Celery
 
-from app.db.session import get_sessionmaker, session_scope
+from app.db.session import session_scope
 from app.domain.job_state import ErrorCode, JobStatus
 from app.services import leases
 from app.settings import Settings
@@ -54,8 +54,7 @@ def reap_once(*, settings: Settings, celery: Celery | None = None) -> ReapReport
 
 
 def _reap_expired(settings: Settings, report: ReapReport) -> None:
-    session = get_sessionmaker(settings.resolved_database_url)()
-    try:
+    with session_scope(settings.resolved_database_url) as session:
         for job in leases.expired_leases(session, limit=100):
             # A savepoint per job: one job that cannot be settled does not block the others.
             try:
@@ -63,12 +62,6 @@ def _reap_expired(settings: Settings, report: ReapReport) -> None:
                     _reap_one(session, settings, job, report)
             except Exception:  # noqa: BLE001 - logged, retried next pass
                 log.exception("reaper could not handle job %s", job.id)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 def _reap_one(session, settings: Settings, job: leases.LeasedJob, report: ReapReport) -> None:

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.logs import account_id_var
 from app.api.rate_limit import enforce as enforce_rate_limit
-from app.db.session import get_engine, get_sessionmaker
+from app.db.session import get_engine, get_sessionmaker, session_scope
 from app.domain.errors import Unauthorized
 from app.domain.principal import Principal
 from app.services import auth
@@ -50,15 +50,8 @@ def open_session(settings: Settings) -> Session:
 
 
 def get_session(settings: SettingsDep) -> Iterator[Session]:
-    session = open_session(settings)
-    try:
+    with session_scope(settings.resolved_database_url, settings.db_timeout_s) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
@@ -95,13 +88,9 @@ StoreDep = Annotated[ObjectStore, Depends(get_store)]
 
 
 def _authenticate_with_database(settings: Settings, api_key: str) -> Principal:
-    session = open_session(settings)
-    try:
-        principal = auth.authenticate(session, api_key=api_key, pepper=settings.api_key_pepper)
-        session.commit()  # last_used_at
-        return principal
-    finally:
-        session.close()
+    # Commits last_used_at.
+    with session_scope(settings.resolved_database_url, settings.db_timeout_s) as session:
+        return auth.authenticate(session, api_key=api_key, pepper=settings.api_key_pepper)
 
 
 async def get_principal(

@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from functools import partial
 from pathlib import Path
-from contextlib import contextmanager
 
 import pytest
 from sqlalchemy.orm import Session
 
-from app.db.session import get_sessionmaker
+from app.db.session import session_scope
 from app.settings import Settings
 
 
 @pytest.fixture
-def tx(pg_url: str) -> Callable[[], "contextmanager[Session]"]:
+def tx(pg_url: str) -> Callable[[], AbstractContextManager[Session]]:
     """`with tx() as s:` a session that commits on exit (one transaction)."""
-    maker = get_sessionmaker(pg_url)
-
-    @contextmanager
-    def scope() -> Iterator[Session]:
-        session = maker()
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
-
-    return scope
+    return partial(session_scope, pg_url)
 
 
 @pytest.fixture
