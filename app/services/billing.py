@@ -32,9 +32,12 @@ from app.domain.errors import InsufficientCredit, NotFound
 from app.domain.ids import new_id
 from app.domain.job_state import PLATFORM_FAULT_CODES, TERMINAL, is_terminal
 from app.domain.pricing import format_usd, price_micros
+from app.services import quotas
 
 AVAILABLE, HELD, REVENUE, FUNDING = "available", "held", "revenue", "funding"
 CREDIT, HOLD, CAPTURE, RELEASE = "credit", "hold", "capture", "release"
+# A zero-amount transaction: its unique (source_id, kind) makes a free run's refund happen once.
+RUN_REFUND = "run_refund"
 
 # (account_id or None for the platform, bucket, signed amount)
 Leg = tuple[str | None, str, int]
@@ -119,9 +122,10 @@ def settle_job(session: Session, *, job_id: str) -> None:
     INSERT ... ON CONFLICT DO NOTHING on (source_id, kind), and only an inserted posting
     moves the cached balances. A job without a hold (free plan) only gets cost 0."""
     job = session.execute(
-        select(Job.account_id, Job.model, Job.status, Job.error, Job.trained_tokens).where(
-            Job.id == job_id
-        )
+        select(
+            Job.account_id, Job.model, Job.status, Job.error, Job.trained_tokens, Job.created_at,
+            Job.started_at, Account.plan,
+        ).join(Account, Account.id == Job.account_id).where(Job.id == job_id)
     ).one_or_none()
     if job is None:
         raise NotFound(f"No job {job_id!r}")
@@ -142,11 +146,30 @@ def settle_job(session: Session, *, job_id: str) -> None:
         update(Job).where(Job.id == job_id).values(cost_micros=captured)
         .execution_options(synchronize_session=False)
     )
+    if _refunds_free_run(job) and _post(
+        session, tx_id=new_id("ledger_transaction"), account_id=job.account_id, kind=RUN_REFUND,
+        source_id=job_id, memo=f"free run given back: {job_id}", legs=[],
+    ):
+        quotas.refund_run(session, account_id=job.account_id,
+                          day=job.created_at.astimezone(UTC).date())
+
+
+def _refunds_free_run(job) -> bool:  # noqa: ANN001 - a Row of settle_job's select
+    """A free run is given back when the job failed through our fault, or was cancelled
+    before it ever started (nothing was trained)."""
+    if job.plan != "free":
+        return False
+    if job.status == "cancelled":
+        return job.started_at is None
+    return job.status == "failed" and _error_code(job) in PLATFORM_FAULT_CODES
+
+
+def _error_code(job) -> str | None:  # noqa: ANN001 - a Row of settle_job's select
+    return (job.error or {}).get("code") if isinstance(job.error, dict) else None
 
 
 def _owed(job) -> int:  # noqa: ANN001 - a Row of settle_job's select
-    code = (job.error or {}).get("code") if isinstance(job.error, dict) else None
-    if job.status == "failed" and code in PLATFORM_FAULT_CODES:
+    if job.status == "failed" and _error_code(job) in PLATFORM_FAULT_CODES:
         return 0
     return price_micros(job.model, int(job.trained_tokens or 0))
 
@@ -193,13 +216,14 @@ def _post(
     ).scalar_one_or_none()
     if inserted is None:
         return False
-    session.execute(
-        LedgerEntry.__table__.insert(),
-        [
-            {"transaction_id": tx_id, "account_id": acct, "bucket": bucket, "amount_micros": amount}
-            for acct, bucket, amount in legs
-        ],
-    )
+    if legs:
+        session.execute(
+            LedgerEntry.__table__.insert(),
+            [
+                {"transaction_id": tx_id, "account_id": acct, "bucket": bucket, "amount_micros": amount}
+                for acct, bucket, amount in legs
+            ],
+        )
     return True
 
 

@@ -73,6 +73,18 @@ def snapshot(
     return QuotaSnapshot(limit=limit, remaining=max(0, limit - used), reset_at=next_reset(now))
 
 
+def refund_run(session: Session, *, account_id: str, day: date) -> None:
+    """Give back one free run taken on `day` (UTC). Only that day's counter can be lowered:
+    once the day has passed, the quota has reset anyway. A paid account is left alone."""
+    session.execute(
+        update(Account)
+        .where(Account.id == account_id, Account.plan == "free", Account.runs_day == day,
+               Account.runs_used > 0)
+        .values(runs_used=Account.runs_used - 1)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def reserve_runs(
     session: Session, *, account_id: str, runs: int = 1, now: datetime | None = None
 ) -> QuotaSnapshot:

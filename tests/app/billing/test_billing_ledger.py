@@ -167,3 +167,37 @@ def test_full_lifecycle_on_sqlite(sqlite_url, make_job) -> None:
         row = session.get(Account, account.id, populate_existing=True)
         assert (row.credit_available_micros, row.credit_held_micros) == (2_500_000, 0)
         assert billing.reconcile(session, account.id).ok
+
+
+@pytest.mark.parametrize(
+    ("status", "started", "error", "refunded"),
+    [
+        (JobStatus.FAILED, True, {"code": "worker_lost"}, True),  # our fault
+        (JobStatus.FAILED, True, {"code": "invalid_training_file"}, False),  # the user's data
+        (JobStatus.CANCELLED, False, None, True),  # cancelled before it started
+        (JobStatus.CANCELLED, True, None, False),  # it trained: the run was used
+        (JobStatus.SUCCEEDED, True, None, False),
+    ],
+)
+def test_free_run_given_back_only_when_nothing_was_used(
+    pg_session: Session, make_account, make_job, status, started, error, refunded
+) -> None:
+    from app.db.base import utcnow
+    from app.services import quotas
+
+    account_id = make_account("free")
+    job = make_job(pg_session, account_id=account_id, model="tinyllama-1.1b-chat", queue="small")
+    admission.admit(pg_session, account_id=account_id, model="tinyllama-1.1b-chat",
+                    estimated_tokens=1000, source_id=job.id)
+    assert quotas.snapshot(pg_session, account_id=account_id).remaining == 2
+    if started:
+        assert transition_job(pg_session, job_id=job.id, to=JobStatus.RUNNING,
+                              expected=[JobStatus.QUEUED], values={"started_at": utcnow()})
+    assert transition_job(pg_session, job_id=job.id, to=status,
+                          expected=[JobStatus.RUNNING if started else JobStatus.QUEUED],
+                          values={"error": error})
+    for _ in range(3):  # replayed settlements give the run back at most once
+        billing.settle_job(pg_session, job_id=job.id)
+    remaining = quotas.snapshot(pg_session, account_id=account_id).remaining
+    assert remaining == (3 if refunded else 2)
+    assert postings(pg_session, job.id).get("run_refund", 0) == (1 if refunded else 0)
