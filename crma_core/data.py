@@ -204,7 +204,9 @@ def pack_examples(examples: list[Example], max_seq_len: int) -> list[Example]:
 
     Positions restart at 0 for every example; transformers turns such position_ids into a
     block-diagonal causal mask when no attention mask is passed, so examples never attend
-    to each other.
+    to each other. Each example's first label is dropped (-100): unpacked, the first token
+    has no predecessor and is never scored; packed, it would be predicted from the end of
+    the previous example. So a packed row scores exactly what the separate rows score.
     """
     rows: list[Example] = []
     ids: list[int] = []
@@ -215,7 +217,7 @@ def pack_examples(examples: list[Example], max_seq_len: int) -> list[Example]:
             rows.append(Example(ids, labels, positions))
             ids, labels, positions = [], [], []
         ids += example.input_ids
-        labels += example.labels
+        labels += [IGNORE_INDEX] + example.labels[1:]
         positions += list(range(len(example.input_ids)))
     if ids:
         rows.append(Example(ids, labels, positions))

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from crma_core.callbacks import EvalMetrics, StepMetrics, TrainCallbacks
 from crma_core.data import IGNORE_INDEX, Example, batches_per_epoch, epoch_batches
+from crma_core.loss import LossOptions, lm_head_loss
 from crma_core.optim import lr_factor, set_learning_rates, trainable_parameters
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
@@ -27,12 +27,14 @@ def _causal_lm(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def loss_terms(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+def loss_terms(model: nn.Module, batch: dict[str, torch.Tensor],
+               options: LossOptions = LossOptions()) -> tuple[torch.Tensor, int]:
     """(sum of response-token cross-entropies, number of scored tokens) for one batch.
 
     Runs the decoder, then the LM head only at positions whose next token is trained (the
     head over a 49k vocabulary costs as much as a small model's body, and masked prompt
-    positions need no logits). Matches the model's own loss, Gemma-2 soft-capping included.
+    positions need no logits), in token chunks (``crma_core.loss``: peak logits memory is
+    one chunk's). Matches the model's own loss, Gemma-2 soft-capping included.
     """
     lm = _causal_lm(model)
     device = next(lm.parameters()).device
@@ -40,23 +42,22 @@ def loss_terms(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.
     targets = batch["labels"][:, 1:].to(device)
     hidden = lm.get_decoder()(**inputs, use_cache=False).last_hidden_state[:, :-1]
     keep = targets != IGNORE_INDEX
-    logits = lm.get_output_embeddings()(hidden[keep]).float()
     cap = getattr(lm.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    loss_sum = F.cross_entropy(logits, targets[keep], reduction="sum")
+    loss_sum = lm_head_loss(hidden[keep], lm.get_output_embeddings(), targets[keep],
+                            softcap=cap, options=options)
     return loss_sum, int(keep.sum())
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> float:
+def evaluate_loss(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+                  options: LossOptions = LossOptions()) -> float:
     """Mean response-token cross-entropy over all batches (per token, not per batch)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     try:
         for batch in batches:
-            loss_sum, n = loss_terms(model, batch)
+            loss_sum, n = loss_terms(model, batch, options)
             total += float(loss_sum)
             count += n
     finally:
@@ -67,13 +68,14 @@ def evaluate_loss(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) 
 
 
 def train_step(model: nn.Module, batch: dict[str, torch.Tensor], *,
-               optimizer: torch.optim.Optimizer, clipper) -> tuple[float, float, bool]:
+               optimizer: torch.optim.Optimizer, clipper,
+               loss_options: LossOptions = LossOptions()) -> tuple[float, float, bool]:
     """One optimizer step; returns (loss, grad norm before clipping, clipped).
 
     A non-finite gradient norm skips the update (the loss is still reported).
     """
     optimizer.zero_grad(set_to_none=True)
-    loss_sum, n = loss_terms(model, batch)
+    loss_sum, n = loss_terms(model, batch, loss_options)
     loss = loss_sum / max(n, 1)
     loss.backward()
     norm, clipped = clipper.clip(trainable_parameters(optimizer))
@@ -124,6 +126,7 @@ class LoopPlan:
     checkpoint_every_seconds: float | None = None
     lr_schedule: str = "linear"
     warmup_steps: int = 0
+    loss: LossOptions = LossOptions()
 
     def total_steps(self, num_rows: int) -> int:
         planned = self.epochs * batches_per_epoch(num_rows, self.batch_size)
@@ -179,7 +182,8 @@ def train_loop(*, model: nn.Module, rows: list[Example], optimizer: torch.optim.
                                                 schedule=plan.lr_schedule))
         lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
-        loss, norm, clipped = train_step(model, batch, optimizer=optimizer, clipper=clipper)
+        loss, norm, clipped = train_step(model, batch, optimizer=optimizer, clipper=clipper,
+                                         loss_options=plan.loss)
         elapsed = time.perf_counter() - started
         state.step += 1
         state.batch_index = index + 1

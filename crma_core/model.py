@@ -16,7 +16,7 @@ from torch import nn
 
 from crma_core.config import CRMAConfig
 from crma_core.errors import CheckpointError, ConfigError
-from crma_core.layer import CRMALayer, apply_adapter, mixed_writes, mixing_matrices
+from crma_core.layer import CRMALayer, apply_adapter, gate, mixed_writes, mixing_matrices
 from crma_core.mixing import marginal_error
 
 _HANDLE_ATTR = "_crma_handle"
@@ -92,6 +92,10 @@ class CRMAHandle(nn.Module):
         self._wm: torch.Tensor | None = None  # L×K×d, set once per forward pass
         self._cache: tuple | None = None  # (parameter versions, wm) for no-grad passes
         self._last_m: torch.Tensor | None = None  # M of the latest forward pass
+        # The two per-forward computations, swappable for compiled versions of the same
+        # functions (crma_core.compile.compile_for_training).
+        self.adapter_fn = apply_adapter
+        self.mixing_fn = mixing_matrices
 
     # -- toggle ---------------------------------------------------------------------------
     @property
@@ -151,7 +155,7 @@ class CRMAHandle(nn.Module):
         return hook
 
     def _adapt(self, index: int, h: torch.Tensor) -> torch.Tensor:
-        return apply_adapter(h, self.layers[index].read, self._wm[index])
+        return self.adapter_fn(h, self.layers[index].read, self._wm[index])
 
     # -- the per-forward computation --------------------------------------------------------
     def _stacked(self, name: str) -> torch.Tensor:
@@ -170,7 +174,7 @@ class CRMAHandle(nn.Module):
         return self._cache[1]
 
     def _compute_mixed_writes(self) -> torch.Tensor:
-        m = mixing_matrices(self._stacked("log_mix"), self.config)
+        m = self.mixing_fn(self._stacked("log_mix"), self.config)
         self._last_m = m.detach()
         return mixed_writes(m, self._stacked("write"), self._stacked("_log_alpha"), self.config)
 
@@ -203,10 +207,13 @@ class CRMAHandle(nn.Module):
         ``last_forward`` is False or no forward ran yet; then on M from the current Λ.
         """
         m = self._last_m if last_forward and self._last_m is not None else self.mixing_matrices()
-        m = m.to(torch.float64)
+        # L×n×n and L numbers: on the CPU, the SVD and the reductions cost microseconds
+        # instead of a few dozen kernel launches, a batched GPU SVD and five syncs per step.
+        m = m.detach().to("cpu", torch.float64)
         spectral = torch.linalg.matrix_norm(m, ord=2)
         errors = marginal_error(m)
-        alphas = self.alphas()
+        with torch.no_grad():
+            alphas = gate(self._stacked("_log_alpha").cpu(), self.config)
         return {
             "spectral_norm": spectral.tolist(),
             "marginal_error": errors.tolist(),

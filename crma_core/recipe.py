@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from crma_core import compile as crma_compile
 from crma_core.artifacts import export_bundle
 from crma_core.callbacks import TrainCallbacks, TrainResult
 from crma_core.checkpoint import load_checkpoint, read_run_settings, save_checkpoint
@@ -23,16 +24,20 @@ from crma_core.config import CRMAConfig
 from crma_core.data import eval_batches, load_examples, pack_examples
 from crma_core.errors import CheckpointError, ConfigError, QuantizationUnavailableError
 from crma_core.loop import LoopPlan, LoopState, evaluate_loss, run_evaluation, train_loop
+from crma_core.loss import LossOptions
 from crma_core.model import CRMAHandle, attach_crma
 from crma_core.optim import make_optimizer
 from crma_core.settings import LoraSettings, TrainConfig
 
 __all__ = ["Recipe", "LoraSettings", "TrainConfig", "BuiltModel", "build_model",
-           "load_base_model", "load_tokenizer", "lora_config", "optimizer_groups"]
+           "prepare_model", "load_base_model", "load_tokenizer", "lora_config",
+           "optimizer_groups"]
 
-# Settings that do not change the computation, so a resumed run may differ in them.
+# Settings that do not change the computation (beyond fp rounding), so a resumed run may
+# differ in them.
 _RESUME_MAY_CHANGE = ("device", "checkpoint_every_steps", "checkpoint_every_seconds",
-                      "eval_every", "eval_batch_size", "token_budget")
+                      "eval_every", "eval_batch_size", "token_budget", "compile",
+                      "loss_chunk_tokens")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -116,12 +121,28 @@ def build_model(model_dir: Path, *, lora: LoraSettings, crma: CRMAConfig | None,
 
     Seeds torch's global RNG with ``seed`` first so LoRA and CRMA start the same every time.
     """
-    from peft import get_peft_model, prepare_model_for_kbit_training
-
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(model_dir)
     base = load_base_model(model_dir, device=device, dtype=dtype,
                            quantization=lora.quantization)
+    model, handle = prepare_model(base, lora=lora, crma=crma,
+                                  gradient_checkpointing=gradient_checkpointing, seed=seed,
+                                  adapter_name=adapter_name)
+    return BuiltModel(model=model, tokenizer=tokenizer, crma=handle,
+                      family=base.config.model_type)
+
+
+def prepare_model(base: nn.Module, *, lora: LoraSettings, crma: CRMAConfig | None,
+                  gradient_checkpointing: bool = False, seed: int | None = 0,
+                  adapter_name: str = "default") -> tuple[nn.Module, CRMAHandle | None]:
+    """(PeftModel, CRMA handle or None) around an already loaded base model.
+
+    k-bit preparation for a quantized base (``lora.quantization``), non-reentrant gradient
+    checkpointing when asked, peft LoRA, then CRMA (its read init seeded by ``seed``). LoRA
+    init draws from torch's global RNG: seed it first for a reproducible start.
+    """
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
     if lora.quantization is not None:
         base = prepare_model_for_kbit_training(
             base, use_gradient_checkpointing=gradient_checkpointing,
@@ -130,8 +151,7 @@ def build_model(model_dir: Path, *, lora: LoraSettings, crma: CRMAConfig | None,
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(base, lora_config(lora), adapter_name=adapter_name)
     handle = attach_crma(model, crma, seed=seed) if crma is not None else None
-    return BuiltModel(model=model, tokenizer=tokenizer, crma=handle,
-                      family=base.config.model_type)
+    return model, handle
 
 
 def optimizer_groups(model: nn.Module, crma: CRMAHandle | None) -> dict[str, list[nn.Parameter]]:
@@ -198,6 +218,8 @@ class Recipe:
                                             pad_id=tokenizer.pad_token_id)
         if self.lora.init == "pissa":
             self._save_pissa_init()
+        if cfg.compile:
+            crma_compile.compile_for_training(self.built.model, self.built.crma)
         groups = optimizer_groups(self.built.model, self.built.crma)
         self.optimizer = make_optimizer(**groups, lr_main=cfg.lr_main, lr_mix=cfg.lr_mix,
                                         lr_gate=cfg.lr_gate, weight_decay=cfg.weight_decay)
@@ -208,7 +230,10 @@ class Recipe:
             token_budget=cfg.token_budget, eval_every=cfg.eval_every,
             checkpoint_every_steps=cfg.checkpoint_every_steps,
             checkpoint_every_seconds=cfg.checkpoint_every_seconds,
-            lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps)
+            lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
+            loss=LossOptions(
+                chunk_tokens=cfg.loss_chunk_tokens,
+                compile_backend=crma_compile.DEFAULT_BACKEND if cfg.compile else None))
         self.state = LoopState()
         if resume_from is not None:
             saved = read_run_settings(Path(resume_from))
@@ -238,7 +263,7 @@ class Recipe:
         """Validation loss of the current model (mean response-token cross-entropy)."""
         if self.val_batches is None:
             raise ValueError("no validation file")
-        return evaluate_loss(self._require_setup().model, self.val_batches)
+        return evaluate_loss(self._require_setup().model, self.val_batches, self.plan.loss)
 
     def train(self) -> TrainResult:
         """Run until done, stopped or out of budget; see TrainResult.stop_reason."""

@@ -89,6 +89,8 @@ class TrainConfig:
     dtype: str = "float32"
     lr_schedule: str = "linear"
     warmup_steps: int = 0
+    compile: bool = False
+    loss_chunk_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.max_seq_len < 2:
@@ -104,7 +106,7 @@ class TrainConfig:
         if self.lr_schedule not in ("constant", "linear", "cosine"):
             raise ConfigError(f"unknown lr_schedule {self.lr_schedule!r}")
         for name in ("eval_every", "checkpoint_every_steps", "max_steps", "token_budget",
-                     "eval_batch_size"):
+                     "eval_batch_size", "loss_chunk_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1 or None")
