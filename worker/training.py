@@ -17,6 +17,8 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.db.models import Checkpoint
 from app.db.session import session_scope
@@ -30,6 +32,15 @@ from worker.inputs import download_prefix, upload_directory
 from worker.lease_keeper import LeaseKeeper
 
 log = logging.getLogger(__name__)
+
+
+def database_unreachable(error: Exception) -> bool:
+    """What a database that is down or restarting raises: a refused or dropped connection,
+    a pool with no connection to give. (An IntegrityError and the like is a bug: not this.)"""
+    if isinstance(error, OperationalError | InterfaceError | PoolTimeout):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
 
 # Stop reasons after which the adapter is published (budget: "max_cost stops a job at its
 # budget and still delivers the adapter trained so far", API.md).
@@ -85,12 +96,28 @@ class AttemptTraining:
 
     # -- database writes, fenced -----------------------------------------------------------
     def _fenced_write(self, write) -> bool:  # noqa: ANN001 - a callable taking the session
-        with session_scope(self.settings.resolved_database_url) as session:
-            if not leases.holds_lease(session, job_id=self.job.id, attempt=self.attempt):
-                self.keeper.fenced = True
-                return False
-            write(session)
-        return True
+        """Run `write` if this attempt still holds the lease. While the database is
+        unreachable, training waits here and retries (R7: an outage shorter than the lease
+        must not cost the attempt); once the lease keeper presumes the lease lost (no
+        heartbeat for a whole lease), it gives up and the attempt stops as fenced."""
+        delay = 0.2
+        while True:
+            try:
+                with session_scope(self.settings.resolved_database_url) as session:
+                    if not leases.holds_lease(session, job_id=self.job.id, attempt=self.attempt):
+                        self.keeper.fenced = True
+                        return False
+                    write(session)
+                return True
+            except Exception as error:
+                if not database_unreachable(error):
+                    raise
+                if self.keeper.fenced or self.keeper.lost:
+                    return False
+                log.warning("job %s attempt %d: database unreachable (%s); retrying in %.1fs",
+                            self.job.id, self.attempt, type(error).__name__, delay)
+                time.sleep(delay)
+                delay = min(2 * delay, max(0.2, self.settings.heartbeat_s))
 
     def _event(self, session, *, message: str, dedupe_key: str, type: str = "message",  # noqa: A002
                data: dict[str, Any] | None = None, level: str = "info") -> None:
