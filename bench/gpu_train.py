@@ -25,8 +25,10 @@ incl. the LM head (bench/gpu_shapes.py).
 
     python3 bench/gpu_train.py --device cuda                 # on the GPU box (bench/run_gpu.sh)
     .venv/bin/python bench/gpu_train.py --toy --device cpu --out /tmp/gpu_toy.json
+    .venv/bin/python bench/gpu_train.py --merge a.json b.json --out docs/benchmarks/gpu.json
 
-Writes the JSON after every shape (``--out``, default docs/benchmarks/gpu.json).
+Writes the JSON after every phase (``--out``, default docs/benchmarks/gpu.json), so a run
+stopped by a time limit keeps what it measured.
 """
 
 from __future__ import annotations
@@ -334,9 +336,11 @@ def run(args) -> dict:
         print(f"== {shape.name} ({shape.batch}x{shape.seq})", file=sys.stderr, flush=True)
         entry = {"batch": shape.batch, "seq": shape.seq, "family": shape.family,
                  "matmul_params": shape.matmul_params(), "variants": {}}
+        report["shapes"][shape.name] = entry
         try:
             variants, saved = bf16_phases(shape, args, ceiling)
             entry["variants"].update(variants)
+            checkpoint(report, entry, started, args.out)  # a later kill keeps these
             release()
             if shape.qlora:
                 entry["variants"].update(qlora_phases(shape, args, ceiling, saved))
@@ -344,12 +348,15 @@ def run(args) -> dict:
                     shutil.rmtree(saved, ignore_errors=True)
         except Exception as exc:  # noqa: BLE001 - keep the other shapes' numbers
             entry["error"] = f"{type(exc).__name__}: {exc}"
-        entry["seconds"] = round(time.perf_counter() - started, 1)
-        report["shapes"][shape.name] = entry
-        finish(report)
-        write(report, args.out)
+        checkpoint(report, entry, started, args.out)
         print(table(report, only=shape.name), file=sys.stderr, flush=True)
     return report
+
+
+def checkpoint(report: dict, entry: dict, started: float, out: Path) -> None:
+    entry["seconds"] = round(time.perf_counter() - started, 1)
+    finish(report)
+    write(report, out)
 
 
 def new_report(args) -> dict:
@@ -402,7 +409,32 @@ def table(report: dict, only: str | None = None) -> str:
     return markdown_table(report, only=only)
 
 
+def merge(paths: list[Path], out: Path) -> dict:
+    """One report from several runs' JSON (e.g. two device calls, one per group of shapes);
+    later files win for a shape they both hold."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    merged = dict(reports[0])
+    merged["shapes"] = {}
+    for report in reports:
+        if report.get("device") != merged.get("device"):
+            raise SystemExit(f"{paths}: runs on different devices")
+        merged["shapes"].update(report["shapes"])
+    merged["command"] = " + ".join(r.get("command", "") for r in reports)
+    finish(merged)
+    write(merged, out)
+    return merged
+
+
 def main(argv=None) -> None:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--merge":
+        parser = argparse.ArgumentParser(prog="gpu_train.py --merge")
+        parser.add_argument("files", nargs="+", type=Path)
+        parser.add_argument("--out", type=Path, required=True)
+        merge_args = parser.parse_args(argv[1:])
+        print(table(merge(merge_args.files, merge_args.out)))
+        return
     args = parse_args(argv)
     report = run(args)
     print(table(report))

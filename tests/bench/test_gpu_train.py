@@ -98,3 +98,19 @@ def test_shape_parameter_counts():
     assert abs(SHAPES["tinyllama-1.1b"].matmul_params() / 1e9 - 1.03) < 0.01
     assert abs(SHAPES["gemma-2-2b"].matmul_params() / 1e9 - 2.61) < 0.01
     assert abs(SHAPES["mistral-7b"].matmul_params() / 1e9 - 7.11) < 0.02
+
+
+def test_merge_two_runs(toy_report, tmp_path):
+    first = dict(toy_report, shapes={k: v for k, v in toy_report["shapes"].items()
+                                     if k != "mistral-7b"})
+    second = dict(toy_report, shapes={"mistral-7b": toy_report["shapes"]["mistral-7b"]})
+    paths = []
+    for i, part in enumerate((first, second)):
+        paths.append(tmp_path / f"part{i}.json")
+        paths[-1].write_text(json.dumps(part))
+    out = tmp_path / "merged.json"
+    gpu_train.main(["--merge", str(paths[0]), str(paths[1]), "--out", str(out)])
+    merged = json.loads(out.read_text())
+    assert set(merged["shapes"]) == set(toy_report["shapes"])
+    assert merged["crma_overhead_pct"] == toy_report["crma_overhead_pct"]
+    assert merged["targets"] == toy_report["targets"]
