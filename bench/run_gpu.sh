@@ -9,10 +9,14 @@
 #       --implementation cp --platform manylinux_2_24_x86_64 -d .whl bitsandbytes==0.50.2
 #
 # (43 MB; torch, numpy and packaging, its requirements, are in the image.) Then two calls
-# back to back, so the machine stays warm, each well inside a call's 10 minutes:
+# back to back, so the machine stays warm, each well inside a call's 10 minutes (planned:
+# about 5 minutes each; a session has 15 minutes of device time, start-up included):
 #
 #   run(command="bash bench/run_gpu.sh --shapes tinyllama-1.1b,gemma-2-2b", carry=[".whl"], timeout_s=600)
-#   run(command="bash bench/run_gpu.sh --shapes mistral-7b", carry=[".whl"], timeout_s=600)
+#   run(command="bash bench/run_gpu.sh --shapes mistral-7b --no-compile", carry=[".whl"], timeout_s=600)
+#
+# (Mistral's targets are QLoRA and memory ones, eager; drop --no-compile when time allows,
+# it adds the bf16 compiled variants and about a minute and a half of compilation.)
 #
 # Each returns $OUT/gpu.json, gpu_train.log and nvidia-smi.csv. Merge the two JSONs here:
 #

@@ -125,8 +125,13 @@ def test_compiled_layers_capture_without_graph_breaks_and_match(family):
     off_loss, _ = _loss_and_grads(model, handle, batch)
     handle.enabled = True
     again, _ = _loss_and_grads(model, handle, batch)
+    handle.remove()  # hooks detached (the benchmark's "CRMA off") and attached again
+    detached, _ = _loss_and_grads(model, handle, batch)
+    handle.attach(find_decoder(model))
+    reattached, _ = _loss_and_grads(model, handle, batch)
     assert counters["stats"]["unique_graphs"] == graphs
     assert float(off_loss) != float(loss) and float(again) == float(loss)
+    assert float(detached) == float(off_loss) and float(reattached) == float(loss)
     uncompile(model, handle)
     assert describe(model, handle) == {"layers": False, "crma_adapter": False,
                                        "crma_sinkhorn": False}
