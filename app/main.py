@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRoute
 from starlette.types import Scope
 
@@ -167,9 +166,6 @@ def _document_authenticated_responses(schema: dict) -> None:
 
 
 def _instrument(app: FastAPI) -> None:
-    from prometheus_fastapi_instrumentator import Instrumentator
+    from app.api.metrics import install_metrics
 
-    Instrumentator(
-        should_group_status_codes=False, excluded_handlers=["/metrics", "/healthz"],
-    ).instrument(app).expose(app, endpoint="/metrics", tags=["ops"],
-                             summary="Prometheus metrics", response_class=PlainTextResponse)
+    install_metrics(app)
