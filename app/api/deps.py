@@ -7,7 +7,7 @@ streamed response (file download, server-sent events) starts."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from functools import lru_cache
 from typing import Annotated
 
@@ -68,8 +68,12 @@ def open_read_session(settings: Settings) -> Session:
     return _read_sessionmaker(settings.resolved_database_url, settings.db_timeout_s)()
 
 
-def get_read_session(settings: SettingsDep) -> Iterator[Session]:
-    """For GET routes only: statements run outside a transaction and nothing is committed."""
+async def get_read_session(settings: SettingsDep) -> AsyncIterator[Session]:
+    """For GET routes only: statements run outside a transaction and nothing is committed.
+
+    `async` on purpose: opening a Session does no I/O and closing one only hands its
+    autocommit connection back to the pool, so neither needs a worker thread (a sync
+    generator dependency costs two thread hops per request, ~0.5 ms of CPU on a status read)."""
     session = open_read_session(settings)
     try:
         yield session
