@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.db.base import utcnow
 from app.db.models import File, Job
@@ -106,7 +107,9 @@ def insert_job(
                         dedupe_key="created")
     if enqueue:
         enqueue_job(session, job=job)
-    session.refresh(job)
+    # What admission wrote to the row with its UPDATE (no SELECT to read it back).
+    set_committed_value(job, "token_budget", admitted.token_budget)
+    set_committed_value(job, "hold_micros", admitted.hold_micros)
     return job, admitted
 
 

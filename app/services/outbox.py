@@ -40,12 +40,18 @@ def enqueue(
     delay_s: float = 0.0,
     now: datetime | None = None,
 ) -> None:
-    """Add a row; it becomes publishable `delay_s` seconds from now."""
-    now = now or db_now(session)
+    """Add a row; it becomes publishable `delay_s` seconds from now (the database's clock)."""
+    if now is None and session.get_bind().dialect.name == "postgresql":
+        # The clock is read inside the INSERT: no SELECT clock_timestamp() round trip.
+        created: Any = func.clock_timestamp()
+        available: Any = func.clock_timestamp() + timedelta(seconds=delay_s)
+    else:
+        created = now or db_now(session)
+        available = created + timedelta(seconds=delay_s)
     session.add(
         OutboxMessage(
-            task=task, queue=queue, payload=payload, created_at=now,
-            available_at=now + timedelta(seconds=delay_s), attempts=0,
+            task=task, queue=queue, payload=payload, created_at=created,
+            available_at=available, attempts=0,
         )
     )
     session.flush()
