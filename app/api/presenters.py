@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from fastapi.responses import Response
+from pydantic import BaseModel
+
 from app.db.models import Checkpoint, File, Job, JobEvent
 from app.domain.job_options import fine_tuned_model_name
 from app.domain.pricing import format_usd
@@ -126,3 +129,12 @@ def model_public(offer: ModelOffer) -> ModelPublic:
         available=offer.available, price_per_1m_tokens=offer.price_usd,
         price_per_1m_tokens_micros=offer.price_micros_per_mtok, hf_name=m.hf_name,
     )
+
+
+def json_response(model: BaseModel, *, status_code: int = 200) -> Response:
+    """The model serialized by pydantic-core in one pass. For hot read routes: FastAPI would
+    validate a returned model against `response_model` again and then encode it through
+    `jsonable_encoder`, about 0.5 ms of CPU per status read; the documented schema (the
+    route's `response_model`) is unchanged."""
+    return Response(model.model_dump_json(), status_code=status_code,
+                    media_type="application/json")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 
@@ -20,7 +20,7 @@ from app.api.deps import (
 )
 from app.api.downloads import artifact_response
 from app.api.idempotent import IdempotencyKey, respond_idempotently
-from app.api.presenters import checkpoint_public, event_public, job_public
+from app.api.presenters import checkpoint_public, event_public, job_public, json_response
 from app.domain.errors import InvalidRequest
 from app.schemas.common import AfterParam, error_responses
 from app.schemas.jobs import (
@@ -66,21 +66,22 @@ def create_job(
 def list_jobs(
     principal: PrincipalDep, session: ReadSessionDep, settings: SettingsDep,
     after: AfterParam = None, limit: Limit = 20,
-) -> JobList:
+) -> Response:
     """List your fine-tuning jobs, newest first."""
     rows, has_more = jobs.list_jobs(session, account_id=principal.account_id, after=after,
                                     limit=limit)
     throughput = settings.throughput_tokens_per_s
-    return JobList(data=[job_public(j, throughput=throughput) for j in rows], has_more=has_more)
+    return json_response(JobList(data=[job_public(j, throughput=throughput) for j in rows],
+                                 has_more=has_more))
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=error_responses(401, 404))
 def retrieve_job(
     job_id: str, principal: PrincipalDep, session: ReadSessionDep, settings: SettingsDep
-) -> JobPublic:
+) -> Response:
     """Retrieve a job: status, progress, cost."""
     job = jobs.get_job(session, account_id=principal.account_id, job_id=job_id)
-    return job_public(job, throughput=settings.throughput_tokens_per_s)
+    return json_response(job_public(job, throughput=settings.throughput_tokens_per_s))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic,
@@ -102,7 +103,7 @@ def list_events(
     after: AfterParam = None, limit: Limit = 20,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
     last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> EventList | EventSourceResponse:
+) -> Response:
     """Job events, newest first; with `Accept: text/event-stream`, a live stream."""
     job = jobs.get_job(session, account_id=principal.account_id, job_id=job_id)
     cursor = after or last_event_id
@@ -121,7 +122,8 @@ def list_events(
         )
         return EventSourceResponse(stream, ping=15)
     rows = events.list_events(session, job_id=job.id, after_seq=seq, limit=limit + 1)
-    return EventList(data=[event_public(e) for e in rows[:limit]], has_more=len(rows) > limit)
+    return json_response(EventList(data=[event_public(e) for e in rows[:limit]],
+                                   has_more=len(rows) > limit))
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList,
