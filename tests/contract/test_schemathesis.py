@@ -114,7 +114,8 @@ def test_schemathesis_finds_no_5xx_and_no_contract_violation(
         "--report", "json", "--report-dir", str(report_dir),
     ]
     started = time.monotonic()
-    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+    # cwd: schemathesis keeps a crash cache (.schemathesis/) in its working directory.
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=900)
     elapsed = time.monotonic() - started
     output = run.stdout + run.stderr
