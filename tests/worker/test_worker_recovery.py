@@ -190,7 +190,8 @@ def test_the_soft_time_limit_checkpoints_and_the_next_attempt_resumes(worker_sta
 
     stack = worker_stack
     stack.ensure_workers(1)
-    _, job_id = stack.submit(n_epochs=2, offer=False)
+    # 120 steps: on a quiet machine 24 steps finish inside the 4 s the limit leaves them.
+    _, job_id = stack.submit(examples=120, n_epochs=2, offer=False)
     create_app(stack.settings).send_task(RUN_JOB, kwargs={"job_id": job_id}, queue="small",
                                          soft_time_limit=8, time_limit=60)
     job = stack.wait_status(job_id, TERMINAL, 120)
@@ -203,4 +204,4 @@ def test_the_soft_time_limit_checkpoints_and_the_next_attempt_resumes(worker_sta
     stopped_at = max(step for step, attempt in rows if attempt == 1)
     resumed = [e for e in stack.events(job_id) if e.dedupe_key == "resumed:2"]
     assert resumed and resumed[0].data["step"] == stopped_at >= 1
-    assert sorted(stack.step_losses(job_id)) == list(range(1, 25))
+    assert sorted(stack.step_losses(job_id)) == list(range(1, 121))
