@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from app.db.models import File, Job, JobEvent
+from app.db.models import File, Job, JobEvent, LedgerTransaction
 from app.db.session import session_scope
 from app.domain.ids import new_id
 from app.settings import Settings
@@ -29,6 +29,7 @@ from tests.worker.factories import make_account, make_job
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_ID = "smollm2-135m-instruct"  # a catalog id; its weights here are a tiny random model
+TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def chat_examples(n: int) -> list[dict]:
@@ -206,6 +207,14 @@ class Stack:
     def step_losses(self, job_id: str) -> dict[int, float]:
         return {e.data["step"]: e.data["train_loss"] for e in self.events(job_id)
                 if e.dedupe_key and e.dedupe_key.startswith("metrics:step:")}
+
+    def last_step(self, job_id: str) -> int:
+        return max(self.step_losses(job_id), default=0)
+
+    def captures(self, job_id: str) -> list[LedgerTransaction]:
+        with self.session() as s:
+            return list(s.scalars(select(LedgerTransaction).where(
+                LedgerTransaction.source_id == job_id, LedgerTransaction.kind == "capture")))
 
     def wait_status(self, job_id: str, statuses: tuple[str, ...], timeout: float) -> Job:
         wait_for(lambda: self.job(job_id).status in statuses, timeout,

@@ -17,11 +17,9 @@ from app.storage import keys
 from app.storage.factory import open_store
 from crma_core.testing import arithmetic_chat_rows
 from tests.worker.factories import make_account
-from tests.worker.stack import MODEL_ID, chat_examples
+from tests.worker.stack import MODEL_ID, TERMINAL, chat_examples
 
 pytestmark = pytest.mark.integration
-
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def _read(store, key: str) -> bytes:

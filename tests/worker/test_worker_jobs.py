@@ -15,22 +15,9 @@ from app.db.models import Artifact, Checkpoint, Job, LedgerTransaction
 from app.domain.pricing import price_micros
 from app.storage.factory import open_store
 from tests.worker.factories import make_account
-from tests.worker.stack import MODEL_ID, wait_for
+from tests.worker.stack import MODEL_ID, TERMINAL, wait_for
 
 pytestmark = pytest.mark.integration
-
-TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-def _captures(stack, job_id: str) -> list[LedgerTransaction]:
-    with stack.session() as s:
-        return list(s.scalars(select(LedgerTransaction).where(
-            LedgerTransaction.source_id == job_id, LedgerTransaction.kind == "capture")))
-
-
-def _last_step(stack, job_id: str) -> int:
-    return max(stack.step_losses(job_id), default=0)
-
 
 def _task_results(stack, job_id: str) -> list[tuple[str, float]]:
     """(outcome, seconds) of every delivery of `job_id`, from the workers' Celery logs."""
@@ -103,7 +90,7 @@ def test_the_same_task_delivered_twice_runs_once(worker_stack) -> None:
     with stack.session() as s:
         assert s.scalar(select(func.count()).select_from(Checkpoint)
                         .where(Checkpoint.job_id == job_id)) == 3
-    assert len(_captures(stack, job_id)) == 1
+    assert len(stack.captures(job_id)) == 1
 
     # Both deliveries ran; the duplicate found nothing to claim and returned at once.
     wait_for(lambda: len(_task_results(stack, job_id)) == 2, 30,
@@ -121,7 +108,7 @@ def test_cancel_while_running_stops_within_a_heartbeat_and_bills_trained_tokens(
     account_id, job_id = stack.submit(n_epochs=3)
     with stack.session() as s:
         held_before = s.scalar(select(Job.hold_micros).where(Job.id == job_id))
-    wait_for(lambda: _last_step(stack, job_id) >= 5, 60, what="step 5")
+    wait_for(lambda: stack.last_step(job_id) >= 5, 60, what="step 5")
     with stack.session() as s:
         cancel_job(s, account_id=account_id, job_id=job_id)
     requested = time.monotonic()
@@ -136,7 +123,7 @@ def test_cancel_while_running_stops_within_a_heartbeat_and_bills_trained_tokens(
     last = next(e for e in reversed(stack.events(job_id)) if e.type == "metrics"
                 and e.dedupe_key.startswith("metrics:step:"))
     assert job.trained_tokens == last.data["trained_tokens"]
-    captures = _captures(stack, job_id)
+    captures = stack.captures(job_id)
     assert len(captures) == 1
     assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens) < held_before
     keys = [e.dedupe_key for e in stack.events(job_id)]
@@ -225,4 +212,4 @@ def test_data_that_fails_at_training_time_fails_the_job_as_invalid_training_file
     assert job.status == "failed" and job.error["code"] == "invalid_training_file", job.error
     assert "Traceback" not in job.error["message"]
     assert job.trained_tokens == 0 and job.cost_micros == 0
-    assert len(_captures(stack, job_id)) == 1
+    assert len(stack.captures(job_id)) == 1

@@ -17,22 +17,9 @@ from app.db.models import Artifact, Checkpoint, Job, LedgerTransaction
 from app.domain.pricing import price_micros
 from app.services.leases import db_now
 from app.storage.factory import open_store
-from tests.worker.stack import MODEL_ID, wait_for
+from tests.worker.stack import MODEL_ID, TERMINAL, wait_for
 
 pytestmark = pytest.mark.integration
-
-TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-def _captures(stack, job_id: str) -> list[LedgerTransaction]:
-    with stack.session() as s:
-        return list(s.scalars(select(LedgerTransaction).where(
-            LedgerTransaction.source_id == job_id, LedgerTransaction.kind == "capture")))
-
-
-def _last_step(stack, job_id: str) -> int:
-    return max(stack.step_losses(job_id), default=0)
-
 
 class OwnerlessSampler:
     """Samples how long the job has been `running` since its last heartbeat (R14 audit)."""
@@ -70,10 +57,10 @@ def test_kill_9_mid_job_resumes_from_the_checkpoint_with_the_same_losses(worker_
     _, job_id = stack.submit(n_epochs=2)
     with OwnerlessSampler(stack, job_id) as sampler:
         wait_for(lambda: (stack.job(job_id).last_checkpoint_step or 0) >= 8
-                 and _last_step(stack, job_id) >= 10, 90, what="checkpoint 8 and step 10")
+                 and stack.last_step(job_id) >= 10, 90, what="checkpoint 8 and step 10")
         owner = stack.job(job_id).lease_owner.rsplit("/", 1)[0]
         stack.worker_named(owner).kill()
-        killed_at_step = _last_step(stack, job_id)
+        killed_at_step = stack.last_step(job_id)
         job = stack.wait_status(job_id, TERMINAL, 120)
     assert stack.wait_status(reference, TERMINAL, 60).status == "succeeded"
     expected = stack.step_losses(reference)
@@ -110,7 +97,7 @@ def test_kill_9_mid_job_resumes_from_the_checkpoint_with_the_same_losses(worker_
 
     # Billed once, for each trained step once.
     assert stack.job(reference).trained_tokens == job.trained_tokens
-    assert len(_captures(stack, job_id)) == 1
+    assert len(stack.captures(job_id)) == 1
     assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens)
 
     # Never `running` without a live owner for longer than lease + one reaper interval
@@ -163,7 +150,7 @@ def test_sigterm_checkpoints_hands_the_job_back_and_another_worker_resumes_it(wo
     stack = worker_stack
     stack.ensure_workers(2)
     _, job_id = stack.submit(n_epochs=2)
-    wait_for(lambda: _last_step(stack, job_id) >= 6, 90, what="step 6")
+    wait_for(lambda: stack.last_step(job_id) >= 6, 90, what="step 6")
     name = stack.job(job_id).lease_owner.rsplit("/", 1)[0]
     stopping = stack.worker_named(name)
     os.killpg(stopping.process.pid, signal.SIGTERM)
