@@ -2,7 +2,7 @@
 in the three modes (modular CRMA, frozen per-domain LoRAs, one naive LoRA), several seeds.
 
     python bench/continual.py pilot  [settings]   # frozen, seed 0: own-domain improvement only
-    python bench/continual.py run    [settings] [--modes ...] [--seeds 0,1] [--jobs 2]
+    python bench/continual.py run    [settings] [--modes ...] [--seeds 0,1,2] [--jobs 2]
     python bench/continual.py report [settings]   # docs/benchmarks/continual.json + PNGs
 
 The settings (steps, batch, sequence length, learning rates, LoRA rank, holdout size) are
@@ -12,7 +12,9 @@ diagonal of its matrix). Every pilot is logged (``pilots.json`` in the work dire
 the report lists them. Runs are cached per settings hash: the pilot's run is the frozen
 seed-0 run of the benchmark when the settings were not changed after it (same computation:
 runs are deterministic). Runs execute in separate processes (``--jobs`` at once), one
-torch thread each, so they stay cheap for a shared machine under ``nice``.
+torch thread each, so they stay cheap for a shared machine under ``nice``. The defaults are
+the settings of the published run (docs/benchmarks.md): `pilot`, `run`, `report` with no
+flags reproduce it.
 """
 
 from __future__ import annotations
@@ -53,15 +55,15 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
-    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per domain")
+    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per domain")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=64, help="tokens per row (train and holdout)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="LoRA + CRMA read/write lr")
+    parser.add_argument("--lr", type=float, default=4e-3, help="LoRA + CRMA read/write lr")
     parser.add_argument("--lr-mix", type=float, default=1e-2)
     parser.add_argument("--lr-gate", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--lora-r", type=int, default=8)
-    parser.add_argument("--holdout-examples", type=int, default=16,
+    parser.add_argument("--holdout-examples", type=int, default=48,
                         help="first N examples of each domain's holdout")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
 
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--note", action="append", help="an execution note to record")
         if name == "run":
             p.add_argument("--modes", default="modular,frozen,naive")
-            p.add_argument("--seeds", default="0,1")
+            p.add_argument("--seeds", default="0,1,2")
             p.add_argument("--jobs", type=int, default=2, help="runs in parallel")
     args = parser.parse_args(argv)
     {"pilot": cmd_pilot, "run": cmd_run, "report": cmd_report}[args.command](args)
