@@ -8,12 +8,14 @@ dev account on first start and prints its key. Ctrl-C stops everything."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 DEV_ACCOUNT_FILE = "dev-account.json"
@@ -44,15 +46,19 @@ def run_dev(args: argparse.Namespace) -> int:
     settings = get_settings()
     upgrade(settings.resolved_database_url)
     account = ensure_dev_account(settings.resolved_database_url, data_dir)
-    installer = None
+    # Children first: they are forked with a preexec_fn, which can deadlock on an import
+    # lock held by another thread at fork time (the model installer imports a lot).
+    children = start_children(data_dir)
     if not args.no_model_install:
-        installer = threading.Thread(
+        threading.Thread(
             target=install_default_model, args=(settings.resolved_model_store_dir, data_dir),
             name="model-install", daemon=True,
-        )
-        installer.start()
-    children = start_children(data_dir)
+        ).start()
     print_banner(args.host, args.port, data_dir, account)
+    # uvicorn restores the previous SIGTERM handler and re-raises the signal after its own
+    # shutdown: with the default handler this process would die before `finally` stops the
+    # children; this one turns it into SystemExit so they are stopped in order.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         import uvicorn
 
@@ -61,6 +67,10 @@ def run_dev(args: argparse.Namespace) -> int:
     finally:
         stop_children(children)
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def ensure_dev_account(database_url: str, data_dir: Path) -> dict[str, str]:
@@ -110,29 +120,35 @@ def start_children(data_dir: Path) -> list[subprocess.Popen[bytes]]:
     # (a worker mid-job gets SIGTERM and checkpoints, instead of a SIGINT race). uvicorn
     # re-raises the signal that stopped it, so this process may die before `finally` runs:
     # the kernel's parent-death signal stops the children in that case (Linux).
-    return [
-        subprocess.Popen(command, start_new_session=True, preexec_fn=_terminate_with_parent)
-        for command in commands
-    ]
+    preexec = _parent_death_signal(signal.SIGTERM)
+    return [subprocess.Popen(command, start_new_session=True, preexec_fn=preexec)
+            for command in commands]
 
 
-def _terminate_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        import ctypes
+def _parent_death_signal(signum: int) -> Callable[[], None] | None:
+    """A preexec_fn asking the kernel to send `signum` when this process dies (Linux only).
+    libc is loaded here, in the parent: the forked child must not import anything."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
 
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    pr_set_pdeathsig = 1
+    return lambda: prctl(pr_set_pdeathsig, signum)
 
 
-def stop_children(children: list[subprocess.Popen[bytes]]) -> None:
+def stop_children(children: list[subprocess.Popen[bytes]], timeout_s: float = 30) -> None:
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
     for child in children:
         try:
-            child.wait(timeout=30)
+            child.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            child.kill()
+            # The whole group: a Celery worker stuck in warm shutdown leaves pool processes.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
 
 
 def print_banner(host: str, port: int, data_dir: Path, account: dict[str, str]) -> None:
