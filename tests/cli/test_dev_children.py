@@ -3,6 +3,7 @@ stopped, no child outlives it. Real processes throughout."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -60,12 +61,16 @@ def test_a_child_that_ignores_sigterm_is_killed_with_its_whole_group() -> None:
               "time.sleep(600)\n")
     child = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
                              stdout=subprocess.PIPE, text=True)
-    pool_pid = int(child.stdout.readline())
-    started = time.monotonic()
-    stop_children([child], timeout_s=1)
-    assert child.returncode == -signal.SIGKILL
-    assert time.monotonic() - started < 10
-    assert _wait_gone([pool_pid], 10) == []
+    try:
+        pool_pid = int(child.stdout.readline())
+        started = time.monotonic()
+        stop_children([child], timeout_s=1)
+        assert child.returncode == -signal.SIGKILL
+        assert time.monotonic() - started < 10
+        assert _wait_gone([pool_pid], 10) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux")
