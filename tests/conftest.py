@@ -12,7 +12,9 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import secrets
 import socket
-from collections.abc import Iterator
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -35,6 +37,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float,
+                       describe: Callable[[], str] = lambda: "") -> None:
+    """Poll `url`/healthz until it answers 200; fail (with `describe()`) if the server
+    process exits or the timeout passes first."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"server at {url} did not become healthy\n{describe()}")
+        time.sleep(0.1)
 
 
 def create_database() -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from tests.app.helpers import CHAT_LINE, create_tenant
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until_healthy
 
 pytestmark = pytest.mark.integration
 
@@ -46,17 +45,11 @@ def server(tmp_path: Path, pg_url: str) -> Iterator[tuple[str, subprocess.Popen]
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(url + "/healthz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or process.poll() is not None:
-            process.kill()
-            raise RuntimeError("server did not start")
-        time.sleep(0.1)
+    try:
+        wait_until_healthy(url, process, 30)
+    except AssertionError:
+        process.kill()
+        raise
     yield url, process
     process.terminate()
     process.wait(timeout=10)

@@ -11,11 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from crma_cli.embedded import stop_children
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,15 +105,8 @@ def test_sigterm_to_crma_dev_stops_every_child(tmp_path: Path) -> None:
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert dev.poll() is None, (tmp_path / "dev.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code < 500:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_until_healthy(f"http://127.0.0.1:{port}", dev, 120,
+                           describe=lambda: (tmp_path / "dev.log").read_text()[-3000:])
         children = [pid for pid in _processes_mentioning(str(data_dir)) if pid != dev.pid]
         assert len(children) >= 3, children  # worker, relay, reaper (+ the worker's pool)
         dev.send_signal(signal.SIGTERM)

@@ -28,7 +28,7 @@ import pytest
 
 from app.db.session import session_scope
 from tests.app.helpers import create_tenant, insert_job, jsonl
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until_healthy
 
 pytestmark = [pytest.mark.contract, pytest.mark.integration]
 
@@ -56,15 +56,7 @@ def server(tmp_path: Path, pg_url: str) -> Iterator[tuple[str, Path]]:
          "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(url + "/healthz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
+    wait_until_healthy(url, process, 60, describe=log.read_text)
     yield url, log
     process.terminate()
     process.wait(timeout=15)
