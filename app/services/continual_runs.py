@@ -16,13 +16,12 @@ from sqlalchemy.orm import Session
 from app.db.base import utcnow
 from app.db.models import ContinualRun, ContinualStage, Job
 from app.domain.errors import Conflict, InvalidRequest, NotFound
-from app.domain.id_format import is_id
 from app.domain.ids import new_id
 from app.domain.job_state import TERMINAL, JobStatus
 from app.schemas.continual import ContinualRunCreate, DomainIn
 from app.services.admission import Admission
 from app.services.jobs import cancel_one, catalog_model, draft_job, insert_job
-from app.services.pagination import page, scoped_select
+from app.services.pagination import find_owned, page, scoped_select
 
 
 @dataclass(frozen=True)
@@ -90,9 +89,7 @@ def append_domains(
     session: Session, *, account_id: str, run_id: str, domains: list[DomainIn]
 ) -> tuple[RunView, Admission | None]:
     """Add stages to a run whose stages all succeeded; the first new one is enqueued."""
-    run = session.scalars(
-        scoped_select(ContinualRun, account_id).where(ContinualRun.id == run_id).with_for_update()
-    ).first() if is_id(run_id) else None
+    run = find_owned(session, ContinualRun, account_id, run_id, for_update=True)
     if run is None:
         raise NotFound(f"No such continual run: {run_id!r}.", param="run_id")
     view = load_run(session, account_id=account_id, run_id=run_id)
@@ -141,9 +138,7 @@ def _add_stages(
 
 
 def load_run(session: Session, *, account_id: str, run_id: str) -> RunView:
-    run = session.scalars(
-        scoped_select(ContinualRun, account_id).where(ContinualRun.id == run_id)
-    ).first() if is_id(run_id) else None
+    run = find_owned(session, ContinualRun, account_id, run_id)
     if run is None:
         raise NotFound(f"No such continual run: {run_id!r}.", param="run_id")
     return RunView(run=run, stages=_stages_by_run(session, [run.id])[run.id])

@@ -17,10 +17,9 @@ from app.db.base import utcnow
 from app.db.models import File, Job
 from app.domain.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from app.domain.files import PURPOSES, USABLE_STATUS, InvalidFile, safe_filename
-from app.domain.id_format import is_id
 from app.domain.ids import new_id
 from app.domain.job_state import TERMINAL
-from app.services.pagination import page, scoped_select
+from app.services.pagination import find_owned, page, scoped_select
 from app.services.uploads import FILE_TOO_LARGE, ValidationReport, summarize_errors, validate_jsonl
 from app.storage import keys
 from app.storage.base import ObjectStore
@@ -77,9 +76,7 @@ def create_file(
 
 
 def get_file(session: Session, *, account_id: str, file_id: str) -> File:
-    row = session.scalars(
-        scoped_select(File, account_id).where(File.id == file_id, File.deleted_at.is_(None))
-    ).first() if is_id(file_id) else None
+    row = find_owned(session, File, account_id, file_id, File.deleted_at.is_(None))
     if row is None:
         raise NotFound(f"No such file: {file_id!r}.", param="file_id")
     return row
@@ -126,9 +123,7 @@ def open_content(
 
 def require_usable_file(session: Session, *, account_id: str, file_id: str, param: str) -> File:
     """A file a job may train or validate on; 400 naming `param` otherwise."""
-    row = session.scalars(
-        scoped_select(File, account_id).where(File.id == file_id, File.deleted_at.is_(None))
-    ).first() if is_id(file_id) else None
+    row = find_owned(session, File, account_id, file_id, File.deleted_at.is_(None))
     if row is None:
         raise InvalidRequest(f"{param} {file_id!r} does not exist.", param=param,
                              code="file_not_found")

@@ -16,7 +16,6 @@ from app.db.models import File, Job
 from app.domain.errors import Conflict, InvalidRequest, NotFound
 from app.domain.hyperparameters import trained_tokens
 from app.domain.job_options import job_queue, resolve_adapter, resolve_hyperparameters
-from app.domain.id_format import is_id
 from app.domain.ids import new_id
 from app.domain.job_state import TERMINAL, JobStatus
 from app.domain.pricing import usd_to_micros
@@ -25,7 +24,7 @@ from app.services import admission, billing, events, outbox
 from app.services.admission import Admission
 from app.services.files import require_usable_file
 from app.services.job_status import transition_job
-from app.services.pagination import page, scoped_select
+from app.services.pagination import find_owned, page, scoped_select
 from crma_core.catalog import CATALOG, CatalogModel
 
 
@@ -132,9 +131,7 @@ def create_job(session: Session, *, account_id: str, spec: JobCreate) -> tuple[J
 
 
 def get_job(session: Session, *, account_id: str, job_id: str) -> Job:
-    job = session.scalars(
-        scoped_select(Job, account_id).where(Job.id == job_id)
-    ).first() if is_id(job_id) else None
+    job = find_owned(session, Job, account_id, job_id)
     if job is None:
         raise NotFound(f"No such fine-tuning job: {job_id!r}.", param="job_id")
     return job

@@ -1,6 +1,7 @@
-"""Cursor pagination, newest first: `after` is the id of the last object of the previous
-page; the next page holds what was created before it. The cursor must be one of the
-caller's own objects (looked up in the same scoped query), else it is an invalid cursor."""
+"""Tenant-scoped queries: a select of the caller's own rows, one row by id, and cursor
+pagination, newest first (`after` is the id of the last object of the previous page; the next
+page holds what was created before it; the cursor must be one of the caller's own objects,
+looked up in the same scoped query, else it is an invalid cursor)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,16 @@ def page(
 
 def scoped_select(model: type[T], account_id: str) -> Select[Any]:
     return select(model).where(model.account_id == account_id)  # type: ignore[attr-defined]
+
+
+def find_owned(session: Session, model: type[T], account_id: str, object_id: str,
+               *criteria: Any, for_update: bool = False) -> T | None:
+    """The account's row with this id (and `criteria`), or None; a malformed id is None
+    without a query (a NUL byte or 10 kB of junk never reaches the database)."""
+    if not is_id(object_id):
+        return None
+    statement = scoped_select(model, account_id).where(
+        model.id == object_id, *criteria)  # type: ignore[attr-defined]
+    if for_update:
+        statement = statement.with_for_update()
+    return session.scalars(statement).first()
