@@ -112,6 +112,20 @@ def save_checkpoint(directory: Path, *, model: nn.Module, crma: CRMAHandle | Non
     return directory
 
 
+def settings_difference(a: dict, b: dict, prefix: str = "") -> str:
+    """`key: a vs b` for every (nested, dotted) setting that differs: why a resume was refused."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            sub = settings_difference(x, y, f"{prefix}{key}.")
+            if sub:
+                out.append(sub)
+        elif x != y:
+            out.append(f"{prefix}{key}: {x!r} vs {y!r}")
+    return ", ".join(out)
+
+
 def read_run_settings(directory: Path) -> dict[str, Any]:
     """The ``run`` settings dict stored by ``save_checkpoint``."""
     return _trainer_meta(Path(directory))["run"]

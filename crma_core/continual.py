@@ -40,7 +40,12 @@ from typing import Any
 import torch
 
 from crma_core.callbacks import TrainCallbacks
-from crma_core.checkpoint import load_checkpoint, read_run_settings, save_checkpoint
+from crma_core.checkpoint import (
+    load_checkpoint,
+    read_run_settings,
+    save_checkpoint,
+    settings_difference,
+)
 from crma_core.clipping import make_clipper
 from crma_core.continual_state import (CRMA_DIR, HOLDOUTS_DIR, LORAS_DIR, OPTIMIZER_POLICY,
                                        REPORT_FILE, STATE_FILE, STATE_FORMAT, STATE_VERSION,
@@ -53,7 +58,7 @@ from crma_core.errors import CheckpointError, ConfigError
 from crma_core.io import load_crma_into, save_crma, sha256_file, write_json
 from crma_core.loop import LoopPlan, LoopState, evaluate_loss, run_evaluation, train_loop
 from crma_core.optim import make_optimizer
-from crma_core.recipe import BuiltModel, _diff, build_model, lora_config, optimizer_groups
+from crma_core.recipe import BuiltModel, build_model, lora_config, optimizer_groups
 
 __all__ = ["ContinualConfig", "DomainSpec", "StageResult", "ContinualRunner", "run_stage",
            "run_continual", "stage_seed"]
@@ -134,7 +139,7 @@ class ContinualRunner:
         stored = ContinualConfig.from_dict(state["config"])
         if config is not None and config.fixed_part() != stored.fixed_part():
             raise ConfigError("a later stage must use the run's settings; differences: "
-                              f"{_diff(stored.fixed_part(), config.fixed_part())}")
+                              f"{settings_difference(stored.fixed_part(), config.fixed_part())}")
         if state["base_model"] != base_model_identity(model_dir):
             raise CheckpointError(f"the state was trained on base model {state['base_model']}, "
                                   f"not {base_model_identity(model_dir)}")

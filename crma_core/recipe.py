@@ -18,7 +18,12 @@ from torch import nn
 from crma_core import compile as crma_compile
 from crma_core.artifacts import export_bundle
 from crma_core.callbacks import TrainCallbacks, TrainResult
-from crma_core.checkpoint import load_checkpoint, read_run_settings, save_checkpoint
+from crma_core.checkpoint import (
+    load_checkpoint,
+    read_run_settings,
+    save_checkpoint,
+    settings_difference,
+)
 from crma_core.clipping import make_clipper
 from crma_core.config import CRMAConfig
 from crma_core.data import eval_batches, load_examples, pack_examples
@@ -239,7 +244,7 @@ class Recipe:
             saved = read_run_settings(Path(resume_from))
             if saved != self.run_settings():
                 raise CheckpointError("checkpoint was written with different settings: "
-                                      f"{_diff(saved, self.run_settings())}")
+                                      f"{settings_difference(saved, self.run_settings())}")
             self.state = load_checkpoint(Path(resume_from), model=self.built.model,
                                          crma=self.built.crma, optimizer=self.optimizer,
                                          clipper=self.clipper)
@@ -332,17 +337,3 @@ class Recipe:
             self._workdir = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def _diff(a: dict, b: dict, prefix: str = "") -> str:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            sub = _diff(x, y, f"{prefix}{key}.")
-            if sub:
-                out.append(sub)
-        elif x != y:
-            out.append(f"{prefix}{key}: {x!r} vs {y!r}")
-    return ", ".join(out)
-
