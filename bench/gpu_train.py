@@ -156,6 +156,21 @@ def peft_variant(name, model, batches, *, enter, **info) -> Variant:
                    info={"loop": "peft", "loss": "full logits", **info})
 
 
+def eager_variants(names: tuple[str, str, str], model, switch, batches, shape, args,
+                   **info) -> list[Variant]:
+    """(plain peft loop, our recipe with CRMA off, with CRMA on) on the same model, uncompiled."""
+    peft_name, off_name, on_name = names
+    eager = LossOptions(chunk_tokens=args.loss_chunk_tokens)
+    common = dict(batch=shape.batch, seq=shape.seq, compiled=False, **info)
+    return [
+        peft_variant(peft_name, model, batches, enter=switch.off, **common),
+        recipe_variant(off_name, model, None, batches, options=eager, enter=switch.off,
+                       **common),
+        recipe_variant(on_name, model, switch.handle, batches, options=eager, enter=switch.on,
+                       **common),
+    ]
+
+
 def recipe_variant(name, model, handle, batches, *, options: LossOptions, enter,
                    **info) -> Variant:
     """crma_core's step; ``handle`` None = CRMA off (its parameters not in the optimizer)."""
@@ -199,15 +214,8 @@ def bf16_phases(shape: Shape, args, ceiling: float) -> dict:
     model, handle = wrap(base)
     switch = CRMASwitch(model, handle)
     batches = random_batches(shape.vocab, shape.batch, shape.seq, device=device)
-    eager = LossOptions(chunk_tokens=args.loss_chunk_tokens)
-    common = dict(batch=shape.batch, seq=shape.seq, compiled=False)
-    variants = [
-        peft_variant("peft_eager", model, batches, enter=switch.off, **common),
-        recipe_variant("recipe_eager_crma_off", model, None, batches, options=eager,
-                       enter=switch.off, **common),
-        recipe_variant("recipe_eager_crma_on", model, handle, batches, options=eager,
-                       enter=switch.on, **common),
-    ]
+    variants = eager_variants(("peft_eager", "recipe_eager_crma_off", "recipe_eager_crma_on"),
+                              model, switch, batches, shape, args)
     interleave(variants, warmup=args.warmup, steps=args.steps, device=device)
     results = {v.name: summarize(v, shape, ceiling) for v in variants}
     if args.compile:
@@ -277,22 +285,17 @@ def qlora_phases(shape: Shape, args, ceiling: float, saved: Path | None) -> dict
         note = f"stand-in without quantization ({why}); exercises the code path only"
     model, handle = wrap(base, quantization=quantization)
     switch = CRMASwitch(model, handle)
-    eager = LossOptions(chunk_tokens=args.loss_chunk_tokens)
     tag = dict(quantization=quantization, **({"note": note} if note else {}))
     batches = random_batches(shape.vocab, shape.batch, shape.seq, device=device)
-    common = dict(batch=shape.batch, seq=shape.seq, compiled=False, **tag)
-    variants = [
-        peft_variant("qlora_peft_eager", model, batches, enter=switch.off, **common),
-        recipe_variant("qlora_recipe_crma_off", model, None, batches, options=eager,
-                       enter=switch.off, **common),
-        recipe_variant("qlora_recipe_crma_on", model, handle, batches, options=eager,
-                       enter=switch.on, **common),
-    ]
+    variants = eager_variants(
+        ("qlora_peft_eager", "qlora_recipe_crma_off", "qlora_recipe_crma_on"),
+        model, switch, batches, shape, args, **tag)
     interleave(variants, warmup=args.warmup, steps=args.steps, device=device)
     results = {v.name: summarize(v, shape, ceiling) for v in variants}
     del variants, batches
     release()
     enable_checkpointing(model)
+    eager = LossOptions(chunk_tokens=args.loss_chunk_tokens)
     b, s = shape.memory_configs[0]
     small = random_batches(shape.vocab, b, s, device=device)
     common = dict(batch=b, seq=s, compiled=False, gradient_checkpointing=True, **tag)
