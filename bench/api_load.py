@@ -266,23 +266,6 @@ def generator_process(config: dict, results: multiprocessing.Queue) -> None:
 
 # -- setup: database, accounts, files, server ---------------------------------------------------
 
-def create_database() -> str:
-    import psycopg
-
-    name = "crma_load_" + secrets.token_hex(4)
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-
-
-def drop_database(url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def seed_accounts(database_url: str, storage_dir: Path, n: int) -> list[dict]:
     """Pro accounts with credit, one key and one processed training file each."""
     import io
@@ -409,9 +392,11 @@ def run(args: argparse.Namespace) -> dict:
     from tests.conftest import free_port
 
     from app.db.migrate import upgrade
+    from app.db.scratch import create_scratch_database, drop_scratch_database
 
     own_database = args.database_url is None
-    database_url = args.database_url or create_database()
+    database_url = args.database_url or create_scratch_database(PG_ADMIN_URL,
+                                                                prefix="crma_load_")
     workdir = Path(tempfile.mkdtemp(prefix="crma-load-"))
     try:
         upgrade(database_url)
@@ -449,7 +434,7 @@ def run(args: argparse.Namespace) -> dict:
                             if '"level":"error"' in line or "Traceback" in line)
     finally:
         if own_database:
-            drop_database(database_url)
+            drop_scratch_database(PG_ADMIN_URL, database_url)
     during = sampler.samples or [load_before[0]]
     return {
         **summary,

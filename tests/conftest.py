@@ -59,20 +59,15 @@ def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float,
 
 def create_database() -> str:
     """Create an empty PostgreSQL database and return its URL."""
-    import psycopg
+    from app.db.scratch import create_scratch_database
 
-    name = "crma_test_" + secrets.token_hex(6)
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    return create_scratch_database(PG_ADMIN_URL, prefix="crma_test_")
 
 
 def drop_database(url: str) -> None:
-    import psycopg
+    from app.db.scratch import drop_scratch_database
 
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_scratch_database(PG_ADMIN_URL, url)
 
 
 @pytest.fixture(scope="session")
