@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from starlette.types import Scope
@@ -12,6 +15,7 @@ from app.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.api.openapi_links import add_links
 from app.api.rate_limit import RateLimiter
 from app.api.routes import ALL_ROUTERS
+from app.db.reader import open_reader
 from app.settings import Settings, get_settings
 from app.storage.base import ObjectStore
 from app.storage.factory import open_store
@@ -74,8 +78,10 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
         openapi_tags=TAGS,
         generate_unique_id_function=operation_id,
         swagger_ui_parameters={"persistAuthorization": True, "tryItOutEnabled": True},
+        lifespan=_close_reader_on_shutdown,
     )
     app.state.settings = settings
+    app.state.reader = open_reader(settings.resolved_database_url, settings.db_timeout_s)
     app.state.store = store or open_store(settings)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
     for router in ALL_ROUTERS:
@@ -88,6 +94,12 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit(settings))
     app.add_middleware(RequestContextMiddleware)
     return app
+
+
+@asynccontextmanager
+async def _close_reader_on_shutdown(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    await app.state.reader.close()
 
 
 def _summaries_from_docstrings(router: APIRouter) -> None:

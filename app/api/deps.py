@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.logs import account_id_var
 from app.api.rate_limit import enforce as enforce_rate_limit
+from app.db.reader import Reader
 from app.db.session import get_engine, get_sessionmaker, session_scope
 from app.domain.errors import Unauthorized
 from app.domain.principal import Principal
@@ -26,8 +27,9 @@ from app.settings import Settings
 from app.storage.base import ObjectStore
 
 __all__ = [
-    "Principal", "get_principal", "get_read_session", "get_session", "get_settings_dep",
-    "get_store", "PrincipalDep", "ReadSessionDep", "SessionDep", "SettingsDep", "StoreDep",
+    "Principal", "get_principal", "get_read_session", "get_reader", "get_session",
+    "get_settings_dep", "get_store", "PrincipalDep", "ReadSessionDep", "ReaderDep",
+    "SessionDep", "SettingsDep", "StoreDep",
 ]
 
 # auto_error=False: a missing header gets our envelope (401), not FastAPI's default 403.
@@ -82,6 +84,14 @@ async def get_read_session(settings: SettingsDep) -> AsyncIterator[Session]:
 
 
 ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
+
+
+async def get_reader(request: Request) -> Reader:
+    """The async reader of the hot GET routes (app/db/reader.py)."""
+    return request.app.state.reader
+
+
+ReaderDep = Annotated[Reader, Depends(get_reader)]
 
 
 async def get_store(request: Request) -> ObjectStore:

@@ -12,6 +12,7 @@ from sse_starlette import EventSourceResponse
 
 from app.api.deps import (
     PrincipalDep,
+    ReaderDep,
     ReadSessionDep,
     SessionDep,
     SettingsDep,
@@ -21,7 +22,6 @@ from app.api.deps import (
 from app.api.downloads import artifact_response
 from app.api.idempotent import IdempotencyKey, respond_idempotently
 from app.api.presenters import checkpoint_public, event_public, job_public, json_response
-from app.domain.errors import InvalidRequest
 from app.schemas.common import AfterParam, error_responses
 from app.schemas.jobs import (
     ArtifactList,
@@ -32,7 +32,7 @@ from app.schemas.jobs import (
     JobList,
     JobPublic,
 )
-from app.services import artifacts, checkpoints, event_stream, events, jobs
+from app.services import artifacts, checkpoints, event_stream, job_reads, jobs
 from app.services.quotas import quota_headers
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -62,25 +62,27 @@ def create_job(
     )
 
 
+# The three routes a client polls are `async` and read through the async Reader
+# (app/db/reader.py): no worker-thread hop, no ORM; see docs/benchmarks.md, API load.
 @router.get("", response_model=JobList, responses=error_responses(400, 401))
-def list_jobs(
-    principal: PrincipalDep, session: ReadSessionDep, settings: SettingsDep,
+async def list_jobs(
+    principal: PrincipalDep, reader: ReaderDep, settings: SettingsDep,
     after: AfterParam = None, limit: Limit = 20,
 ) -> Response:
     """List your fine-tuning jobs, newest first."""
-    rows, has_more = jobs.list_jobs(session, account_id=principal.account_id, after=after,
-                                    limit=limit)
+    rows, has_more = await job_reads.list_jobs(reader, account_id=principal.account_id,
+                                               after=after, limit=limit)
     throughput = settings.throughput_tokens_per_s
     return json_response(JobList(data=[job_public(j, throughput=throughput) for j in rows],
                                  has_more=has_more))
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=error_responses(401, 404))
-def retrieve_job(
-    job_id: str, principal: PrincipalDep, session: ReadSessionDep, settings: SettingsDep
+async def retrieve_job(
+    job_id: str, principal: PrincipalDep, reader: ReaderDep, settings: SettingsDep
 ) -> Response:
     """Retrieve a job: status, progress, cost."""
-    job = jobs.get_job(session, account_id=principal.account_id, job_id=job_id)
+    job = await job_reads.get_job(reader, account_id=principal.account_id, job_id=job_id)
     return json_response(job_public(job, throughput=settings.throughput_tokens_per_s))
 
 
@@ -98,21 +100,18 @@ def cancel_job(
     "/{job_id}/events", response_model=EventList,
     responses={200: {"content": {"text/event-stream": {}}}, **error_responses(400, 401, 404)},
 )
-def list_events(
-    job_id: str, principal: PrincipalDep, session: ReadSessionDep, settings: SettingsDep,
+async def list_events(
+    job_id: str, principal: PrincipalDep, reader: ReaderDep, settings: SettingsDep,
     after: AfterParam = None, limit: Limit = 20,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
     last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     """Job events, newest first; with `Accept: text/event-stream`, a live stream."""
-    job = jobs.get_job(session, account_id=principal.account_id, job_id=job_id)
+    job = await job_reads.get_job(reader, account_id=principal.account_id, job_id=job_id)
     cursor = after or last_event_id
     seq = None
     if cursor is not None:
-        seq = events.event_seq(session, job_id=job.id, event_id=cursor)
-        if seq is None:
-            raise InvalidRequest(f"Unknown cursor {cursor!r}.", param="after",
-                                 code="invalid_cursor")
+        seq = await job_reads.event_seq(reader, job_id=job.id, event_id=cursor)
     if accept and "text/event-stream" in accept:
         stream = event_stream.follow(
             session_factory=lambda: open_read_session(settings), job_id=job.id,
@@ -121,9 +120,9 @@ def list_events(
                               "data": event_public(e).model_dump_json()},
         )
         return EventSourceResponse(stream, ping=15)
-    rows = events.list_events(session, job_id=job.id, after_seq=seq, limit=limit + 1)
-    return json_response(EventList(data=[event_public(e) for e in rows[:limit]],
-                                   has_more=len(rows) > limit))
+    rows, has_more = await job_reads.list_events(reader, job_id=job.id, before_seq=seq,
+                                                 limit=limit)
+    return json_response(EventList(data=[event_public(e) for e in rows], has_more=has_more))
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList,
