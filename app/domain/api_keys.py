@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 
 KEY_PREFIX = "sk-crma-"
@@ -29,10 +30,10 @@ def display_prefix(key: str) -> str:
     return key[:DISPLAY_PREFIX_LENGTH]
 
 
+_KEY_SHAPE = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]{%d}" % _BODY_LENGTH)
+
+
 def looks_like_api_key(value: str) -> bool:
-    """Cheap shape check before any lookup (rejects junk without touching the database)."""
-    return (
-        value.startswith(KEY_PREFIX)
-        and len(value) == len(KEY_PREFIX) + _BODY_LENGTH
-        and all(c.isalnum() or c in "-_" for c in value[len(KEY_PREFIX):])
-    )
+    """Cheap shape check before any lookup (rejects junk without touching the database).
+    Runs on every request: one regular expression, not a Python loop over 40 characters."""
+    return _KEY_SHAPE.fullmatch(value) is not None
