@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
@@ -24,6 +24,11 @@ from app.domain.pricing import format_usd, price_micros, price_per_mtok, tokens_
 from app.services import billing, quotas
 from app.services.quotas import QuotaSnapshot
 from app.settings import get_settings
+
+
+# Built once (Core on the tables): these run on every job creation.
+_PLAN = select(Account.__table__.c.plan).where(Account.__table__.c.id == bindparam("b_id"))
+_SET_JOB_TERMS = update(Job.__table__).where(Job.__table__.c.id == bindparam("b_id"))
 
 
 @dataclass(frozen=True)
@@ -56,11 +61,37 @@ def admit(
     """Reserve what a new job needs, inside the caller's creating transaction.
 
     Call after inserting the job row (source_id = job id): the job's `estimated_tokens`,
-    `token_budget` and `hold_micros` are written here too. Raises
-    InvalidRequest(`model_not_available_on_plan` / `model_not_found` / `max_cost_too_low`),
-    QuotaExceeded (429, Retry-After to the next UTC midnight, quota headers) or
-    InsufficientCredit (402); the caller's rollback then undoes everything."""
-    plan = _plan(session, account_id)
+    `token_budget` and `hold_micros` are written here too. Raises as `reserve` does; the
+    caller's rollback then undoes everything."""
+    admitted = reserve(session, account_id=account_id, model=model,
+                       estimated_tokens=estimated_tokens, source_id=source_id,
+                       max_cost_micros=max_cost_micros, now=now)
+    session.execute(_SET_JOB_TERMS, {
+        "b_id": source_id, "estimated_tokens": estimated_tokens,
+        "token_budget": admitted.token_budget, "hold_micros": admitted.hold_micros,
+    })
+    return admitted
+
+
+def reserve(
+    session: Session,
+    *,
+    account_id: str,
+    model: str,
+    estimated_tokens: int,
+    source_id: str,
+    max_cost_micros: int | None = None,
+    now: datetime | None = None,
+    plan: str | None = None,
+) -> Admission:
+    """`admit` without writing the job row: for a caller that inserts the job afterwards
+    with the returned terms (one INSERT instead of an INSERT and an UPDATE).
+
+    Raises InvalidRequest(`model_not_available_on_plan` / `model_not_found` /
+    `max_cost_too_low`), NotFound (no such account), QuotaExceeded (429, Retry-After to the
+    next UTC midnight, quota headers) or InsufficientCredit (402). `plan`: the account's
+    plan if the caller has just read it (else it is looked up)."""
+    plan = plan or _plan(session, account_id)
     terms = quote(plan=plan, model=model, estimated_tokens=estimated_tokens,
                   max_cost_micros=max_cost_micros)
     quota = None
@@ -71,15 +102,6 @@ def admit(
             session, account_id=account_id, source_id=source_id, amount_micros=terms.hold_micros,
             memo=f"hold {source_id} ({model}, {estimated_tokens} tokens)",
         )
-    session.execute(
-        update(Job)
-        .where(Job.id == source_id)
-        .values(
-            estimated_tokens=estimated_tokens,
-            token_budget=terms.token_budget,
-            hold_micros=terms.hold_micros,
-        )
-    )
     return Admission(hold_micros=terms.hold_micros, token_budget=terms.token_budget, quota=quota)
 
 
@@ -189,9 +211,7 @@ def preview(
 
 
 def _plan(session: Session, account_id: str) -> str:
-    plan = session.execute(
-        select(Account.plan).where(Account.id == account_id)
-    ).scalar_one_or_none()
+    plan = session.execute(_PLAN, {"b_id": account_id}).scalar_one_or_none()
     if plan is None:
         raise NotFound(f"No account {account_id!r}")
     return plan

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -41,6 +41,34 @@ RUN_REFUND = "run_refund"
 
 # (account_id or None for the platform, bucket, signed amount)
 Leg = tuple[str | None, str, int]
+
+# The statements of a job's creation (hold, ledger posting) are built once, here: Core on the
+# tables with bind parameters, so an execution reuses the compiled form instead of building
+# and cache-keying an expression each time (most of a create's CPU was that).
+_accounts = Account.__table__
+_transactions = LedgerTransaction.__table__
+_amount = bindparam("b_amount")
+# The balance check is the WHERE clause, so concurrent holds cannot overdraw (place_hold).
+_HOLD = (
+    update(_accounts)
+    .where(_accounts.c.id == bindparam("b_account_id"),
+           _accounts.c.credit_available_micros >= _amount)
+    .values(credit_available_micros=_accounts.c.credit_available_micros - _amount,
+            credit_held_micros=_accounts.c.credit_held_micros + _amount)
+)
+_MOVE = (
+    update(_accounts)
+    .where(_accounts.c.id == bindparam("b_account_id"))
+    .values(credit_available_micros=_accounts.c.credit_available_micros + bindparam("b_available"),
+            credit_held_micros=_accounts.c.credit_held_micros + bindparam("b_held"))
+)
+_POST_PG, _POST_SQLITE = (
+    insert(_transactions)
+    .on_conflict_do_nothing(index_elements=["source_id", "kind"])
+    .returning(_transactions.c.id)
+    for insert in (pg_insert, sqlite_insert)
+)
+_ENTRY = LedgerEntry.__table__.insert()
 
 
 def add_credit(
@@ -86,15 +114,7 @@ def place_hold(
     concurrent holds can never together exceed the available balance."""
     if amount_micros < 0:
         raise ValueError("amount_micros must be >= 0")
-    moved = session.execute(
-        update(Account)
-        .where(Account.id == account_id, Account.credit_available_micros >= amount_micros)
-        .values(
-            credit_available_micros=Account.credit_available_micros - amount_micros,
-            credit_held_micros=Account.credit_held_micros + amount_micros,
-        )
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    moved = session.execute(_HOLD, {"b_account_id": account_id, "b_amount": amount_micros}).rowcount
     if moved != 1:
         available = session.execute(
             select(Account.credit_available_micros).where(Account.id == account_id)
@@ -204,39 +224,23 @@ def _post(
     concurrent duplicate blocks on the unique index until the first commits, then no-ops."""
     if sum(amount for _, _, amount in legs) != 0:
         raise ValueError(f"unbalanced ledger transaction {kind} {source_id}: {legs}")
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    inserted = session.execute(
-        insert(LedgerTransaction.__table__)
-        .values(
-            id=tx_id, account_id=account_id, kind=kind, source_id=source_id,
-            memo=(memo or None) and memo[:300], created_at=utcnow(),
-        )
-        .on_conflict_do_nothing(index_elements=["source_id", "kind"])
-        .returning(LedgerTransaction.__table__.c.id)
-    ).scalar_one_or_none()
+    postgres = session.get_bind().dialect.name == "postgresql"
+    inserted = session.execute(_POST_PG if postgres else _POST_SQLITE, {
+        "id": tx_id, "account_id": account_id, "kind": kind, "source_id": source_id,
+        "memo": (memo or None) and memo[:300], "created_at": utcnow(),
+    }).scalar_one_or_none()
     if inserted is None:
         return False
     if legs:
-        session.execute(
-            LedgerEntry.__table__.insert(),
-            [
-                {"transaction_id": tx_id, "account_id": acct, "bucket": bucket, "amount_micros": amount}
-                for acct, bucket, amount in legs
-            ],
-        )
+        session.execute(_ENTRY, [
+            {"transaction_id": tx_id, "account_id": acct, "bucket": bucket, "amount_micros": amount}
+            for acct, bucket, amount in legs
+        ])
     return True
 
 
 def _move_cached(session: Session, *, account_id: str, available: int, held: int) -> None:
-    session.execute(
-        update(Account)
-        .where(Account.id == account_id)
-        .values(
-            credit_available_micros=Account.credit_available_micros + available,
-            credit_held_micros=Account.credit_held_micros + held,
-        )
-        .execution_options(synchronize_session=False)
-    )
+    session.execute(_MOVE, {"b_account_id": account_id, "b_available": available, "b_held": held})
 
 
 def _held_amount(session: Session, *, source_id: str, kind: str) -> int | None:

@@ -16,6 +16,14 @@ from app.domain.ids import new_id
 
 LEVELS = ("info", "warn", "error")
 
+# Built once (Core on the table; every job creation and training step writes an event).
+# ON CONFLICT DO NOTHING without a target covers the (job_id, dedupe_key) constraint (NULL
+# dedupe keys never conflict) on both databases, without aborting the transaction.
+_INSERT_PG, _INSERT_SQLITE = (
+    insert(JobEvent.__table__).on_conflict_do_nothing()
+    for insert in (postgresql.insert, sqlite.insert)
+)
+
 
 def record_event(
     session: Session,
@@ -36,11 +44,8 @@ def record_event(
         "type": type, "message": message[:2000], "data": data, "attempt": attempt,
         "dedupe_key": dedupe_key,
     }
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    # ON CONFLICT DO NOTHING without a target covers the (job_id, dedupe_key) constraint
-    # (NULL dedupe keys never conflict) on both databases, without aborting the transaction.
-    session.execute(insert(JobEvent).values(**values).on_conflict_do_nothing())
+    postgres = session.get_bind().dialect.name == "postgresql"
+    session.execute(_INSERT_PG if postgres else _INSERT_SQLITE, values)
 
 
 def list_events(

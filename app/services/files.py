@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Row, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.models import File, Job
+from app.db.models import Account, File, Job
 from app.domain.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from app.domain.files import PURPOSES, USABLE_STATUS, InvalidFile, safe_filename
+from app.domain.id_format import is_id
 from app.domain.ids import new_id
 from app.domain.job_state import TERMINAL
 from app.services.pagination import find_owned, page, scoped_select
@@ -121,9 +122,28 @@ def open_content(
     return row, store.iter_chunks(row.storage_key)
 
 
-def require_usable_file(session: Session, *, account_id: str, file_id: str, param: str) -> File:
-    """A file a job may train or validate on; 400 naming `param` otherwise."""
-    row = find_owned(session, File, account_id, file_id, File.deleted_at.is_(None))
+# Built once (Core on the tables): every job creation looks up its files. The columns are
+# what a job needs and what the 400s below report, plus the owner's plan, which admission
+# needs next (read here, it costs no query of its own).
+_files, _accounts = File.__table__, Account.__table__
+_USABLE_FILE = (
+    select(_files.c.id, _files.c.purpose, _files.c.status, _files.c.example_count,
+           _files.c.token_counts, _files.c.errors, _files.c.error_count,
+           _accounts.c.plan.label("account_plan"))
+    .join(_accounts, _accounts.c.id == _files.c.account_id)
+    .where(_files.c.id == bindparam("b_id"), _files.c.account_id == bindparam("b_account_id"),
+           _files.c.deleted_at.is_(None))
+)
+
+
+def require_usable_file(
+    session: Session, *, account_id: str, file_id: str, param: str
+) -> Row[Any]:
+    """The account's file a job may train or validate on, as a row of `_USABLE_FILE`'s
+    columns; 400 naming `param` otherwise (another tenant's file is simply not found)."""
+    row = session.execute(
+        _USABLE_FILE, {"b_id": file_id, "b_account_id": account_id}
+    ).first() if is_id(file_id) else None
     if row is None:
         raise InvalidRequest(f"{param} {file_id!r} does not exist.", param=param,
                              code="file_not_found")

@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic_core import to_jsonable_python
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -43,6 +43,24 @@ from app.settings import get_settings
 MAX_KEY_LENGTH = 255
 IN_USE_RETRY_AFTER_S = 1
 REPLAYED_HEADER = "idempotent-replayed"
+
+# Built once (Core on the table, bind parameters): every creating POST runs these.
+_records = IdempotencyRecord.__table__
+_LOCK = text("SELECT pg_try_advisory_xact_lock(:lock_id)")
+_CLAIM_PG, _CLAIM_SQLITE = (
+    insert(_records)
+    .on_conflict_do_nothing(index_elements=["account_id", "key"])
+    .returning(_records.c.key)
+    for insert in (pg_insert, sqlite_insert)
+)
+_this_key = (_records.c.account_id == bindparam("b_account_id"),
+             _records.c.key == bindparam("b_key"))
+# ORM (the replay reads the record's attributes), re-read even if already in the session.
+_RECORD = (
+    select(IdempotencyRecord).where(*_this_key).execution_options(populate_existing=True)
+)
+# SET takes the columns given with each execution.
+_SET_RECORD = update(_records).where(*_this_key)
 
 
 @dataclass(frozen=True)
@@ -147,52 +165,34 @@ def _claim(
     StoredResponse is a replay; errors are raised."""
     now = now or utcnow()
     expires_at = now + timedelta(seconds=get_settings().idempotency_ttl_s)
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         # The claim row stays invisible until commit, and a plain INSERT would block on the
         # in-flight duplicate's uncommitted row. A transaction-scoped advisory lock on the
         # key lets the duplicate see "in flight" at once and answer 409 instead of waiting.
         locked = session.execute(
-            text("SELECT pg_try_advisory_xact_lock(:lock_id)"),
-            {"lock_id": _advisory_lock_id(account_id, key)},
+            _LOCK, {"lock_id": _advisory_lock_id(account_id, key)}
         ).scalar_one()
         if not locked:
             raise _in_use()
-        insert = pg_insert
+        claim = _CLAIM_PG
     else:
-        insert = sqlite_insert
-    values = {
-        "account_id": account_id,
-        "key": key,
-        "request_hash": fingerprint,
-        "status": "in_progress",
-        "created_at": now,
-        "expires_at": expires_at,
-    }
-    table = IdempotencyRecord.__table__
-    inserted = session.execute(
-        insert(table)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["account_id", "key"])
-        .returning(table.c.key)
-    ).scalar_one_or_none()
+        claim = _CLAIM_SQLITE
+    inserted = session.execute(claim, {
+        "account_id": account_id, "key": key, "request_hash": fingerprint,
+        "status": "in_progress", "created_at": now, "expires_at": expires_at,
+    }).scalar_one_or_none()
     if inserted is not None:
         return None
     record = session.execute(
-        select(IdempotencyRecord)
-        .where(IdempotencyRecord.account_id == account_id, IdempotencyRecord.key == key)
-        .execution_options(populate_existing=True)
+        _RECORD, {"b_account_id": account_id, "b_key": key}
     ).scalar_one()
     if _as_aware(record.expires_at) <= now:
-        session.execute(
-            update(IdempotencyRecord)
-            .where(IdempotencyRecord.account_id == account_id, IdempotencyRecord.key == key)
-            .values(
-                request_hash=fingerprint, status="in_progress", response_code=None,
-                response_body=None, response_headers=None, resource_id=None,
-                created_at=now, expires_at=expires_at,
-            )
-        )
+        session.execute(_SET_RECORD, {
+            "b_account_id": account_id, "b_key": key, "request_hash": fingerprint,
+            "status": "in_progress", "response_code": None, "response_body": None,
+            "response_headers": None, "resource_id": None, "created_at": now,
+            "expires_at": expires_at,
+        })
         return None
     if record.request_hash != fingerprint:
         raise Unprocessable(
@@ -214,17 +214,13 @@ def _claim(
 def _store(session: Session, *, account_id: str, key: str, response: StoredResponse) -> None:
     body = response.body
     resource_id = body.get("id") if isinstance(body, Mapping) else None
-    session.execute(
-        update(IdempotencyRecord)
-        .where(IdempotencyRecord.account_id == account_id, IdempotencyRecord.key == key)
-        .values(
-            status="done",
-            response_code=response.status_code,
-            response_body=json.dumps(body, separators=(",", ":")),
-            response_headers=dict(response.headers),
-            resource_id=resource_id if isinstance(resource_id, str) else None,
-        )
-    )
+    session.execute(_SET_RECORD, {
+        "b_account_id": account_id, "b_key": key, "status": "done",
+        "response_code": response.status_code,
+        "response_body": json.dumps(body, separators=(",", ":")),
+        "response_headers": dict(response.headers),
+        "resource_id": resource_id if isinstance(resource_id, str) else None,
+    })
 
 
 def _normalise(response: StoredResponse) -> StoredResponse:

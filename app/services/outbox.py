@@ -14,13 +14,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Interval, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import OutboxMessage
 from app.services.leases import db_now
 
 RUN_JOB_TASK = "crma.run_job"
+
+# Built once (Core on the table): every job creation and re-offer writes a row.
+_outbox = OutboxMessage.__table__
+_INSERT = _outbox.insert()
+_INSERT_NOW = _outbox.insert().values(
+    created_at=func.clock_timestamp(),
+    available_at=func.clock_timestamp() + bindparam("b_delay", type_=Interval()),
+)
 
 
 @dataclass(frozen=True)
@@ -41,20 +49,14 @@ def enqueue(
     now: datetime | None = None,
 ) -> None:
     """Add a row; it becomes publishable `delay_s` seconds from now (the database's clock)."""
+    row = {"task": task, "queue": queue, "payload": payload, "attempts": 0}
     if now is None and session.get_bind().dialect.name == "postgresql":
         # The clock is read inside the INSERT: no SELECT clock_timestamp() round trip.
-        created: Any = func.clock_timestamp()
-        available: Any = func.clock_timestamp() + timedelta(seconds=delay_s)
-    else:
-        created = now or db_now(session)
-        available = created + timedelta(seconds=delay_s)
-    session.add(
-        OutboxMessage(
-            task=task, queue=queue, payload=payload, created_at=created,
-            available_at=available, attempts=0,
-        )
-    )
-    session.flush()
+        session.execute(_INSERT_NOW, {**row, "b_delay": timedelta(seconds=delay_s)})
+        return
+    created = now or db_now(session)
+    session.execute(_INSERT, {**row, "created_at": created,
+                              "available_at": created + timedelta(seconds=delay_s)})
 
 
 def claim_pending(session: Session, *, limit: int) -> list[PendingMessage]:

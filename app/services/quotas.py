@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy import Date, Integer, Update, and_, bindparam, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
@@ -22,6 +22,32 @@ from app.settings import get_settings
 # The free plan runs at most this many of its jobs at once; the others wait in the queue.
 # The worker's claim enforces it (see running_limit).
 FREE_RUNNING_LIMIT = 1
+
+
+def _reserve_statement() -> Update:
+    """Built once (it runs on every free-plan job creation). SET sees the old row: the
+    same day adds, a new day starts over."""
+    accounts = Account.__table__
+    today, runs = bindparam("b_today", type_=Date()), bindparam("b_runs", type_=Integer())
+    same_day = accounts.c.runs_day == today
+    return (
+        update(accounts)
+        .where(
+            accounts.c.id == bindparam("b_account_id"),
+            accounts.c.plan == "free",
+            or_(
+                accounts.c.runs_day.is_(None),
+                accounts.c.runs_day != today,
+                and_(same_day, accounts.c.runs_used + runs <= bindparam("b_limit")),
+            ),
+        )
+        .values(runs_used=case((same_day, accounts.c.runs_used + runs), else_=runs),
+                runs_day=today)
+        .returning(accounts.c.runs_used)
+    )
+
+
+_RESERVE = _reserve_statement()
 
 
 @dataclass(frozen=True)
@@ -95,27 +121,10 @@ def reserve_runs(
     today: date = now.astimezone(UTC).date()
     limit = get_settings().free_runs_per_day
     if 1 <= runs <= limit:
-        same_day = Account.runs_day == today
-        statement = (
-            update(Account)
-            .where(
-                Account.id == account_id,
-                Account.plan == "free",
-                or_(
-                    Account.runs_day.is_(None),
-                    Account.runs_day != today,
-                    and_(same_day, Account.runs_used + runs <= limit),
-                ),
-            )
-            .values(
-                # SET sees the old row: same day adds, a new day starts over.
-                runs_used=case((same_day, Account.runs_used + runs), else_=runs),
-                runs_day=today,
-            )
-            .returning(Account.runs_used)
-            .execution_options(synchronize_session=False)
-        )
-        used = session.execute(statement).scalar_one_or_none()
+        used = session.execute(
+            _RESERVE, {"b_account_id": account_id, "b_today": today, "b_runs": runs,
+                       "b_limit": limit},
+        ).scalar_one_or_none()
         if used is not None:
             return QuotaSnapshot(limit=limit, remaining=limit - used, reset_at=next_reset(now))
     current = snapshot(session, account_id=account_id, now=now)
