@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -69,6 +69,30 @@ _POST_PG, _POST_SQLITE = (
     for insert in (pg_insert, sqlite_insert)
 )
 _ENTRY = LedgerEntry.__table__.insert()
+# place_hold on PostgreSQL: the balance move and its ledger posting (the transaction and
+# its two legs, available -> held) in one statement, one round trip instead of three. Each
+# step reads the previous one's RETURNING, so nothing is posted unless the balance moved,
+# and the legs are inserted only with a new transaction; `posted` is NULL when
+# (source_id, kind) already existed. The caller's rollback undoes a move without posting.
+_HOLD_AND_POST_PG = text("""
+    WITH moved AS (
+        UPDATE accounts
+        SET credit_available_micros = credit_available_micros - :amount,
+            credit_held_micros = credit_held_micros + :amount
+        WHERE id = :account_id AND credit_available_micros >= :amount
+        RETURNING id
+    ), posted AS (
+        INSERT INTO ledger_transactions (id, account_id, kind, source_id, memo, created_at)
+        SELECT :tx_id, id, :kind, :source_id, :memo, :created_at FROM moved
+        ON CONFLICT (source_id, kind) DO NOTHING
+        RETURNING id
+    ), legs AS (
+        INSERT INTO ledger_entries (transaction_id, account_id, bucket, amount_micros)
+        SELECT posted.id, :account_id, leg.bucket, leg.amount
+        FROM posted, (VALUES (:available, -:amount), (:held, :amount)) AS leg (bucket, amount)
+    )
+    SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM posted) = 1
+""")
 
 
 def add_credit(
@@ -114,7 +138,18 @@ def place_hold(
     concurrent holds can never together exceed the available balance."""
     if amount_micros < 0:
         raise ValueError("amount_micros must be >= 0")
-    moved = session.execute(_HOLD, {"b_account_id": account_id, "b_amount": amount_micros}).rowcount
+    tx_id, memo = new_id("ledger_transaction"), _memo(memo)
+    posted: bool | None = None
+    if session.get_bind().dialect.name == "postgresql":
+        moved, posted = session.execute(_HOLD_AND_POST_PG, {
+            "account_id": account_id, "amount": amount_micros, "tx_id": tx_id, "kind": HOLD,
+            "source_id": source_id, "memo": memo, "created_at": utcnow(),
+            "available": AVAILABLE, "held": HELD,
+        }).one()
+    else:
+        moved = session.execute(
+            _HOLD, {"b_account_id": account_id, "b_amount": amount_micros}
+        ).rowcount
     if moved != 1:
         available = session.execute(
             select(Account.credit_available_micros).where(Account.id == account_id)
@@ -126,11 +161,12 @@ def place_hold(
             f"${format_usd(available)} of credit is available. Add credit, lower the "
             "epochs, or set max_cost.",
         )
-    posted = _post(
-        session, tx_id=new_id("ledger_transaction"), account_id=account_id, kind=HOLD,
-        source_id=source_id, memo=memo,
-        legs=[(account_id, AVAILABLE, -amount_micros), (account_id, HELD, amount_micros)],
-    )
+    if posted is None:
+        posted = _post(
+            session, tx_id=tx_id, account_id=account_id, kind=HOLD, source_id=source_id,
+            memo=memo, legs=[(account_id, AVAILABLE, -amount_micros),
+                             (account_id, HELD, amount_micros)],
+        )
     if not posted:
         # The cached move above must not stand without its ledger entry.
         raise ValueError(f"a hold for {source_id!r} already exists")
@@ -227,7 +263,7 @@ def _post(
     postgres = session.get_bind().dialect.name == "postgresql"
     inserted = session.execute(_POST_PG if postgres else _POST_SQLITE, {
         "id": tx_id, "account_id": account_id, "kind": kind, "source_id": source_id,
-        "memo": (memo or None) and memo[:300], "created_at": utcnow(),
+        "memo": _memo(memo), "created_at": utcnow(),
     }).scalar_one_or_none()
     if inserted is None:
         return False
@@ -237,6 +273,10 @@ def _post(
             for acct, bucket, amount in legs
         ])
     return True
+
+
+def _memo(memo: str | None) -> str | None:
+    return (memo or None) and memo[:300]
 
 
 def _move_cached(session: Session, *, account_id: str, available: int, held: int) -> None:

@@ -37,15 +37,26 @@ def record_event(
     attempt: int = 0,
 ) -> None:
     """Insert one event; a second event with the same (job_id, dedupe_key) is ignored."""
+    values = event_row(job_id=job_id, message=message, level=level, type=type, data=data,
+                       dedupe_key=dedupe_key, attempt=attempt)
+    postgres = session.get_bind().dialect.name == "postgresql"
+    session.execute(_INSERT_PG if postgres else _INSERT_SQLITE, values)
+
+
+def event_row(
+    *, job_id: str, message: str, level: str = "info",
+    type: str = "message",  # noqa: A002 - OpenAI's field name
+    data: dict[str, Any] | None = None, dedupe_key: str | None = None, attempt: int = 0,
+) -> dict[str, Any]:
+    """The columns of a new event (for record_event, or a caller that inserts it within a
+    larger statement, as job creation does)."""
     if level not in LEVELS:
         raise ValueError(f"event level must be one of {LEVELS}, got {level!r}")
-    values = {
+    return {
         "id": new_id("event"), "job_id": job_id, "created_at": utcnow(), "level": level,
         "type": type, "message": message[:2000], "data": data, "attempt": attempt,
         "dedupe_key": dedupe_key,
     }
-    postgres = session.get_bind().dialect.name == "postgresql"
-    session.execute(_INSERT_PG if postgres else _INSERT_SQLITE, values)
 
 
 def list_events(

@@ -31,7 +31,6 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 from sqlalchemy import bindparam, delete, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
@@ -46,12 +45,28 @@ REPLAYED_HEADER = "idempotent-replayed"
 
 # Built once (Core on the table, bind parameters): every creating POST runs these.
 _records = IdempotencyRecord.__table__
-_LOCK = text("SELECT pg_try_advisory_xact_lock(:lock_id)")
-_CLAIM_PG, _CLAIM_SQLITE = (
-    insert(_records)
+# PostgreSQL: the claim row stays invisible until commit, and a plain INSERT would block on
+# the in-flight duplicate's uncommitted row. A transaction-scoped advisory lock on the key
+# lets the duplicate see "in flight" at once and answer 409 instead of waiting. The lock and
+# the claim are one statement (one round trip): the INSERT reads the lock's result, so it
+# runs only once the lock is held, and a conflict there is a committed record (an in-flight
+# one holds the lock), which the caller then reads with a fresh snapshot.
+_LOCK_AND_CLAIM_PG = text("""
+    WITH advisory AS (SELECT pg_try_advisory_xact_lock(:lock_id) AS locked),
+    claim AS (
+        INSERT INTO idempotency_records
+            (account_id, key, request_hash, status, created_at, expires_at)
+        SELECT :account_id, :key, :request_hash, :status, :created_at, :expires_at
+        FROM advisory WHERE locked
+        ON CONFLICT (account_id, key) DO NOTHING
+        RETURNING key
+    )
+    SELECT locked, (SELECT key FROM claim) FROM advisory
+""")
+_CLAIM_SQLITE = (
+    sqlite_insert(_records)
     .on_conflict_do_nothing(index_elements=["account_id", "key"])
     .returning(_records.c.key)
-    for insert in (pg_insert, sqlite_insert)
 )
 _this_key = (_records.c.account_id == bindparam("b_account_id"),
              _records.c.key == bindparam("b_key"))
@@ -165,22 +180,18 @@ def _claim(
     StoredResponse is a replay; errors are raised."""
     now = now or utcnow()
     expires_at = now + timedelta(seconds=get_settings().idempotency_ttl_s)
-    if session.get_bind().dialect.name == "postgresql":
-        # The claim row stays invisible until commit, and a plain INSERT would block on the
-        # in-flight duplicate's uncommitted row. A transaction-scoped advisory lock on the
-        # key lets the duplicate see "in flight" at once and answer 409 instead of waiting.
-        locked = session.execute(
-            _LOCK, {"lock_id": _advisory_lock_id(account_id, key)}
-        ).scalar_one()
-        if not locked:
-            raise _in_use()
-        claim = _CLAIM_PG
-    else:
-        claim = _CLAIM_SQLITE
-    inserted = session.execute(claim, {
+    values = {
         "account_id": account_id, "key": key, "request_hash": fingerprint,
         "status": "in_progress", "created_at": now, "expires_at": expires_at,
-    }).scalar_one_or_none()
+    }
+    if session.get_bind().dialect.name == "postgresql":
+        locked, inserted = session.execute(
+            _LOCK_AND_CLAIM_PG, {**values, "lock_id": _advisory_lock_id(account_id, key)}
+        ).one()
+        if not locked:
+            raise _in_use()
+    else:
+        inserted = session.execute(_CLAIM_SQLITE, values).scalar_one_or_none()
     if inserted is not None:
         return None
     record = session.execute(

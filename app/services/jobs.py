@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Row, update
+from sqlalchemy import Insert, Row, Table, bindparam, insert, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.models import Job
+from app.db.models import Job, JobEvent, OutboxMessage
 from app.domain.errors import Conflict, InvalidRequest, NotFound
 from app.domain.hyperparameters import trained_tokens
 from app.domain.job_options import job_queue, resolve_adapter, resolve_hyperparameters
@@ -77,8 +80,9 @@ def draft_job(
     )
 
 
+_jobs, _events, _outbox = Job.__table__, JobEvent.__table__, OutboxMessage.__table__
 # Built once: Core on the table, executed with a dict of the new row (see insert_job).
-_INSERT_JOB = Job.__table__.insert()
+_INSERT_JOB = _jobs.insert()
 
 
 def insert_job(
@@ -113,13 +117,16 @@ def insert_job(
         continual_run_id=continual_run_id, stage_index=stage_index,
         created_at=now, queued_at=now, offered_at=now if enqueue else None,
     )
-    # Columns left out (error, result, lease, ...) start as SQL NULL, as with a flush.
-    session.execute(_INSERT_JOB, _job_row(values))
     job = Job(**values)
-    events.record_event(session, job_id=job_id, message=f"Created fine-tuning job: {job_id}",
-                        dedupe_key="created")
-    if enqueue:
-        enqueue_job(session, job=job)
+    # Columns left out (error, result, lease, ...) start as SQL NULL, as with a flush.
+    row, created = _job_row(values), f"Created fine-tuning job: {job_id}"
+    if session.get_bind().dialect.name == "postgresql":
+        _insert_created_pg(session, row=row, created=created, enqueue=enqueue)
+    else:
+        session.execute(_INSERT_JOB, row)
+        events.record_event(session, job_id=job_id, message=created, dedupe_key="created")
+        if enqueue:
+            enqueue_job(session, job=job)
     return job, admitted
 
 
@@ -127,6 +134,48 @@ def enqueue_job(session: Session, *, job: Job) -> None:
     """The outbox row that hands the job to the workers once this transaction commits
     (the caller sets `job.offered_at`)."""
     outbox.enqueue(session, task=outbox.RUN_JOB_TASK, queue=job.queue, payload={"job_id": job.id})
+
+
+def _insert_created_pg(
+    session: Session, *, row: dict[str, Any], created: str, enqueue: bool
+) -> None:
+    """PostgreSQL: the job row, its `created` event and, when `enqueue`, its outbox row, as
+    one statement (what the SQLite branch of insert_job does in three round trips)."""
+    event = events.event_row(job_id=row["id"], message=created, dedupe_key="created")
+    message = outbox.message_row(task=outbox.RUN_JOB_TASK, queue=row["queue"],
+                                 payload={"job_id": row["id"]}) if enqueue else {}
+    parts = {"job_": row, "event_": event, "message_": message}
+    statement = _created_statement(*(tuple(columns) for columns in parts.values()))
+    session.execute(statement, {
+        prefix + column: value
+        for prefix, columns in parts.items() for column, value in columns.items()
+    })
+
+
+@cache
+def _created_statement(
+    job_columns: tuple[str, ...], event_columns: tuple[str, ...],
+    message_columns: tuple[str, ...],
+) -> Insert:
+    """Data-modifying CTEs: INSERT job, INSERT event (ON CONFLICT DO NOTHING, as
+    record_event), then INSERT outbox row (none without `message_columns`), each bound as
+    its columns prefixed with job_ / event_ / message_. Built once per set of columns.
+    The event's foreign key to the job holds: PostgreSQL checks it at the end of the
+    statement, once every CTE has run."""
+    def binds(table: Table, prefix: str, columns: tuple[str, ...]) -> dict[str, Any]:
+        return {c: bindparam(prefix + c, type_=table.c[c].type) for c in columns}
+
+    job = insert(_jobs).values(binds(_jobs, "job_", job_columns)).cte("new_job")
+    event = pg_insert(_events).values(binds(_events, "event_", event_columns))
+    event = event.on_conflict_do_nothing()
+    if not message_columns:
+        return event.add_cte(job)
+    return (
+        insert(_outbox)
+        .values(binds(_outbox, "message_", message_columns))
+        .values(outbox.clock_columns(timedelta(0)))
+        .add_cte(job, event.cte("created_event"))
+    )
 
 
 def _job_row(values: dict[str, Any]) -> dict[str, Any]:

@@ -25,10 +25,22 @@ RUN_JOB_TASK = "crma.run_job"
 # Built once (Core on the table): every job creation and re-offer writes a row.
 _outbox = OutboxMessage.__table__
 _INSERT = _outbox.insert()
-_INSERT_NOW = _outbox.insert().values(
-    created_at=func.clock_timestamp(),
-    available_at=func.clock_timestamp() + bindparam("b_delay", type_=Interval()),
-)
+
+
+def clock_columns(delay: Any) -> dict[str, Any]:
+    """PostgreSQL: `created_at` and `available_at` (`delay` later: a timedelta or an interval
+    bind parameter) read from the database's clock inside the INSERT, which saves a
+    SELECT clock_timestamp() round trip."""
+    return {"created_at": func.clock_timestamp(),
+            "available_at": func.clock_timestamp() + delay}
+
+
+def message_row(*, task: str, queue: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The columns of a new row, less its clock columns."""
+    return {"task": task, "queue": queue, "payload": payload, "attempts": 0}
+
+
+_INSERT_NOW = _outbox.insert().values(clock_columns(bindparam("b_delay", type_=Interval())))
 
 
 @dataclass(frozen=True)
@@ -49,9 +61,8 @@ def enqueue(
     now: datetime | None = None,
 ) -> None:
     """Add a row; it becomes publishable `delay_s` seconds from now (the database's clock)."""
-    row = {"task": task, "queue": queue, "payload": payload, "attempts": 0}
+    row = message_row(task=task, queue=queue, payload=payload)
     if now is None and session.get_bind().dialect.name == "postgresql":
-        # The clock is read inside the INSERT: no SELECT clock_timestamp() round trip.
         session.execute(_INSERT_NOW, {**row, "b_delay": timedelta(seconds=delay_s)})
         return
     created = now or db_now(session)
