@@ -73,14 +73,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # -- a minimal HTTP/1.1 client ------------------------------------------------------------------
 
+# uvicorn closes a keep-alive connection idle for 5 s (timeout_keep_alive); like any HTTP
+# client, reconnect rather than send on a connection the server may be closing.
+IDLE_RECONNECT_S = 4.0
+
+
 class Connection:
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.last_used = 0.0
 
     async def request(self, method: str, path: str, headers: dict[str, str],
                       body: bytes = b"") -> tuple[int, bytes]:
+        if self.writer is not None and time.monotonic() - self.last_used > IDLE_RECONNECT_S:
+            self.close()
         if self.writer is None or self.writer.is_closing():
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         head = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}",
@@ -103,6 +111,7 @@ class Connection:
         except BaseException:
             self.close()
             raise
+        self.last_used = time.monotonic()
         if close:
             self.close()
         return status, payload
@@ -369,6 +378,32 @@ def process_tree_cpu_s(pid: int) -> float:
     return total
 
 
+def postgres_cpu_s() -> float:
+    """User + system CPU seconds of every running PostgreSQL process (backends die with
+    their connection, so compare readings taken while the same connections are open)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            name, rest = Path(f"/proc/{entry}/stat").read_text().split(" (", 1)[1].split(")", 1)
+        except (OSError, ValueError):
+            continue
+        if name == "postgres":
+            fields = rest.split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / ticks, sum(values[:8]) / ticks
+
+
 class LoadSampler:
     def __init__(self) -> None:
         self.samples: list[float] = []
@@ -421,11 +456,14 @@ def run(args: argparse.Namespace) -> dict:
             generator = multiprocessing.get_context("fork").Process(
                 target=generator_process, args=(config, results))
             server_cpu_before = process_tree_cpu_s(server.pid)
+            postgres_before, machine_before = postgres_cpu_s(), machine_cpu_s()
             with LoadSampler() as sampler:
                 generator.start()
                 summary = results.get(timeout=args.duration + args.warmup + 120)
                 generator.join(timeout=30)
             server_cpu = process_tree_cpu_s(server.pid) - server_cpu_before
+            postgres_cpu = postgres_cpu_s() - postgres_before
+            machine_after = machine_cpu_s()
             load_after = os.getloadavg()
         finally:
             stop_server(server)
@@ -452,6 +490,13 @@ def run(args: argparse.Namespace) -> dict:
         "server_cpu_ms_per_request": round(server_cpu * 1000 / max(1, summary["requests_answered"]),
                                            2),
         "server_error_log_lines": server_errors,
+        # Where the machine's CPU went during the generator's run (warm-up included).
+        "cpu_seconds": {
+            "api_server": round(server_cpu, 1), "postgres": round(postgres_cpu, 1),
+            "load_generator": summary["generator_cpu_s"],
+            "machine_busy": round(machine_after[0] - machine_before[0], 1),
+            "machine_capacity": round(machine_after[1] - machine_before[1], 1),
+        },
         "load_average": {"before_1m": round(load_before[0], 2),
                          "during_1m_mean": round(sum(during) / len(during), 2),
                          "during_1m_max": round(max(during), 2),
