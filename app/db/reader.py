@@ -30,6 +30,9 @@ from starlette.concurrency import run_in_threadpool
 from app.db.session import get_engine, is_sqlite, normalize_url
 
 
+Rows = list[Mapping[str, Any]]
+
+
 class DatabaseUnavailable(Exception):
     """The database could not be reached (or did not answer in time): a 503, not a 500."""
 
@@ -48,7 +51,7 @@ def columns(model: type, *attributes: str) -> list[Any]:
 class Reader:
     """Runs prepared Core SELECTs; `fetch` returns rows as mappings (column name -> value)."""
 
-    async def fetch(self, statement: Select[Any], params: dict[str, Any]) -> list[Mapping[str, Any]]:
+    async def fetch(self, statement: Select[Any], params: dict[str, Any]) -> Rows:
         raise NotImplementedError
 
     async def fetch_one(self, statement: Select[Any],
@@ -66,22 +69,25 @@ class EngineReader(Reader):
     def __init__(self, url: str, timeout_s: float) -> None:
         self.engine = get_engine(url, timeout_s)
 
-    def _fetch(self, statement: Select[Any], params: dict[str, Any]) -> list[Mapping[str, Any]]:
+    def _fetch(self, statement: Select[Any], params: dict[str, Any]) -> Rows:
         with self.engine.connect() as connection:
             return list(connection.execute(statement, params).mappings())
 
-    async def fetch(self, statement: Select[Any], params: dict[str, Any]) -> list[Mapping[str, Any]]:
+    async def fetch(self, statement: Select[Any], params: dict[str, Any]) -> Rows:
         return await run_in_threadpool(self._fetch, statement, params)
 
 
-# What a lost or refused connection looks like from asyncpg (server down, restarted, full).
+# What a lost or refused connection looks like from asyncpg (server down, restarted, full),
+# and a statement cancelled by statement_timeout (a saturated server): 503s, like the
+# OperationalError of the ORM path (app/api/errors.py).
 def _unavailable_errors() -> tuple[type[BaseException], ...]:
     import asyncpg
 
     return (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
             asyncpg.InterfaceError, asyncpg.exceptions.CannotConnectNowError,
             asyncpg.exceptions.OperatorInterventionError,
-            asyncpg.exceptions.TooManyConnectionsError)
+            asyncpg.exceptions.TooManyConnectionsError,
+            asyncpg.exceptions.QueryCanceledError)
 
 
 class AsyncpgReader(Reader):
@@ -141,7 +147,7 @@ class AsyncpgReader(Reader):
                 except Exception:  # noqa: BLE001 - best effort on a dead loop
                     pass
 
-    async def fetch(self, statement: Select[Any], params: dict[str, Any]) -> list[Mapping[str, Any]]:
+    async def fetch(self, statement: Select[Any], params: dict[str, Any]) -> Rows:
         sql, compiled = self._sql(statement)
         values = compiled.construct_params(params)
         args = [values[name] for name in compiled.positiontup]
