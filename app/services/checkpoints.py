@@ -6,8 +6,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.models import Checkpoint
-from app.domain.errors import InvalidRequest
 from app.domain.id_format import is_id
+from app.services.pagination import invalid_cursor
 
 
 def list_checkpoints(
@@ -21,7 +21,7 @@ def list_checkpoints(
             select(Checkpoint.step).where(Checkpoint.job_id == job_id, Checkpoint.id == after)
         ) if is_id(after) else None
         if step is None:
-            raise InvalidRequest(f"Unknown cursor {after!r}.", param="after", code="invalid_cursor")
+            raise invalid_cursor(after)
         statement = statement.where(Checkpoint.step < step)
     rows = list(session.scalars(statement.order_by(Checkpoint.step.desc()).limit(limit + 1)))
     return rows[:limit], len(rows) > limit

@@ -11,7 +11,6 @@ from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
 from app.db.models import JobEvent
-from app.domain.id_format import is_id
 from app.domain.ids import new_id
 
 LEVELS = ("info", "warn", "error")
@@ -76,11 +75,3 @@ def list_events(
         statement = statement.order_by(JobEvent.seq.asc())
     return list(session.scalars(statement.limit(limit)))
 
-
-def event_seq(session: Session, *, job_id: str, event_id: str) -> int | None:
-    """The sequence number of an event of this job (resolves an `after` cursor)."""
-    if not is_id(event_id):
-        return None
-    return session.scalar(
-        select(JobEvent.seq).where(JobEvent.job_id == job_id, JobEvent.id == event_id)
-    )

@@ -1,7 +1,7 @@
 """Job status, the job list and job events through the async Reader (app/db/reader.py): the
-reads a client polls. Same answers as `jobs.get_job`, `jobs.list_jobs`,
-`events.list_events` and `events.event_seq` on an ORM session (tests/app compare them);
-every statement is built once, here."""
+reads a client polls. Same answers as the ORM reads (`jobs.get_job`, `pagination.page`,
+`events.list_events`; tests/app/test_job_reads.py compares them); every statement is built
+once, here."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from sqlalchemy import bindparam, select, tuple_
 
 from app.db.models import Job, JobEvent
 from app.db.reader import Reader, Record, columns
-from app.domain.errors import InvalidRequest, NotFound
 from app.domain.id_format import is_id
+from app.services.jobs import job_not_found
+from app.services.pagination import invalid_cursor
 
 _jobs = Job.__table__
 _events = JobEvent.__table__
@@ -44,14 +45,6 @@ _EVENT_SEQ = select(_events.c.seq).where(_events.c.job_id == bindparam("job_id")
 _EVENTS = (select(*_EVENT_FIELDS).where(_events.c.job_id == bindparam("job_id"))
            .order_by(_events.c.seq.desc()).limit(bindparam("limit")))
 _EVENTS_BEFORE = _EVENTS.where(_events.c.seq < bindparam("before_seq"))
-
-
-def job_not_found(job_id: str) -> NotFound:
-    return NotFound(f"No such fine-tuning job: {job_id!r}.", param="job_id")
-
-
-def invalid_cursor(cursor: str) -> InvalidRequest:
-    return InvalidRequest(f"Unknown cursor {cursor!r}.", param="after", code="invalid_cursor")
 
 
 async def get_job(reader: Reader, *, account_id: str, job_id: str) -> Record:

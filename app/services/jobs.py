@@ -26,7 +26,7 @@ from app.services import admission, billing, events, outbox
 from app.services.admission import Admission
 from app.services.files import require_usable_file
 from app.services.job_status import transition_job
-from app.services.pagination import find_owned, page, scoped_select
+from app.services.pagination import find_owned
 from crma_core.catalog import CATALOG, CatalogModel
 
 
@@ -201,16 +201,13 @@ def create_job(session: Session, *, account_id: str, spec: JobCreate) -> tuple[J
 def get_job(session: Session, *, account_id: str, job_id: str) -> Job:
     job = find_owned(session, Job, account_id, job_id)
     if job is None:
-        raise NotFound(f"No such fine-tuning job: {job_id!r}.", param="job_id")
+        raise job_not_found(job_id)
     return job
 
 
-def list_jobs(
-    session: Session, *, account_id: str, after: str | None, limit: int
-) -> tuple[list[Job], bool]:
-    """Fine-tuning jobs, newest first (continual-run stages are listed with their run)."""
-    statement = scoped_select(Job, account_id).where(Job.kind == "fine_tune")
-    return page(session, statement, Job, after=after, limit=limit)
+def job_not_found(job_id: str) -> NotFound:
+    return NotFound(f"No such fine-tuning job: {job_id!r}.", param="job_id")
+
 
 
 def cancel_job(session: Session, *, account_id: str, job_id: str) -> Job:

@@ -26,10 +26,14 @@ def page(
             statement.with_only_columns(created, ident).where(ident == after)
         ).first() if is_id(after) else None
         if cursor is None:
-            raise InvalidRequest(f"Unknown cursor {after!r}.", param="after", code="invalid_cursor")
+            raise invalid_cursor(after)
         statement = statement.where(tuple_(created, ident) < tuple_(cursor[0], cursor[1]))
     rows = list(session.scalars(statement.order_by(created.desc(), ident.desc()).limit(limit + 1)))
     return rows[:limit], len(rows) > limit
+
+
+def invalid_cursor(cursor: str) -> InvalidRequest:
+    return InvalidRequest(f"Unknown cursor {cursor!r}.", param="after", code="invalid_cursor")
 
 
 def scoped_select(model: type[T], account_id: str) -> Select[Any]:

@@ -11,12 +11,16 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from sqlalchemy import select
+
 from app.api.presenters import event_public, job_public
 from app.db.base import utcnow
+from app.db.models import Job, JobEvent
 from app.db.reader import AsyncpgReader, DatabaseUnavailable, open_reader
 from app.db.session import session_scope
 from app.domain.errors import InvalidRequest, NotFound
 from app.services import events, job_reads, jobs
+from app.services.pagination import page, scoped_select
 from tests.app.helpers import create_tenant, insert_job, make_settings
 from tests.conftest import free_port
 
@@ -86,15 +90,16 @@ def test_async_reads_answer_like_the_orm_reads(database_url: str) -> None:
             orm = jobs.get_job(session, account_id=account_id, job_id=job_id)
             assert job_public(record, throughput=throughput) == job_public(orm,
                                                                            throughput=throughput)
+        fine_tunes = scoped_select(Job, account_id).where(Job.kind == "fine_tune")
         expected_pages, after = [], None
         while True:
-            rows, more = jobs.list_jobs(session, account_id=account_id, after=after, limit=2)
+            rows, more = page(session, fine_tunes, Job, after=after, limit=2)
             expected_pages.append(([r.id for r in rows], more))
             if not more:
                 break
             after = rows[-1].id
         orm_events = events.list_events(session, job_id=job_ids[0], limit=100)
-        seq = events.event_seq(session, job_id=job_ids[0], event_id=event_ids[2])
+        seq = session.scalar(select(JobEvent.seq).where(JobEvent.id == event_ids[2]))
         expected_older = events.list_events(session, job_id=job_ids[0], after_seq=seq, limit=10)
         assert [event_public(e) for e in newest] == [event_public(e) for e in orm_events[:3]]
         assert [event_public(e) for e in older] == [event_public(e) for e in expected_older]
