@@ -26,7 +26,7 @@ _JOB_FIELDS = columns(
 _EVENT_FIELDS = columns(JobEvent, "seq", "id", "created_at", "level", "type", "message", "data")
 
 _OWN_JOB = select(*_JOB_FIELDS).where(_jobs.c.id == bindparam("job_id"),
-                               _jobs.c.account_id == bindparam("account_id"))
+                                      _jobs.c.account_id == bindparam("account_id"))
 
 # Fine-tuning jobs only (continual-run stages are listed with their run), newest first.
 _OWN_FINE_TUNES = (_jobs.c.account_id == bindparam("account_id"), _jobs.c.kind == "fine_tune")
