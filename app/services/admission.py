@@ -1,5 +1,6 @@
 """Admission: may this account start a run of `estimated_tokens` on `model`, and on what
-terms. `admit` reserves (a free run, or a credit hold); `preview` answers the same question
+terms. `reserve` reserves (a free run, or a credit hold) for the job about to be inserted
+with those terms (app/services/jobs.py insert_job); `preview` answers the same question
 for the estimate endpoints without reserving anything.
 
 Plans:
@@ -14,11 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.models import Account, Job
+from app.db.models import Account
 from app.domain.errors import InvalidRequest, NotFound
 from app.domain.pricing import format_usd, price_micros, price_per_mtok, tokens_for_budget
 from app.services import billing, quotas
@@ -26,9 +27,8 @@ from app.services.quotas import QuotaSnapshot
 from app.settings import get_settings
 
 
-# Built once (Core on the tables): these run on every job creation.
+# Built once (Core on the table): runs on every job creation without a plan already read.
 _PLAN = select(Account.__table__.c.plan).where(Account.__table__.c.id == bindparam("b_id"))
-_SET_JOB_TERMS = update(Job.__table__).where(Job.__table__.c.id == bindparam("b_id"))
 
 
 @dataclass(frozen=True)
@@ -48,30 +48,6 @@ class Terms:
     price_micros: int  # list price of the estimate (what a pro account would pay in full)
 
 
-def admit(
-    session: Session,
-    *,
-    account_id: str,
-    model: str,
-    estimated_tokens: int,
-    source_id: str,
-    max_cost_micros: int | None = None,
-    now: datetime | None = None,
-) -> Admission:
-    """Reserve what a new job needs, inside the caller's creating transaction.
-
-    Call after inserting the job row (source_id = job id): the job's `estimated_tokens`,
-    `token_budget` and `hold_micros` are written here too. Raises as `reserve` does; the
-    caller's rollback then undoes everything."""
-    admitted = reserve(session, account_id=account_id, model=model,
-                       estimated_tokens=estimated_tokens, source_id=source_id,
-                       max_cost_micros=max_cost_micros, now=now)
-    session.execute(_SET_JOB_TERMS, {
-        "b_id": source_id, "estimated_tokens": estimated_tokens,
-        "token_budget": admitted.token_budget, "hold_micros": admitted.hold_micros,
-    })
-    return admitted
-
 
 def reserve(
     session: Session,
@@ -84,8 +60,9 @@ def reserve(
     now: datetime | None = None,
     plan: str | None = None,
 ) -> Admission:
-    """`admit` without writing the job row: for a caller that inserts the job afterwards
-    with the returned terms (one INSERT instead of an INSERT and an UPDATE).
+    """Reserve what a new job needs, inside the caller's creating transaction, which then
+    inserts the job (source_id = its id) with the returned terms; the caller's rollback
+    undoes everything on an error.
 
     Raises InvalidRequest(`model_not_available_on_plan` / `model_not_found` /
     `max_cost_too_low`), NotFound (no such account), QuotaExceeded (429, Retry-After to the
@@ -167,7 +144,7 @@ def preview(
     max_cost_micros: int | None = None,
     now: datetime | None = None,
 ) -> Preview:
-    """Would `admit` accept one job per entry of `estimated_tokens` (a continual run has one
+    """Would `reserve` accept one job per entry of `estimated_tokens` (a continual run has one
     per stage) right now? Reads only; a concurrent create may still change the answer."""
     now = now or utcnow()
     account = session.execute(

@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Job, LedgerTransaction
 from app.domain.errors import Conflict, DomainError
-from app.services import admission, billing
+from app.services import billing
 from app.services.idempotency import StoredResponse, run_idempotent
+from tests.billing_support import admit
 from race_helpers import balances, make_account, make_file, make_job
 
 
@@ -41,8 +42,8 @@ def race(n: int, work: Callable[[int], Any]) -> list[Any]:
 def create_and_admit(factory, account_id: str, model: str, file_id: str, tokens: int) -> str:
     with factory() as session:
         job = make_job(session, account_id=account_id, model=model, file_id=file_id)
-        admission.admit(session, account_id=account_id, model=model, estimated_tokens=tokens,
-                        source_id=job.id)
+        admit(session, account_id=account_id, model=model, estimated_tokens=tokens,
+              source_id=job.id)
         session.commit()
         return job.id
 
@@ -108,8 +109,8 @@ def test_same_idempotency_key_twenty_times_makes_one_job(threads_factory) -> Non
 
     def handler(session: Session) -> StoredResponse:
         job = make_job(session, account_id=account_id, model=model, file_id=file_id)
-        admission.admit(session, account_id=account_id, model=model, estimated_tokens=2_000_000,
-                        source_id=job.id)
+        admit(session, account_id=account_id, model=model, estimated_tokens=2_000_000,
+              source_id=job.id)
         return StoredResponse(201, {"id": job.id, "object": "fine_tuning.job"}, {})
 
     def attempt(_: int) -> StoredResponse:

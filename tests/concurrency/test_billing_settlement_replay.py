@@ -23,8 +23,9 @@ from app.db.models import Job, LedgerTransaction
 from app.domain.errors import InsufficientCredit
 from app.domain.job_state import JobStatus
 from app.domain.pricing import price_micros
-from app.services import admission, billing
+from app.services import billing
 from app.services.job_status import transition_job
+from tests.billing_support import admit
 from race_helpers import balances, make_account, make_file, make_job
 
 MODEL = "mistral-7b-v0.3"
@@ -58,9 +59,9 @@ def settle_replay_test(factory) -> None:
                 job = make_job(session, account_id=self.account_id, model=MODEL,
                                file_id=self.file_id)
                 try:
-                    admitted = admission.admit(session, account_id=self.account_id, model=MODEL,
-                                               estimated_tokens=tokens, source_id=job.id,
-                                               max_cost_micros=max_cost)
+                    admitted = admit(session, account_id=self.account_id, model=MODEL,
+                                     estimated_tokens=tokens, source_id=job.id,
+                                     max_cost_micros=max_cost)
                 except InsufficientCredit:
                     session.rollback()
                     return "none"

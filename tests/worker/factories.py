@@ -1,5 +1,5 @@
 """Rows for worker tests: accounts (through the accounts service), uploaded files and jobs
-(admitted through the billing part's `admission.admit`, as the API creates them)."""
+(admitted through `tests.billing_support.admit`: admission.reserve, then the terms on the row)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 from app.db.base import utcnow
 from app.db.models import Account, ContinualRun, ContinualStage, File, Job
 from app.domain.ids import new_id
-from app.services import accounts, admission, billing, outbox
+from app.services import accounts, billing, outbox
+from tests import billing_support
 
 
 def make_account(session: Session, *, plan: str = "pro", credit_micros: int = 10_000_000) -> str:
@@ -54,9 +55,9 @@ def make_job(session: Session, *, account_id: str, admit: bool = False,
     session.add(Job(**fields))
     session.flush()
     if admit:
-        admission.admit(session, account_id=account_id, model=fields["model"],
-                        estimated_tokens=estimated_tokens, source_id=fields["id"],
-                        max_cost_micros=max_cost_micros)
+        billing_support.admit(session, account_id=account_id, model=fields["model"],
+                              estimated_tokens=estimated_tokens, source_id=fields["id"],
+                              max_cost_micros=max_cost_micros)
     if offer:
         outbox.enqueue(session, task=outbox.RUN_JOB_TASK, queue=fields["queue"],
                        payload={"job_id": fields["id"]})

@@ -12,8 +12,9 @@ from app.db.models import Account, Job, LedgerEntry, LedgerTransaction
 from app.domain.errors import InsufficientCredit
 from app.domain.pricing import price_micros
 from app.domain.job_state import JobStatus
-from app.services import admission, billing
+from app.services import billing
 from app.services.job_status import transition_job
+from tests.billing_support import admit
 
 MODEL = "mistral-7b-v0.3"  # 500_000 micros per 1M tokens
 
@@ -30,8 +31,8 @@ def postings(session: Session, job_id: str) -> dict[str, int]:
 def new_pro_job(session: Session, make_job: Callable[..., Job], account_id: str, tokens: int,
                 max_cost: int | None = None) -> Job:
     job = make_job(session, account_id=account_id, model=MODEL, queue="large")
-    admission.admit(session, account_id=account_id, model=MODEL, estimated_tokens=tokens,
-                    source_id=job.id, max_cost_micros=max_cost)
+    admit(session, account_id=account_id, model=MODEL, estimated_tokens=tokens,
+          source_id=job.id, max_cost_micros=max_cost)
     return job
 
 
@@ -122,8 +123,8 @@ def test_insufficient_credit_moves_nothing(pg_session, make_account, make_job):
     account_id = make_account("pro", credit_micros=999_999)
     job = make_job(pg_session, account_id=account_id, model=MODEL)
     with pytest.raises(InsufficientCredit) as info:
-        admission.admit(pg_session, account_id=account_id, model=MODEL,
-                        estimated_tokens=2_000_000, source_id=job.id)
+        admit(pg_session, account_id=account_id, model=MODEL,
+              estimated_tokens=2_000_000, source_id=job.id)
     assert info.value.status_code == 402 and info.value.code == "insufficient_credit"
     assert postings(pg_session, job.id) == {}
     assert pg_session.get(Account, account_id, populate_existing=True).credit_held_micros == 0
@@ -139,8 +140,8 @@ def test_settle_refuses_a_live_job(pg_session, make_account, make_job):
 def test_free_job_moves_no_money(pg_session, make_account, make_job):
     account_id = make_account("free")
     job = make_job(pg_session, account_id=account_id)
-    admitted = admission.admit(pg_session, account_id=account_id, model="tinyllama-1.1b-chat",
-                               estimated_tokens=9_000_000, source_id=job.id)
+    admitted = admit(pg_session, account_id=account_id, model="tinyllama-1.1b-chat",
+                     estimated_tokens=9_000_000, source_id=job.id)
     assert admitted.hold_micros == 0 and admitted.token_budget == 2_000_000
     finish(pg_session, job.id, JobStatus.SUCCEEDED, trained=2_000_000)
     assert postings(pg_session, job.id) == {}
@@ -187,8 +188,8 @@ def test_free_run_given_back_only_when_nothing_was_used(
 
     account_id = make_account("free")
     job = make_job(pg_session, account_id=account_id, model="tinyllama-1.1b-chat", queue="small")
-    admission.admit(pg_session, account_id=account_id, model="tinyllama-1.1b-chat",
-                    estimated_tokens=1000, source_id=job.id)
+    admit(pg_session, account_id=account_id, model="tinyllama-1.1b-chat",
+          estimated_tokens=1000, source_id=job.id)
     assert quotas.snapshot(pg_session, account_id=account_id).remaining == 2
     if started:
         assert transition_job(pg_session, job_id=job.id, to=JobStatus.RUNNING,

@@ -11,6 +11,7 @@ from app.db.models import Account
 from app.db.session import get_sessionmaker
 from app.domain.errors import InvalidRequest, QuotaExceeded
 from app.services import accounts, admission, quotas
+from tests.billing_support import admit
 
 NOON = datetime(2031, 5, 6, 12, 0, tzinfo=UTC)
 
@@ -18,8 +19,8 @@ NOON = datetime(2031, 5, 6, 12, 0, tzinfo=UTC)
 def admit_free(session: Session, make_job, account_id: str, now: datetime,
                model: str = "tinyllama-1.1b-chat"):
     job = make_job(session, account_id=account_id)
-    return admission.admit(session, account_id=account_id, model=model, estimated_tokens=1000,
-                           source_id=job.id, now=now)
+    return admit(session, account_id=account_id, model=model, estimated_tokens=1000,
+                 source_id=job.id, now=now)
 
 
 def check_daily_quota(session: Session, make_job, account_id: str) -> None:
