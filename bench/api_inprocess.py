@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.api_load import MODEL, PG_ADMIN_URL, seed_accounts  # noqa: E402
+from bench.api_load import MODEL, PG_ADMIN_URL, report, seed_accounts  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -149,11 +149,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    text = json.dumps(run(args), indent=2)
-    print(text)
-    if not args.no_write:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    report(run(args), args)
     return 0
 
 

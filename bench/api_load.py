@@ -509,14 +509,18 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    result = run(args)
+def report(result: dict, args: argparse.Namespace) -> None:
+    """Print the result; write it to `args.out` unless `args.no_write`."""
     text = json.dumps(result, indent=2)
     print(text)
     if not args.no_write:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report(run(args), args)
     return 0
 
 
