@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=10.0, help="unmeasured seconds first")
     parser.add_argument("--create-rate", type=float, default=100.0, help="creates per second")
     parser.add_argument("--read-connections", type=int, default=16)
+    parser.add_argument("--read-rate", type=float, default=0.0,
+                        help="reads per second, open loop (default 0: closed loop, as many as "
+                             "--read-connections get answered)")
     parser.add_argument("--create-connections", type=int, default=32)
     parser.add_argument("--accounts", type=int, default=32)
     # 2 on the 2-core box: 3 answered fewer reads (200 vs 222/s) at a higher create p99
@@ -179,53 +182,75 @@ async def generate(config: dict) -> dict:
         if scheduled >= measure_from:
             creates.append((finished - scheduled, status, finished))
 
-    async def creator() -> None:
+    def pick_read(local: random.Random) -> tuple[str, str, dict[str, str]]:
+        account = accounts[local.randrange(len(accounts))]
+        headers = {"Authorization": f"Bearer {account['key']}"}
+        roll = local.random()
+        job = account["jobs"][local.randrange(len(account["jobs"]))]
+        if roll < 0.7:
+            return "get_job", f"/v1/fine_tuning/jobs/{job}", headers
+        if roll < 0.9:
+            return "list_jobs", "/v1/fine_tuning/jobs?limit=10", headers
+        return "list_events", f"/v1/fine_tuning/jobs/{job}/events", headers
+
+    async def one_read(connection: Connection, local: random.Random, since: float) -> None:
+        """`since`: when the read was due (open loop) or sent (closed loop)."""
+        kind, path, headers = pick_read(local)
+        try:
+            status, _ = await connection.request("GET", path, headers)
+        except Exception as error:  # noqa: BLE001 - counted, never fatal
+            if since >= measure_from:
+                note_error(error)
+            return
+        done = time.monotonic()
+        completed["all"] += 1
+        if measure_from <= since and done <= stop_at:
+            reads.append((done - since, status, kind))
+
+    async def closed_loop_reader(n: int) -> None:
+        connection = Connection(host, port)
+        local = random.Random(n)
+        await asyncio.sleep(max(0.0, start - time.monotonic()))
+        while time.monotonic() < stop_at:
+            await one_read(connection, local, time.monotonic())
+        connection.close()
+
+    async def open_loop_reads() -> None:
+        read_pool: asyncio.Queue[Connection] = asyncio.Queue()
+        for _ in range(config["read_connections"]):
+            read_pool.put_nowait(Connection(host, port))
+        local = random.Random(1)
+
+        async def scheduled_read(_: int, due: float) -> None:
+            connection = await read_pool.get()
+            try:
+                await one_read(connection, local, due)
+            finally:
+                read_pool.put_nowait(connection)
+
+        await scheduled(config["read_rate"], scheduled_read)
+
+    async def scheduled(rate: float, launch) -> None:  # noqa: ANN001 - async (i, due) -> None
+        """Open loop: start `launch(i, due)` at `rate` per second until the window ends, without
+        waiting for earlier ones (a slow server builds a backlog instead of a pause)."""
         tasks = set()
-        interval = 1.0 / config["create_rate"]
         i = 0
-        while True:
-            scheduled = start + i * interval
-            if scheduled >= stop_at:
-                break
-            delay = scheduled - time.monotonic()
+        while (due := start + i / rate) < stop_at:
+            delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(one_create(i, scheduled))
+            task = asyncio.create_task(launch(i, due))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             i += 1
         if tasks:
             await asyncio.wait(tasks)
 
-    async def reader(n: int) -> None:
-        connection = Connection(host, port)
-        local = random.Random(n)
-        await asyncio.sleep(max(0.0, start - time.monotonic()))
-        while time.monotonic() < stop_at:
-            account = accounts[local.randrange(len(accounts))]
-            headers = {"Authorization": f"Bearer {account['key']}"}
-            roll = local.random()
-            job = account["jobs"][local.randrange(len(account["jobs"]))]
-            if roll < 0.7:
-                kind, path = "get_job", f"/v1/fine_tuning/jobs/{job}"
-            elif roll < 0.9:
-                kind, path = "list_jobs", "/v1/fine_tuning/jobs?limit=10"
-            else:
-                kind, path = "list_events", f"/v1/fine_tuning/jobs/{job}/events"
-            sent = time.monotonic()
-            try:
-                status, _ = await connection.request("GET", path, headers)
-            except Exception as error:  # noqa: BLE001
-                if sent >= measure_from:
-                    note_error(error)
-                continue
-            done = time.monotonic()
-            completed["all"] += 1
-            if measure_from <= sent and done <= stop_at:
-                reads.append((done - sent, status, kind))
-        connection.close()
-
-    await asyncio.gather(creator(), *(reader(n) for n in range(config["read_connections"])))
+    if config["read_rate"]:
+        read_streams = [open_loop_reads()]
+    else:
+        read_streams = [closed_loop_reader(n) for n in range(config["read_connections"])]
+    await asyncio.gather(scheduled(config["create_rate"], one_create), *read_streams)
     create_latencies = [lat for lat, _, _ in creates]
     read_latencies = [lat for lat, _, _ in reads]
     bad_creates = [s for _, s, _ in creates if s != 201]
@@ -451,6 +476,7 @@ def run(args: argparse.Namespace) -> dict:
                 "port": port, "accounts": accounts, "idempotency": not args.no_idempotency,
                 "duration": args.duration, "warmup": args.warmup,
                 "create_rate": args.create_rate, "read_connections": args.read_connections,
+                "read_rate": args.read_rate,
                 "create_connections": args.create_connections, "run_id": secrets.token_hex(4),
             }
             load_before = os.getloadavg()

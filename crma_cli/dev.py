@@ -55,7 +55,7 @@ def run_serve(args: argparse.Namespace) -> int:
         from app.db.migrate import upgrade
 
         upgrade(settings.resolved_database_url)
-    uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port,
+    uvicorn.run("app.main:create_server_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, access_log=False, proxy_headers=True)
     return 0
 

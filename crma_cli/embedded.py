@@ -62,7 +62,7 @@ def run_dev(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port,
+        uvicorn.run("app.main:create_server_app", factory=True, host=args.host, port=args.port,
                     access_log=False)
     finally:
         stop_children(children)

@@ -11,10 +11,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from app.api.deps import open_session
+from app.db.transactions import Transactions
 from app.domain.principal import Principal
 from app.services.idempotency import StoredResponse, fingerprint, run_idempotent
-from app.settings import Settings
 
 IdempotencyKey = Annotated[
     str | None,
@@ -27,13 +26,14 @@ IdempotencyKey = Annotated[
 Creator = Callable[[Session], tuple[BaseModel, dict[str, str]]]
 
 
-def respond_idempotently(
-    request: Request, *, settings: Settings, principal: Principal, key: str | None,
+async def respond_idempotently(
+    request: Request, *, transactions: Transactions, principal: Principal, key: str | None,
     body: Any, create: Creator, status_code: int = 201,
     location: Callable[[str], str] | None = None,
 ) -> JSONResponse:
-    """Run `create(session)` -> (public model, headers) at most once per key; the session's
-    transaction is committed by the idempotency wrapper."""
+    """Run `create(session)` -> (public model, headers) at most once per key, through
+    `transactions` (app/db/transactions.py); the session's transaction is committed by the
+    idempotency wrapper."""
 
     def handler(session: Session) -> StoredResponse:
         public, headers = create(session)
@@ -41,11 +41,9 @@ def respond_idempotently(
             headers = {**headers, "location": location(getattr(public, "id"))}
         return StoredResponse(status_code, public.model_dump(mode="json"), headers)
 
-    response = run_idempotent(
-        session_factory=lambda: open_session(settings),
-        account_id=principal.account_id,
-        key=key,
-        fingerprint=fingerprint(method=request.method, path=request.url.path, body=body),
-        handler=handler,
-    )
+    request_fingerprint = fingerprint(method=request.method, path=request.url.path, body=body)
+    response = await transactions.run(lambda open_session: run_idempotent(
+        session_factory=open_session, account_id=principal.account_id, key=key,
+        fingerprint=request_fingerprint, handler=handler,
+    ))
     return JSONResponse(response.body, status_code=response.status_code, headers=response.headers)

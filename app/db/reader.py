@@ -80,7 +80,7 @@ class EngineReader(Reader):
 # What a lost or refused connection looks like from asyncpg (server down, restarted, full),
 # and a statement cancelled by statement_timeout (a saturated server): 503s, like the
 # OperationalError of the ORM path (app/api/errors.py).
-def _unavailable_errors() -> tuple[type[BaseException], ...]:
+def unavailable_errors() -> tuple[type[BaseException], ...]:
     import asyncpg
 
     return (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
@@ -101,7 +101,7 @@ class AsyncpgReader(Reader):
         self._pools: dict[asyncio.AbstractEventLoop, Any] = {}
         self._compiled: dict[int, tuple[str, Any]] = {}
         self._dialect: Dialect | None = None
-        self._unavailable = _unavailable_errors()
+        self._unavailable = unavailable_errors()
 
     def _sql(self, statement: Select[Any]) -> tuple[str, Any]:
         """The statement's SQL for asyncpg (`$n` parameters), compiled once per statement."""

@@ -35,7 +35,7 @@ def get_engine(url: str, timeout_s: float = 2.0) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    statement_ms = int(timeout_s * 1000)
+    options = " ".join(f"-c {name}={value}" for name, value in server_options(timeout_s).items())
     engine = create_engine(
         url,
         # Not pool_pre_ping: a SELECT 1 round trip on every checkout was a third of a status
@@ -48,12 +48,18 @@ def get_engine(url: str, timeout_s: float = 2.0) -> Engine:
         pool_timeout=timeout_s,
         connect_args={
             "connect_timeout": max(1, int(timeout_s)),
-            # statement_timeout bounds a hung query; lock_timeout a blocked row lock.
-            "options": f"-c statement_timeout={statement_ms * 5} -c lock_timeout={statement_ms}",
+            "options": options,
         },
     )
-    _ping_idle_connections(engine)
+    ping_idle_connections(engine)
     return engine
+
+
+def server_options(timeout_s: float) -> dict[str, str]:
+    """Session settings of every API connection: statement_timeout bounds a hung query,
+    lock_timeout a blocked row lock."""
+    statement_ms = int(timeout_s * 1000)
+    return {"statement_timeout": str(statement_ms * 5), "lock_timeout": str(statement_ms)}
 
 
 # A pooled connection unused for this long is pinged before use (it may have died with a
@@ -61,7 +67,7 @@ def get_engine(url: str, timeout_s: float = 2.0) -> Engine:
 PING_IDLE_AFTER_S = 5.0
 
 
-def _ping_idle_connections(engine: Engine) -> None:
+def ping_idle_connections(engine: Engine) -> None:
     @event.listens_for(engine, "checkin")
     def _returned(_dbapi_connection, record) -> None:  # noqa: ANN001 - pool hook
         record.info["returned_at"] = time.monotonic()

@@ -185,3 +185,24 @@ def test_nul_characters_and_junk_never_reach_the_database(client: TestClient,
         response = client.get(url, headers=tenant.headers)
         assert response.status_code == 400 and response.json()["error"]["param"] == "after"
     assert client.get("/v1/files?purpose=%00", headers=tenant.headers).status_code == 422
+
+
+def test_a_server_app_freezes_its_startup_heap_and_an_app_in_tests_does_not(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    from app import main
+
+    frozen: list[int] = []
+    # Not for real: what the test process holds now would never be collected afterwards.
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(1))
+    settings = make_settings(tmp_path, pg_url)
+    with TestClient(main.create_app(settings)):
+        assert frozen == []
+    monkeypatch.setattr(main, "get_settings", lambda: settings)
+    server_app = main.create_server_app()
+    assert server_app.state.freeze_gc is True
+    with TestClient(server_app) as client:
+        assert frozen == [1]
+        assert client.get("/healthz").status_code == 200

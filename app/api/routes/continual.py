@@ -28,8 +28,8 @@ router = APIRouter(prefix="/v1/continual/runs", tags=["continual"])
 
 @router.post("", status_code=201, response_model=ContinualRunPublic,
              responses=error_responses(400, 401, 402, 409, 422, 429, 503))
-def create_run(
-    body: ContinualRunCreate, request: Request, principal: PrincipalDep, settings: SettingsDep,
+async def create_run(
+    body: ContinualRunCreate, request: Request, principal: PrincipalDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Start a continual run: one stage per domain, trained in order."""
@@ -39,8 +39,9 @@ def create_run(
                                                    spec=body)
         return run_public(view), quota_headers(admitted.quota if admitted else None)
 
-    return respond_idempotently(
-        request, settings=settings, principal=principal, key=idempotency_key,
+    return await respond_idempotently(
+        request, transactions=request.app.state.transactions, principal=principal,
+        key=idempotency_key,
         body=body.model_dump(mode="json"), create=create,
         location=lambda run_id: f"/v1/continual/runs/{run_id}",
     )
@@ -48,9 +49,9 @@ def create_run(
 
 @router.post("/{run_id}/domains", status_code=201, response_model=ContinualRunPublic,
              responses=error_responses(400, 401, 402, 404, 409, 422, 429))
-def append_domains(
+async def append_domains(
     run_id: str, body: DomainsAppend, request: Request, principal: PrincipalDep,
-    settings: SettingsDep, idempotency_key: IdempotencyKey = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Add domains to a run whose stages all succeeded."""
 
@@ -59,8 +60,9 @@ def append_domains(
             session, account_id=principal.account_id, run_id=run_id, domains=body.domains)
         return run_public(view), quota_headers(admitted.quota if admitted else None)
 
-    return respond_idempotently(
-        request, settings=settings, principal=principal, key=idempotency_key,
+    return await respond_idempotently(
+        request, transactions=request.app.state.transactions, principal=principal,
+        key=idempotency_key,
         body=body.model_dump(mode="json"), create=create,
     )
 

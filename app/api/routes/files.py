@@ -13,6 +13,7 @@ from app.api.deps import PrincipalDep, ReadSessionDep, SessionDep, SettingsDep, 
 from app.api.idempotent import IdempotencyKey, respond_idempotently
 from app.api.presenters import file_public
 from app.api.uploads import read_upload
+from app.db.transactions import ThreadTransactions
 from app.schemas.common import AfterParam, error_responses
 from app.schemas.files import FileDeleted, FileList, FilePublic
 from app.services import files
@@ -73,8 +74,11 @@ async def create_file(
                                     filename=upload.file.filename, purpose=upload.purpose)
             return file_public(row), {}
 
-        return await run_in_threadpool(
-            respond_idempotently, request, settings=settings, principal=principal,
+        # Storing the upload is blocking I/O, so this transaction runs in a worker thread
+        # (not on the event loop, as job creation's does).
+        in_thread = ThreadTransactions(settings.resolved_database_url, settings.db_timeout_s)
+        return await respond_idempotently(
+            request, transactions=in_thread, principal=principal,
             key=idempotency_key, create=create, location=lambda file_id: f"/v1/files/{file_id}",
             body={"purpose": upload.purpose, "filename": upload.file.filename,
                   "sha256": report.sha256},

@@ -44,19 +44,20 @@ Limit = Annotated[int, Query(ge=1, le=100, description="Page size (1-100).")]
     "", status_code=201, response_model=JobPublic,
     responses=error_responses(400, 401, 402, 409, 422, 429, 503),
 )
-def create_job(
-    body: JobCreate, request: Request, principal: PrincipalDep, settings: SettingsDep,
+async def create_job(
+    body: JobCreate, request: Request, principal: PrincipalDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Create a fine-tuning job from an uploaded training file."""
+    state = request.app.state
 
     def create(session: Session) -> tuple[JobPublic, dict[str, str]]:
         job, admitted = jobs.create_job(session, account_id=principal.account_id, spec=body)
-        public = job_public(job, throughput=settings.throughput_tokens_per_s)
+        public = job_public(job, throughput=state.settings.throughput_tokens_per_s)
         return public, quota_headers(admitted.quota)
 
-    return respond_idempotently(
-        request, settings=settings, principal=principal, key=idempotency_key,
+    return await respond_idempotently(
+        request, transactions=state.transactions, principal=principal, key=idempotency_key,
         body=body.model_dump(mode="json"), create=create,
         location=lambda job_id: f"/v1/fine_tuning/jobs/{job_id}",
     )
