@@ -15,7 +15,7 @@ from app.api.logs import configure_logging
 from app.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.api.openapi_links import add_links
 from app.api.rate_limit import RateLimiter
-from app.api.routes import ALL_ROUTERS
+from app.api.routes import ALL_ROUTERS, jobs
 from app.db.reader import open_reader
 from app.db.transactions import open_transactions
 from app.settings import Settings, get_settings
@@ -94,6 +94,8 @@ def create_app(
                                                settings.db_timeout_s)
     app.state.store = store or open_store(settings)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    for direct in jobs.direct_routes():  # first: in front of the routes they shortcut
+        app.router.routes.append(direct)
     for router in ALL_ROUTERS:
         _summaries_from_docstrings(router)
         app.include_router(router)

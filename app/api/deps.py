@@ -26,7 +26,7 @@ from app.settings import Settings
 from app.storage.base import ObjectStore
 
 __all__ = [
-    "Principal", "get_principal", "get_read_session", "get_session", "get_settings_dep",
+    "Principal", "authenticate", "get_principal", "get_read_session", "get_session", "get_settings_dep",
     "get_store", "PrincipalDep", "ReadSessionDep", "SessionDep", "SettingsDep", "StoreDep",
 ]
 
@@ -125,3 +125,8 @@ async def get_principal(
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def authenticate(request: Request) -> Principal:
+    """What PrincipalDep resolves, as a plain call (app/api/direct_routes.py)."""
+    return await get_principal(request, await _bearer(request))

@@ -75,14 +75,15 @@ class RequestContextMiddleware:
         finally:
             state = scope.get("state") or {}
             account_id_var.set(state.get("account_id"))
-            logger.info(
-                "request",
-                extra={
-                    "method": scope.get("method"), "path": scope.get("path"),
-                    "status": status["code"],
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                },
-            )
+            if logger.isEnabledFor(logging.INFO):
+                # A record made directly: logger.info would also walk the stack for the
+                # caller's file and line (findCaller), a third of an access line's CPU.
+                logger.handle(logger.makeRecord(
+                    logger.name, logging.INFO, __file__, 0, "request", (), None, extra={
+                        "method": scope.get("method"), "path": scope.get("path"),
+                        "status": status["code"],
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    }))
             account_id_var.reset(account_token)
             request_id_var.reset(token)
 

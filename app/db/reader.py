@@ -21,7 +21,7 @@ import asyncio
 import json
 from collections.abc import Mapping
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Select, inspect
 from sqlalchemy.engine import Dialect
@@ -46,6 +46,13 @@ def columns(model: type, *attributes: str) -> list[Any]:
     fetched row becomes a Record with `Record(**row)`, without renaming each key."""
     mapper = inspect(model)
     return [mapper.column_attrs[name].columns[0].label(name) for name in attributes]
+
+
+class _Prepared(NamedTuple):
+    statement: Select[Any]
+    sql: str
+    names: tuple[str, ...]  # of the `$n` parameters, in order
+    fixed_values: Mapping[str, Any]
 
 
 class Reader:
@@ -99,21 +106,25 @@ class AsyncpgReader(Reader):
         self.timeout_s = timeout_s
         self.max_connections = max_connections
         self._pools: dict[asyncio.AbstractEventLoop, Any] = {}
-        self._compiled: dict[int, tuple[str, Any]] = {}
+        self._compiled: dict[int, _Prepared] = {}
         self._dialect: Dialect | None = None
         self._unavailable = unavailable_errors()
 
-    def _sql(self, statement: Select[Any]) -> tuple[str, Any]:
-        """The statement's SQL for asyncpg (`$n` parameters), compiled once per statement."""
-        cached = self._compiled.get(id(statement))
-        if cached is None or cached[1].statement is not statement:
+    def _sql(self, statement: Select[Any]) -> _Prepared:
+        """The statement compiled once for asyncpg (`$n` parameters)."""
+        prepared = self._compiled.get(id(statement))
+        if prepared is None or prepared.statement is not statement:
             if self._dialect is None:
                 from sqlalchemy.dialects.postgresql.asyncpg import dialect
 
                 self._dialect = dialect()
             compiled = statement.compile(dialect=self._dialect)
-            cached = self._compiled[id(statement)] = (compiled.string, compiled)
-        return cached
+            prepared = self._compiled[id(statement)] = _Prepared(
+                statement, compiled.string, tuple(compiled.positiontup or ()),
+                # Values bound in the statement itself (`kind == "fine_tune"`); the caller
+                # gives the others. Per call, construct_params was a fifth of a status read.
+                compiled.construct_params(_check=False))
+        return prepared
 
     async def _pool(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -148,13 +159,13 @@ class AsyncpgReader(Reader):
                     pass
 
     async def fetch(self, statement: Select[Any], params: dict[str, Any]) -> Rows:
-        sql, compiled = self._sql(statement)
-        values = compiled.construct_params(params)
-        args = [values[name] for name in compiled.positiontup]
+        prepared = self._sql(statement)
+        fixed = prepared.fixed_values
+        args = [params[name] if name in params else fixed[name] for name in prepared.names]
         try:
             pool = await self._pool()
             async with pool.acquire(timeout=self.timeout_s) as connection:
-                return await connection.fetch(sql, *args)
+                return await connection.fetch(prepared.sql, *args)
         except self._unavailable as error:
             raise DatabaseUnavailable(type(error).__name__) from error
 

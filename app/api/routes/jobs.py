@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
+from starlette.types import Scope
 
 from app.api.deps import (
     PrincipalDep,
@@ -18,6 +19,7 @@ from app.api.deps import (
     StoreDep,
     open_read_session,
 )
+from app.api.direct_routes import DirectRoute, cursor, page_limit
 from app.api.downloads import artifact_response
 from app.api.idempotent import IdempotencyKey, respond_idempotently
 from app.api.presenters import checkpoint_public, event_public, job_public, json_response
@@ -90,6 +92,28 @@ async def retrieve_job(job_id: str, request: Request, principal: PrincipalDep) -
     reader, throughput = _hot_read_state(request)
     job = await job_reads.get_job(reader, account_id=principal.account_id, job_id=job_id)
     return json_response(job_public(job, throughput=throughput))
+
+
+def direct_routes() -> list[DirectRoute]:
+    """The polled routes above, dispatched without FastAPI's dependency solving when a
+    request needs none of its validation (app/api/direct_routes.py); main.py puts them in
+    front of this router."""
+    polled = {route.name: route for route in router.routes if route.name in (
+        "retrieve_job", "list_jobs", "list_events")}
+    page = {"after": cursor, "limit": page_limit}
+    return [
+        DirectRoute(polled["retrieve_job"]),
+        DirectRoute(polled["list_jobs"], query=page),
+        DirectRoute(polled["list_events"], query=page, declines=_streams_or_resumes),
+    ]
+
+
+def _streams_or_resumes(scope: Scope) -> bool:
+    """Event requests for the live stream (or resuming one) go through FastAPI."""
+    for name, value in scope["headers"]:
+        if name == b"last-event-id" or (name == b"accept" and b"text/event-stream" in value):
+            return True
+    return False
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic,
