@@ -9,7 +9,8 @@ the generator spends little of the machine's CPU):
   an `Idempotency-Key` unless `--no-idempotency`; latency counts from the scheduled start, so
   time spent waiting for a free connection is included (no coordinated omission);
 - reads: closed loop, `--read-connections` connections each sending the next request as soon
-  as the previous answer arrives: `GET /v1/fine_tuning/jobs/{id}` (70%),
+  as the previous answer arrives (or, with `--read-rate R`, open loop: R per second over those
+  connections, latency from the scheduled time): `GET /v1/fine_tuning/jobs/{id}` (70%),
   `GET /v1/fine_tuning/jobs?limit=10` (20%), `GET /v1/fine_tuning/jobs/{id}/events` (10%)
   for jobs of the caller's own account;
 - errors: any status other than 200/201 and any transport error, in either stream.
@@ -129,11 +130,13 @@ class Connection:
 
 # -- the load generator (its own process) -------------------------------------------------------
 
-def percentile(values: list[float], q: float) -> float:
+def percentile_ms(values: list[float], q: float) -> float | None:
+    """The q-th percentile of latencies in seconds, in ms; None (JSON null) without any."""
     if not values:
-        return float("nan")
+        return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return round(ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+                 * 1000, 2)
 
 
 async def generate(config: dict) -> dict:
@@ -270,14 +273,14 @@ async def generate(config: dict) -> dict:
         "creates_per_s": round(in_window / config["duration"], 1),
         "create_backlog_drain_s": round(max((f for _, _, f in creates), default=stop_at)
                                         - stop_at, 1),
-        "create_p50_ms": round(percentile(create_latencies, 50) * 1000, 2),
-        "create_p90_ms": round(percentile(create_latencies, 90) * 1000, 2),
-        "create_p99_ms": round(percentile(create_latencies, 99) * 1000, 2),
-        "create_max_ms": round(max(create_latencies, default=float("nan")) * 1000, 2),
+        "create_p50_ms": percentile_ms(create_latencies, 50),
+        "create_p90_ms": percentile_ms(create_latencies, 90),
+        "create_p99_ms": percentile_ms(create_latencies, 99),
+        "create_max_ms": percentile_ms(create_latencies, 100),
         "status_reads": len(reads),
         "status_reads_per_s": round(len(reads) / config["duration"], 1),
-        "read_p50_ms": round(percentile(read_latencies, 50) * 1000, 2),
-        "read_p99_ms": round(percentile(read_latencies, 99) * 1000, 2),
+        "read_p50_ms": percentile_ms(read_latencies, 50),
+        "read_p99_ms": percentile_ms(read_latencies, 99),
         "reads_by_kind": by_kind,
         "errors": len(bad_creates) + len(bad_reads) + sum(transport_errors.values()),
         "error_statuses": statuses,

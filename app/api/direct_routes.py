@@ -2,8 +2,9 @@
 per-request dependency solving.
 
 FastAPI resolves a route's parameters and dependencies anew on every request (sub-dependency
-graph, parameter extraction and validation, the security scheme), about 0.3 ms of CPU of a
-0.6 ms status read on the 2-core target (docs/benchmarks.md, API load). A `DirectRoute` sits
+graph, parameter extraction and validation, the security scheme): a status read costs
+0.45 ms of CPU instead of 0.60 without it (bench/api_inprocess.py; docs/benchmarks.md, API
+load). A `DirectRoute` sits
 in front of the APIRoute of `GET /v1/fine_tuning/jobs/{job_id}` (and of the job list and the
 JSON event list) and calls that route's endpoint function itself, with the principal from
 `authenticate` (what the `PrincipalDep` dependency runs) and the query parameters parsed

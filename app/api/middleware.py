@@ -77,7 +77,7 @@ class RequestContextMiddleware:
             account_id_var.set(state.get("account_id"))
             if logger.isEnabledFor(logging.INFO):
                 # A record made directly: logger.info would also walk the stack for the
-                # caller's file and line (findCaller), a third of an access line's CPU.
+                # caller's file and line (findCaller), which an access line never shows.
                 logger.handle(logger.makeRecord(
                     logger.name, logging.INFO, __file__, 0, "request", (), None, extra={
                         "method": scope.get("method"), "path": scope.get("path"),

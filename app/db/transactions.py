@@ -4,7 +4,7 @@ a worker thread where the driver allows it.
 Job creation is the hot write path (100 creates/s next to 1,000 status reads/s on the 2-core
 target, docs/benchmarks.md, API load). In a worker thread, each of its round trips waits to
 get the GIL back from the event loop serving the reads (up to the 5 ms switch interval), so a
-create took ~20 ms at the median under load for ~3 ms of CPU. On PostgreSQL the same
+create took ~20 ms at the median under load for ~2.5 ms of CPU. On PostgreSQL the same
 service code therefore runs on SQLAlchemy's asyncio engine (asyncpg): `AsyncSession.run_sync`
 runs it in a greenlet on the event loop, and each statement awaits its round trip there.
 SQLite (`crma dev`) keeps the thread: its driver has no async form worth the dependency.
