@@ -26,8 +26,9 @@ from app.settings import Settings
 from app.storage.base import ObjectStore
 
 __all__ = [
-    "Principal", "authenticate", "get_principal", "get_read_session", "get_session", "get_settings_dep",
-    "get_store", "PrincipalDep", "ReadSessionDep", "SessionDep", "SettingsDep", "StoreDep",
+    "Principal", "authenticate", "get_principal", "get_read_session", "get_session",
+    "get_settings_dep", "get_store", "PrincipalDep", "ReadSessionDep", "SessionDep",
+    "SettingsDep", "StoreDep",
 ]
 
 # auto_error=False: a missing header gets our envelope (401), not FastAPI's default 403.

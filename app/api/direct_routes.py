@@ -4,11 +4,10 @@ per-request dependency solving.
 FastAPI resolves a route's parameters and dependencies anew on every request (sub-dependency
 graph, parameter extraction and validation, the security scheme): a status read costs
 0.45 ms of CPU instead of 0.60 without it (bench/api_inprocess.py; docs/benchmarks.md, API
-load). A `DirectRoute` sits
-in front of the APIRoute of `GET /v1/fine_tuning/jobs/{job_id}` (and of the job list and the
-JSON event list) and calls that route's endpoint function itself, with the principal from
-`authenticate` (what the `PrincipalDep` dependency runs) and the query parameters parsed
-here.
+load). A `DirectRoute` sits in front of the APIRoute of `GET /v1/fine_tuning/jobs/{job_id}`
+(and of the job list and the JSON event list) and calls that route's endpoint function
+itself, with the principal from `authenticate` (what the `PrincipalDep` dependency runs) and
+the query parameters parsed here.
 
 It takes only requests it can answer exactly as the APIRoute would. Anything else (a `limit`
 that FastAPI would reject with a 422, an unknown query parameter it would ignore, a

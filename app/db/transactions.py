@@ -90,8 +90,8 @@ class AsyncpgTransactions(Transactions):
 
     def _forget_closed_loops(self) -> None:
         for loop in [loop for loop in self._engines if loop.is_closed()]:
-            # Its connections died with their loop: drop the pool without closing them.
-            self._engines.pop(loop).sync_engine.pool.dispose()
+            # Its connections died with their loop: drop them without closing them.
+            self._engines.pop(loop).sync_engine.dispose(close=False)
 
     async def run(self, work: Work[T]) -> T:
         """The work must do no blocking I/O of its own: it runs on the event loop."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from app.db.models import Job, JobEvent
 from app.db.reader import DatabaseUnavailable
@@ -99,6 +99,32 @@ def test_each_event_loop_gets_its_own_engine_and_a_closed_loop_is_forgotten(
     assert len({asyncio.run(create()) for _ in range(4)}) == 4
     assert len(transactions._engines) == 1  # the engines of the three closed loops went
     assert count_jobs(pg_url, tenant.account_id) == (4, 4)
+
+
+def test_idle_connections_are_pinged_on_the_event_loop_too(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.db import session as sessions
+
+    tenant = create_tenant(pg_url, plan="pro", credit_micros=50_000_000)
+    with session_scope(pg_url) as session:
+        file_id = insert_file(session, account_id=tenant.account_id).id
+    monkeypatch.setattr(sessions, "PING_IDLE_AFTER_S", 0.0)  # every reuse pings first
+    transactions = AsyncpgTransactions(pg_url, 2.0)
+    connects: list[int] = []
+
+    async def create_twice() -> None:
+        event.listen(transactions._engine().sync_engine, "connect",
+                     lambda *_: connects.append(1))
+        try:
+            for _ in range(2):
+                await transactions.run(create_job_work(tenant.account_id, file_id))
+        finally:
+            await transactions.close()
+
+    asyncio.run(create_twice())
+    # A failed ping would have discarded the connection and opened another one.
+    assert connects == [1] and count_jobs(pg_url, tenant.account_id) == (2, 2)
 
 
 def test_an_unreachable_database_makes_creation_a_503_with_retry_after(
