@@ -30,6 +30,14 @@ def sqlite_url(tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture(params=["postgresql", "sqlite"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """Each test using it runs on PostgreSQL and on SQLite (`crma dev`)."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("pg_url")
+    return request.getfixturevalue("sqlite_url")
+
+
 @pytest.fixture
 def make_job() -> Callable[..., Job]:
     return insert_job

@@ -11,13 +11,6 @@ from app.domain.api_keys import KEY_PREFIX, digest_api_key
 from app.domain.errors import Unauthorized
 from app.services import accounts, auth, events
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def db_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgresql":
-        return request.getfixturevalue("pg_url")
-    return request.getfixturevalue("sqlite_url")
-
-
 def test_key_is_shown_once_and_stored_as_digest(db_url: str) -> None:
     with session_scope(db_url) as session:
         account, key = accounts.create_account(session, name="acme", plan="pro", pepper="p")

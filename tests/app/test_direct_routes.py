@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -16,11 +15,6 @@ from app.api.direct_routes import DirectRoute
 from app.db.session import session_scope
 from app.services import events
 from tests.app.helpers import Tenant, create_tenant, insert_job, make_settings
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def database_url(request: pytest.FixtureRequest, pg_url: str, sqlite_url: str) -> str:
-    return pg_url if request.param == "postgresql" else sqlite_url
 
 
 def without_direct_routes(app: FastAPI) -> FastAPI:
@@ -60,9 +54,9 @@ def seed(url: str) -> tuple[Tenant, Tenant, list[str], list[str]]:
 
 
 def test_the_same_requests_get_the_same_answers_both_ways(
-    tmp_path: Path, database_url: str
+    tmp_path: Path, db_url: str
 ) -> None:
-    tenant, other, job_ids, event_ids = seed(database_url)
+    tenant, other, job_ids, event_ids = seed(db_url)
     job = f"/v1/fine_tuning/jobs/{job_ids[0]}"
     requests = [
         (job, tenant.headers), (job, other.headers), (job, {}),
@@ -93,7 +87,7 @@ def test_the_same_requests_get_the_same_answers_both_ways(
     ]
     # No rate limit here: the bucket refills with time, so how many requests remain would
     # differ by how fast each app answered (the limit is compared below).
-    for direct, plain in both_ways(tmp_path, database_url, rate_limit_per_minute=0):
+    for direct, plain in both_ways(tmp_path, db_url, rate_limit_per_minute=0):
         for path, headers in requests:
             assert comparable(direct.get(path, headers=headers)) == \
                 comparable(plain.get(path, headers=headers)), path

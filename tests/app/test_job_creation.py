@@ -18,13 +18,6 @@ from tests.app.helpers import insert_file
 MODEL = "tinyllama-1.1b-chat"
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def db_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgresql":
-        return request.getfixturevalue("pg_url")
-    return request.getfixturevalue("sqlite_url")
-
-
 def pro_account(db_url: str, credit_micros: int = 10_000_000) -> str:
     with session_scope(db_url) as session:
         account, _ = accounts.create_account(session, name="creator", plan="pro")

@@ -25,11 +25,6 @@ from tests.app.helpers import create_tenant, insert_job, make_settings
 from tests.conftest import free_port
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def database_url(request: pytest.FixtureRequest, pg_url: str, sqlite_url: str) -> str:
-    return pg_url if request.param == "postgresql" else sqlite_url
-
-
 def seed(url: str) -> tuple[str, list[str], list[str]]:
     """An account with 5 fine-tunes (distinct and equal created_at), one continual stage,
     a finished job with JSON fields set, and 7 events on the first job."""
@@ -58,9 +53,9 @@ def run(coroutine):  # noqa: ANN001, ANN201 - test helper
     return asyncio.run(coroutine)
 
 
-def test_async_reads_answer_like_the_orm_reads(database_url: str) -> None:
-    account_id, job_ids, event_ids = seed(database_url)
-    reader = open_reader(database_url)
+def test_async_reads_answer_like_the_orm_reads(db_url: str) -> None:
+    account_id, job_ids, event_ids = seed(db_url)
+    reader = open_reader(db_url)
 
     async def read_all():  # noqa: ANN202
         try:
@@ -85,7 +80,7 @@ def test_async_reads_answer_like_the_orm_reads(database_url: str) -> None:
 
     one, pages, newest, more_events, older = run(read_all())
     throughput = {"tinyllama-1.1b-chat": 1000}
-    with session_scope(database_url) as session:
+    with session_scope(db_url) as session:
         for record, job_id in zip(one, job_ids, strict=True):
             orm = jobs.get_job(session, account_id=account_id, job_id=job_id)
             assert job_public(record, throughput=throughput) == job_public(orm,
@@ -109,10 +104,10 @@ def test_async_reads_answer_like_the_orm_reads(database_url: str) -> None:
     assert one[-1].user_metadata == {"team": "a"} and one[-1].hyperparameters["n_epochs"] == 2
 
 
-def test_async_reads_refuse_what_the_orm_reads_refuse(database_url: str) -> None:
-    account_id, job_ids, _ = seed(database_url)
-    other = create_tenant(database_url, plan="pro")
-    reader = open_reader(database_url)
+def test_async_reads_refuse_what_the_orm_reads_refuse(db_url: str) -> None:
+    account_id, job_ids, _ = seed(db_url)
+    other = create_tenant(db_url, plan="pro")
+    reader = open_reader(db_url)
 
     async def attempts():  # noqa: ANN202
         outcomes = []

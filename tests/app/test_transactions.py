@@ -23,11 +23,6 @@ from tests.app.helpers import create_tenant, insert_file, make_settings
 from tests.conftest import free_port
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def database_url(request: pytest.FixtureRequest, pg_url: str, sqlite_url: str) -> str:
-    return pg_url if request.param == "postgresql" else sqlite_url
-
-
 def create_job_work(account_id: str, file_id: str, *, fail_after: bool = False):  # noqa: ANN201
     """A job creation in the work's own transaction (as the idempotency wrapper runs it),
     recording which thread ran it; `fail_after` raises once the rows are written."""
@@ -58,12 +53,12 @@ def count_jobs(url: str, account_id: str) -> tuple[int, int]:
     return job_count, event_count
 
 
-def test_the_work_commits_or_rolls_back_as_one_transaction(database_url: str) -> None:
-    tenant = create_tenant(database_url, plan="pro", credit_micros=50_000_000)
-    with session_scope(database_url) as session:
+def test_the_work_commits_or_rolls_back_as_one_transaction(db_url: str) -> None:
+    tenant = create_tenant(db_url, plan="pro", credit_micros=50_000_000)
+    with session_scope(db_url) as session:
         file_id = insert_file(session, account_id=tenant.account_id).id
-    transactions = open_transactions(database_url)
-    expected_type = ThreadTransactions if "sqlite" in database_url else AsyncpgTransactions
+    transactions = open_transactions(db_url)
+    expected_type = ThreadTransactions if "sqlite" in db_url else AsyncpgTransactions
     assert isinstance(transactions, expected_type)
 
     async def both() -> tuple[str, threading.Thread]:
@@ -77,11 +72,11 @@ def test_the_work_commits_or_rolls_back_as_one_transaction(database_url: str) ->
 
     job_id, thread = asyncio.run(both())
     # Only the second job exists, with its created event: the first rolled back entirely.
-    assert count_jobs(database_url, tenant.account_id) == (1, 1)
-    with session_scope(database_url) as session:
+    assert count_jobs(db_url, tenant.account_id) == (1, 1)
+    with session_scope(db_url) as session:
         assert session.get(Job, job_id).status == "queued"
     # PostgreSQL: on the event loop's own thread (a greenlet); SQLite: a worker thread.
-    assert (thread is threading.main_thread()) == ("sqlite" not in database_url)
+    assert (thread is threading.main_thread()) == ("sqlite" not in db_url)
 
 
 def test_each_event_loop_gets_its_own_engine_and_a_closed_loop_is_forgotten(
