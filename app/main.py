@@ -94,8 +94,7 @@ def create_app(
                                                settings.db_timeout_s)
     app.state.store = store or open_store(settings)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
-    for direct in jobs.direct_routes():  # first: in front of the routes they shortcut
-        app.router.routes.append(direct)
+    app.router.routes.extend(jobs.direct_routes())  # first: in front of what they shortcut
     for router in ALL_ROUTERS:
         _summaries_from_docstrings(router)
         app.include_router(router)

@@ -48,7 +48,6 @@ class Terms:
     price_micros: int  # list price of the estimate (what a pro account would pay in full)
 
 
-
 def reserve(
     session: Session,
     *,
