@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import Query
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from app.domain.id_format import has_nul
 
@@ -38,8 +38,16 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+def _no_cursor_if_empty(value: object) -> object:
+    # `?after=` (a form or URL builder with an empty field) means "from the start", as no
+    # cursor does; it used to be a 400 the schema did not announce.
+    return None if value == "" else value
+
+
 AfterParam = Annotated[
-    str | None, Query(description="Cursor: the id of the last object of the previous page.")
+    str | None, BeforeValidator(_no_cursor_if_empty),
+    Query(description="Cursor: the id of the last object of the previous page; empty or "
+                      "absent for the first page."),
 ]
 LimitParam = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size (1-100).")]
 

@@ -22,6 +22,9 @@ def _whole_or_auto(name: str, low: int, high: int):  # noqa: ANN202 - a validato
     def check(value: object) -> object:
         if value is None or value == "auto":
             return "auto"
+        # JSON Schema's `integer` is any number with no fractional part: 223.0 is 223.
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{name} must be an integer or 'auto'")
         if not low <= value <= high:
@@ -43,7 +46,8 @@ def _multiplier_or_auto(value: object) -> object:
 
 class HyperparametersIn(RequestModel):
     """Each value may be "auto" (or null): resolved from the training file at creation.
-    Numbers are strict: `true` or `"3"` is a 422, not silently 1 or 3."""
+    Numbers are strict: `true`, `"3"` or `2.5` is a 422, not silently 1, 3 or 2 (`3.0` is the
+    integer 3, as JSON Schema has it)."""
 
     n_epochs: Annotated[Annotated[int, Field(ge=1, le=50)] | Auto,
                         _whole_or_auto("n_epochs", 1, 50)] = Field(
