@@ -209,7 +209,7 @@ class ContinualRunner:
         base_loss = self._base_loss(holdout) if self.config.score_base else None
         self._activate(adapter, trainable=True)
         optimizer = make_optimizer(**optimizer_groups(model, crma), lr_main=cfg.lr_main,
-                                   lr_mix=cfg.lr_mix, lr_gate=cfg.lr_gate,
+                                   lr_rw=cfg.lr_rw, lr_mix=cfg.lr_mix, lr_gate=cfg.lr_gate,
                                    weight_decay=cfg.weight_decay)
         clipper = make_clipper(cfg.clip, cfg.max_grad_norm)
         plan = LoopPlan(epochs=cfg.epochs, batch_size=cfg.batch_size,

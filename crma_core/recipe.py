@@ -160,12 +160,13 @@ def prepare_model(base: nn.Module, *, lora: LoraSettings, crma: CRMAConfig | Non
 
 
 def optimizer_groups(model: nn.Module, crma: CRMAHandle | None) -> dict[str, list[nn.Parameter]]:
-    """{"main": LoRA + CRMA read/write, "mix": log_mix, "gate": _log_alpha}; base excluded."""
+    """{"main": LoRA, "rw": CRMA read/write, "mix": log_mix, "gate": _log_alpha}; base
+    excluded."""
     main = [p for _, p in model.named_parameters() if p.requires_grad]
-    groups = {"main": main, "mix": [], "gate": []}
+    groups = {"main": main, "rw": [], "mix": [], "gate": []}
     if crma is not None:
         crma_groups = crma.parameter_groups()
-        groups["main"] = main + crma_groups["main"]
+        groups["rw"] = crma_groups["rw"]
         groups["mix"] = crma_groups["mix"]
         groups["gate"] = crma_groups["gate"]
     return groups
@@ -226,8 +227,9 @@ class Recipe:
         if cfg.compile:
             crma_compile.compile_for_training(self.built.model, self.built.crma)
         groups = optimizer_groups(self.built.model, self.built.crma)
-        self.optimizer = make_optimizer(**groups, lr_main=cfg.lr_main, lr_mix=cfg.lr_mix,
-                                        lr_gate=cfg.lr_gate, weight_decay=cfg.weight_decay)
+        self.optimizer = make_optimizer(**groups, lr_main=cfg.lr_main, lr_rw=cfg.lr_rw,
+                                        lr_mix=cfg.lr_mix, lr_gate=cfg.lr_gate,
+                                        weight_decay=cfg.weight_decay)
         self.clipper = make_clipper(cfg.clip, cfg.max_grad_norm)
         self.plan = LoopPlan(
             epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,

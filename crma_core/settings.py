@@ -90,6 +90,10 @@ class TrainConfig:
     ``warmup_ratio`` of the planned steps) then ``lr_schedule`` ("constant", "linear" or
     "cosine" decay to 0 at the last planned step). ``clip``: "zclip" (adaptive, capped at
     ``max_grad_norm``), "max_norm" (clip to ``max_grad_norm``) or "none".
+    Learning rates per optimizer group: ``lr_main`` the LoRA A/B, ``lr_rw`` CRMA's
+    read/write projections (far below lr_main: a CRMA that moves at the LoRA rate undoes
+    what earlier continual domains' LoRAs co-adapted with; the default is the logged pilot's
+    choice, docs/benchmarks.md), ``lr_mix`` its mixing logits, ``lr_gate`` its gate.
     ``train_on_inputs``: the loss covers prompt tokens too (chat: every turn;
     prompt/completion: the prompt). Evaluations: every ``eval_every`` steps, or ``n_evals``
     evenly spaced ones (the last at the end); with a validation file the final model is
@@ -101,6 +105,7 @@ class TrainConfig:
     epochs: int = 3
     batch_size: int = 4
     lr_main: float = 2e-4
+    lr_rw: float = 1e-5
     lr_mix: float = 1e-3
     lr_gate: float = 1e-4
     weight_decay: float = 0.01
@@ -132,7 +137,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.max_seq_len < 2:
             raise ConfigError("epochs and batch_size must be >= 1, max_seq_len >= 2")
-        if min(self.lr_main, self.lr_mix, self.lr_gate) < 0 or self.weight_decay < 0:
+        if min(self.lr_main, self.lr_rw, self.lr_mix, self.lr_gate) < 0 or self.weight_decay < 0:
             raise ConfigError("learning rates and weight decay must be >= 0")
         if self.clip not in CLIPS:
             raise ConfigError(f"clip must be one of {', '.join(CLIPS)}, got {self.clip!r}")

@@ -30,7 +30,8 @@ def _recipe(model_dir, chat_files, *, crma=CRMAConfig(), lora=LoraSettings(r=4, 
 
 
 def test_t9_optimizer_groups(tiny_model_dirs, chat_files):
-    recipe = _recipe(tiny_model_dirs["llama"], chat_files, lr_mix=5e-3, lr_gate=5e-5)
+    recipe = _recipe(tiny_model_dirs["llama"], chat_files, lr_rw=2e-5, lr_mix=5e-3,
+                     lr_gate=5e-5)
     recipe.setup()
     try:
         groups = {g["name"]: g for g in recipe.optimizer.param_groups}
@@ -45,9 +46,11 @@ def test_t9_optimizer_groups(tiny_model_dirs, chat_files):
         main_model = [names[i] for i in ids["main"] if i in names]
         assert main_model and all("lora_" in n for n in main_model)
         crma_rw = {id(layer.read) for layer in handle.layers} | {id(layer.write) for layer in handle.layers}
-        assert crma_rw <= ids["main"]
+        # CRMA read/write have their own group and rate, apart from the LoRA's.
+        assert ids["rw"] == crma_rw and not crma_rw & ids["main"]
+        assert groups["rw"]["lr"] == 2e-5 and groups["rw"]["weight_decay"] == 0.01
         trainable = {id(p) for p in recipe.built.model.parameters() if p.requires_grad}
-        assert ids["main"] - crma_rw == trainable  # every LoRA param, no base param
+        assert ids["main"] == trainable  # every LoRA param, no base param
         base = [p for n, p in recipe.built.model.named_parameters() if "lora_" not in n]
         assert base and not any(p.requires_grad for p in base)
     finally:
