@@ -11,6 +11,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from app.domain.id_format import has_nul
 
 MAX_PAGE = 100
+# The base model the OpenAPI examples name: the one every installation can install offline
+# (`crma dev` does). The served document names another if only another is installed
+# (app/api/docs.py).
+EXAMPLE_MODEL = "smollm2-135m-instruct"
+# The README's example files: an example body that names them works right after they are
+# uploaded (a training file may be given by filename, app/services/files.py).
+EXAMPLE_TRAINING_FILE = "capitals_train.jsonl"
+EXAMPLE_VALIDATION_FILE = "capitals_valid.jsonl"
 
 
 class RequestModel(BaseModel):

@@ -13,7 +13,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
-from app.schemas.common import ListEnvelope, RequestModel
+from app.schemas.common import (
+    EXAMPLE_MODEL,
+    EXAMPLE_TRAINING_FILE,
+    EXAMPLE_VALIDATION_FILE,
+    ListEnvelope,
+    RequestModel,
+)
 
 Auto = Literal["auto"]
 
@@ -74,6 +80,10 @@ class AdapterIn(RequestModel):
 
 Metadata = dict[str, str]
 
+FILE_REFERENCE = ("Id of an uploaded, processed file (`file-...`), or its filename: your newest "
+                  "processed file of that name (so the example works once the README's "
+                  "example files are uploaded).")
+
 
 def check_metadata(value: Metadata | None) -> Metadata | None:
     if value is None:
@@ -88,9 +98,10 @@ def check_metadata(value: Metadata | None) -> Metadata | None:
 
 class JobCreate(RequestModel):
     model: str = Field(description="A base model id from GET /v1/models.",
-                       examples=["tinyllama-1.1b-chat"])
-    training_file: str = Field(description="Id of an uploaded, processed file.")
-    validation_file: str | None = Field(None, description="Optional held-out file.")
+                       examples=[EXAMPLE_MODEL])
+    training_file: str = Field(description=FILE_REFERENCE)
+    validation_file: str | None = Field(None, description="Optional held-out file (an id, or "
+                                        "a filename as for training_file).")
     hyperparameters: HyperparametersIn | None = None
     suffix: str | None = Field(
         None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
@@ -113,11 +124,12 @@ class JobCreate(RequestModel):
     model_config = RequestModel.model_config | {
         "json_schema_extra": {
             "examples": [{
-                "model": "tinyllama-1.1b-chat",
-                "training_file": "file-REPLACE_WITH_YOUR_FILE_ID",
-                "hyperparameters": {"n_epochs": 3},
+                "model": EXAMPLE_MODEL,
+                "training_file": EXAMPLE_TRAINING_FILE,
+                "validation_file": EXAMPLE_VALIDATION_FILE,
+                "hyperparameters": {"n_epochs": 1, "batch_size": 4},
                 "adapter": {"crma": True, "n_streams": 4, "rank": 1},
-                "suffix": "support-bot",
+                "suffix": "capitals",
             }]
         }
     }

@@ -34,7 +34,7 @@ from app.schemas.jobs import (
     JobList,
     JobPublic,
 )
-from app.services import artifacts, checkpoints, event_stream, job_reads, jobs
+from app.services import artifacts, checkpoints, event_stream, files, job_reads, jobs
 from app.services.quotas import quota_headers
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -54,7 +54,8 @@ async def create_job(
     state = request.app.state
 
     def create(session: Session) -> tuple[JobPublic, dict[str, str]]:
-        job, admitted = jobs.create_job(session, account_id=principal.account_id, spec=body)
+        spec = files.with_file_ids(session, account_id=principal.account_id, spec=body)
+        job, admitted = jobs.create_job(session, account_id=principal.account_id, spec=spec)
         public = job_public(job, throughput=state.settings.throughput_tokens_per_s)
         return public, quota_headers(admitted.quota)
 
