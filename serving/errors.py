@@ -69,8 +69,8 @@ class EngineBusy(EngineError):
         super().__init__(message, retry_after_s=max(1, int(retry_after_s)), **kwargs)
 
 
-class EngineClosed(EngineBusy):
-    """The engine is shutting down."""
+class EngineUnavailable(EngineBusy):
+    """The engine is shutting down, or (seen from a client) cannot be reached."""
 
     default_code = "engine_unavailable"
 
@@ -88,7 +88,8 @@ def error_from_body(status: int, body: Any, headers: dict[str, str] | None = Non
         kind = AdapterIncompatible
     retry = (headers or {}).get("retry-after") or (headers or {}).get("Retry-After")
     if kind is EngineBusy:
-        return EngineBusy(message, retry_after_s=int(retry or 1), code=code)
+        busy = EngineUnavailable if code == EngineUnavailable.default_code else EngineBusy
+        return busy(message, retry_after_s=int(retry or 1), code=code)
     err = kind(message, param=error.get("param"), code=code)
     if kind is EngineError:
         err.status_code = status

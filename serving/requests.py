@@ -157,6 +157,12 @@ class Usage:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "total_tokens": self.total_tokens}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Usage | None:
+        if not data:
+            return None
+        return cls(int(data["prompt_tokens"]), int(data["completion_tokens"]))
+
 
 @dataclass(frozen=True)
 class Routing:
@@ -168,6 +174,12 @@ class Routing:
 
     def to_dict(self) -> dict[str, Any]:
         return {"domain": self.domain, "scores": dict(self.scores), "ms": round(self.ms, 3)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Routing | None:
+        if not data:
+            return None
+        return cls(domain=data["domain"], scores=dict(data["scores"]), ms=float(data["ms"]))
 
 
 @dataclass
@@ -191,11 +203,9 @@ class StreamEvent:
         if self.type == "error":
             from serving.errors import EngineError
 
-            err = self.error if isinstance(self.error, EngineError) else None
-            body = err.body() if err else {"error": {"message": str(self.error),
-                                                     "type": "server_error", "param": None,
-                                                     "code": "engine_error"}}
-            return {"type": "error", **body}
+            err = self.error if isinstance(self.error, EngineError) else \
+                EngineError(f"generation failed: {self.error}")
+            return {"type": "error", "status": err.status_code, **err.body()}
         data: dict[str, Any] = {"type": self.type, "adapter": self.adapter,
                                 "domain": self.domain,
                                 "routing": self.routing.to_dict() if self.routing else None}
@@ -206,6 +216,26 @@ class StreamEvent:
                         usage=self.usage.to_dict() if self.usage else None,
                         timing={k: round(v, 3) for k, v in self.timing.items()})
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StreamEvent:
+        """The inverse of ``to_dict`` (an "error" event carries the EngineError)."""
+        kind = data.get("type")
+        if kind == "delta":
+            return cls("delta", text=data.get("text", ""))
+        if kind == "error":
+            from serving.errors import error_from_body
+
+            return cls("error", error=error_from_body(int(data.get("status") or 500), data))
+        if kind not in ("start", "done"):
+            raise ValueError(f"unknown engine event {kind!r}")
+        usage = Usage.from_dict(data.get("usage"))
+        if kind == "start" and data.get("prompt_tokens") is not None:
+            usage = Usage(int(data["prompt_tokens"]), 0)
+        return cls(kind, finish_reason=data.get("finish_reason"), usage=usage,
+                   adapter=data.get("adapter"), domain=data.get("domain"),
+                   routing=Routing.from_dict(data.get("routing")),
+                   timing=dict(data.get("timing") or {}))
 
 
 @dataclass(frozen=True)
@@ -226,3 +256,10 @@ class Completion:
                 "usage": self.usage.to_dict(), "adapter": self.adapter, "domain": self.domain,
                 "routing": self.routing.to_dict() if self.routing else None,
                 "timing": {k: round(v, 3) for k, v in self.timing.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Completion:
+        return cls(text=data["text"], finish_reason=data["finish_reason"],
+                   usage=Usage.from_dict(data["usage"]), adapter=data.get("adapter"),
+                   domain=data.get("domain"), routing=Routing.from_dict(data.get("routing")),
+                   timing=dict(data.get("timing") or {}))

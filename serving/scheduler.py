@@ -22,7 +22,7 @@ from transformers.cache_utils import DynamicCache
 
 from serving.adapters import LoadedAdapter
 from serving.batch import DecodeBatch, can_batch
-from serving.errors import EngineBusy, EngineClosed, EngineError
+from serving.errors import EngineBusy, EngineUnavailable, EngineError
 from serving.residual import CRMAResidual
 from serving.routing import choose_domain
 from serving.sequence import Sequence
@@ -78,7 +78,7 @@ class Scheduler:
     def submit(self, seq: Sequence) -> None:
         with self._cond:
             if self._closing:
-                raise EngineClosed("the engine is shutting down", retry_after_s=5)
+                raise EngineUnavailable("the engine is shutting down", retry_after_s=5)
             if len(self._waiting) >= self.max_waiting:
                 raise EngineBusy(f"{len(self._waiting)} requests are already waiting; retry "
                                  "shortly", retry_after_s=self._retry_after())
@@ -90,7 +90,7 @@ class Scheduler:
         future: Future = Future()
         with self._cond:
             if self._closing:
-                raise EngineClosed("the engine is shutting down", retry_after_s=5)
+                raise EngineUnavailable("the engine is shutting down", retry_after_s=5)
             self._controls.append((fn, future))
             self._cond.notify_all()
         return future
@@ -278,7 +278,7 @@ class Scheduler:
             self._finish(seq)
 
     def _shutdown(self) -> None:
-        closed = EngineClosed("the engine shut down before this generation finished")
+        closed = EngineUnavailable("the engine shut down before this generation finished")
         with self._cond:
             waiting = list(self._waiting)
             self._waiting.clear()

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -46,6 +46,7 @@ def _inside(base: Path, relative: str, param: str) -> Path:
     """``base / relative``, refusing anything that would leave ``base``."""
     if Path(relative).is_absolute():
         raise InvalidRequest(f"{param} must be a relative path", param=param)
+    base = base.resolve()
     target = (base / relative).resolve()
     if target != base and not target.is_relative_to(base):
         raise InvalidRequest(f"{param} leaves the adapter's location", param=param)
@@ -93,48 +94,73 @@ class LocalAdapterSource:
         return pick_files(directory, spec)
 
 
-# fetch(prefix, directory): copy every object under ``prefix`` into ``directory`` keeping the
-# relative paths; returns how many files it wrote.
-Fetch = Callable[[str, Path], int]
+class RemoteFiles(Protocol):
+    """The two calls of an object store (app/storage's ObjectStore has both)."""
+
+    def list_keys(self, prefix: str) -> list[str]: ...
+
+    def get_to_file(self, key: str, path: Path) -> None: ...
+
+
+def _relative(path: str, param: str) -> str:
+    """A clean relative key path ("" for "."), refusing absolute paths and ".."."""
+    clean = posixpath.normpath(path)
+    if clean.startswith("/") or clean == ".." or clean.startswith("../"):
+        raise InvalidRequest(f"{param} must be a relative path inside the location", param=param)
+    return "" if clean == "." else clean
 
 
 class DownloadingAdapterSource:
-    """Adapters from a remote store, copied once per adapter id into ``cache_dir``.
+    """Adapters in a remote store, copied once per adapter into ``cache_dir``.
 
-    ``spec.location`` is the remote prefix of the adapter's files (a job's artifact prefix);
-    ``fetch`` copies a prefix into a directory (for an object store: list the keys, get each
-    to a file). A spec's id names one content, so a cached copy is never refreshed; a copy
-    is moved into place only when complete. Evicting adapters from the engine leaves the
-    disk cache alone (``forget`` drops one).
+    ``spec.location`` is the key prefix of the adapter's bundle (a job's artifact prefix,
+    ``tenants/<account>/artifacts/<job>``); only the LoRA directory and the two CRMA files
+    are fetched. A spec's id names one content, so a cached copy is never refreshed; a copy
+    is moved into place only when complete. Evicting an adapter from the engine leaves the
+    disk copy (``forget`` drops it).
     """
 
-    def __init__(self, cache_dir: Path, fetch: Fetch):
+    def __init__(self, cache_dir: Path, remote: RemoteFiles):
         self.cache_dir = Path(cache_dir)
-        self.fetch = fetch
+        self.remote = remote
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
     def _directory(self, spec: AdapterSpec) -> Path:
-        digest = hashlib.sha256(f"{spec.id}\0{spec.location}".encode()).hexdigest()[:32]
+        digest = hashlib.sha256(f"{spec.id}\0{spec.location}\0{spec.lora}\0{spec.crma}"
+                                .encode()).hexdigest()[:32]
         return self.cache_dir / digest
 
     def resolve(self, spec: AdapterSpec) -> AdapterFiles:
         target = self._directory(spec)
         with self._guard:
             lock = self._locks.setdefault(target.name, threading.Lock())
-        with lock:  # two requests for one cold adapter download it once
+        with lock:  # two requests for one cold adapter fetch it once
             if not target.is_dir():
                 self._download(spec, target)
         return pick_files(target, spec)
 
     def _download(self, spec: AdapterSpec, target: Path) -> None:
+        base = spec.location.strip("/")
+        lora = _relative(spec.lora, "adapter.lora")
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=self.cache_dir))
         try:
-            prefix = spec.location if spec.location.endswith("/") else spec.location + "/"
-            if self.fetch(prefix, staging) == 0:
-                raise AdapterNotFound(f"adapter {spec.id!r}: nothing stored under "
-                                      f"{spec.location!r}", param="adapter")
+            prefix = posixpath.join(base, lora) + "/"
+            keys = [k for k in self.remote.list_keys(prefix) if k.startswith(prefix)]
+            if not keys:
+                raise AdapterNotFound(f"adapter {spec.id!r}: nothing stored under {prefix!r}",
+                                      param="adapter")
+            for key in keys:
+                self.remote.get_to_file(key, _inside(staging, posixpath.join(
+                    lora, key[len(prefix):]), "adapter.lora"))
+            if spec.crma is not None:
+                crma = _relative(spec.crma, "adapter.crma")
+                wanted = {posixpath.join(base, crma, name) for name in CRMA_FILES}
+                present = set(self.remote.list_keys(posixpath.join(base, crma, "crma")))
+                for key in sorted(wanted & present):
+                    self.remote.get_to_file(key, _inside(staging, posixpath.join(
+                        crma, posixpath.basename(key)), "adapter.crma"))
             os.replace(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

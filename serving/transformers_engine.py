@@ -15,7 +15,7 @@ from typing import Any
 from serving.adapter_cache import AdapterCache
 from serving.adapters import LoadedAdapter, load_adapter
 from serving.engine import EngineConfig
-from serving.errors import EngineClosed, InvalidRequest
+from serving.errors import EngineUnavailable, InvalidRequest
 from serving.prompts import Prompt, build_prompt, eos_ids
 from serving.requests import AdapterSpec, GenerationRequest, Routing, parse
 from serving.residual import CRMAResidual
@@ -79,7 +79,7 @@ class TransformersEngine:
             self.residual.forget(adapter)
         try:
             self.scheduler.call(forget)
-        except EngineClosed:
+        except EngineUnavailable:
             pass
 
     def load_adapter(self, spec: AdapterSpec | dict) -> dict[str, Any]:
