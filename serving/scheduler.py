@@ -70,6 +70,7 @@ class Scheduler:
         self._slice = 0
         self._thread = threading.Thread(target=self._run, name="crma-engine", daemon=True)
         self.steps = 0
+        self.peak_batch = 0  # most sequences one forward pass has decoded
 
     # -- other threads ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -108,6 +109,7 @@ class Scheduler:
             waiting = len(self._waiting)
         return {"active": sum(groups.values()), "waiting": waiting, "max_batch": self.max_batch,
                 "max_waiting": self.max_waiting, "groups": len(groups), "steps": self.steps,
+                "peak_batch": self.peak_batch,
                 "kv_cache_bytes": self.kv_bytes()}
 
     def kv_bytes(self) -> int:
@@ -261,6 +263,7 @@ class Scheduler:
     def _decode(self, batch: DecodeBatch) -> None:
         try:
             tokens = torch.tensor([[s.last_token] for s in batch.rows], device=self.device)
+            self.peak_batch = max(self.peak_batch, len(batch))
             inputs = batch.step_inputs(self.device)
             logits = self.model(input_ids=tokens, cache=batch.cache, use_cache=True,
                                 **inputs).logits[:, -1]

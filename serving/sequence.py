@@ -75,7 +75,7 @@ class Sequence:
     def finish(self, reason: str) -> bool:
         self.finish_reason = reason
         if reason != "cancelled":
-            rest = self.text.flush()
+            rest = self.text.close()
             if rest:
                 self.stream.put(StreamEvent("delta", text=rest))
         self.mark("done")

@@ -43,6 +43,8 @@ class TextStream:
     def __init__(self, tokenizer: Any, stops: list[str]):
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self._decoder = _StreamDecode(backend) if backend is not None else _FullDecode(tokenizer)
+        self._tokenizer = tokenizer
+        self._ids: list[int] = []
         self.stops = [s for s in stops if s]
         self.text = ""
         self.sent = 0
@@ -51,13 +53,23 @@ class TextStream:
     def push(self, token_id: int) -> str:
         if self.stopped:
             return ""
+        self._ids.append(token_id)
         chunk = self._decoder.step(token_id)
         if chunk:
             self.text += chunk
         return self._release()
 
+    def close(self) -> str:
+        """The generation has ended: everything not yet sent, including bytes of a character
+        the last tokens left incomplete (as U+FFFD, as a whole decode would show them)."""
+        if not self.stopped:
+            whole = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+            if whole.startswith(self.text):
+                self.text = whole
+        return self.flush()
+
     def flush(self) -> str:
-        """Everything not yet sent (the generation has ended, no stop sequence can complete)."""
+        """Everything decoded and not yet sent."""
         delta = self.text[self.sent:]
         self.sent = len(self.text)
         return delta
