@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +171,43 @@ def export_bundle(out_dir: Path, *, model: nn.Module, crma: CRMAHandle | None,
     })
     write_json(out_dir / MANIFEST, manifest)
     return manifest
+
+
+class CRMADroppedWarning(UserWarning):
+    """A LoRA trained with CRMA is being loaded without its CRMA half."""
+
+
+def crma_dropped(lora_dir: Path, crma_dir: Path | None) -> str | None:
+    """Why loading ``lora_dir`` with the CRMA files of ``crma_dir`` (None: none) drops a
+    CRMA half its adapter_config.json says belongs to it; None when nothing is dropped."""
+    config_path = Path(lora_dir) / "adapter_config.json"
+    note = json.loads(config_path.read_text()).get(CRMA_NOTE_KEY) if config_path.is_file() \
+        else None
+    if not note or (crma_dir is not None and (Path(crma_dir) / CRMA_WEIGHTS).is_file()):
+        return None
+    figures = ""
+    if note.get("full_valid_loss") is not None and note.get("full_valid_loss_lora_only") is not None:
+        figures = (f" (validation loss {note['full_valid_loss']:.4f} with it, "
+                   f"{note['full_valid_loss_lora_only']:.4f} without)")
+    return (f"{lora_dir} was trained together with a CRMA adapter, which is not being loaded"
+            f"{figures}: this is not the trained model. Load the whole bundle with "
+            "crma_core.loader.load_for_generation.")
+
+
+def warn_if_crma_dropped(lora_dir: Path, crma_dir: Path | None) -> None:
+    """``warnings.warn(CRMADroppedWarning)`` when ``crma_dropped`` says so."""
+    message = crma_dropped(lora_dir, crma_dir)
+    if message is not None:
+        warnings.warn(message, CRMADroppedWarning, stacklevel=3)
+
+
+@contextmanager
+def peft_ignoring_crma_note() -> Iterator[None]:
+    """Silence peft's warning about the ``"crma"`` key while our own loader reads a LoRA (it
+    loads the CRMA half itself)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Unexpected keyword arguments \['crma'\]")
+        yield
 
 
 def verify_bundle(directory: Path) -> dict[str, Any]:
