@@ -17,6 +17,7 @@ from app.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.api.openapi_links import add_links
 from app.api.rate_limit import RateLimiter
 from app.api.routes import ALL_ROUTERS, jobs
+from app.api.routes.dashboard import mount_dashboard
 from app.db.reader import open_reader
 from app.db.transactions import open_transactions
 from app.settings import Settings, get_settings
@@ -102,6 +103,7 @@ def create_app(
     for router in ALL_ROUTERS:
         _summaries_from_docstrings(router)
         app.include_router(router)
+    mount_dashboard(app)  # app/web at /dashboard
     install_docs(app)
     install_error_handlers(app)
     _instrument(app)
