@@ -265,11 +265,19 @@ def test_exported_bundle_has_one_lora_per_domain_and_the_crma(runs, tmp_path):
     manifest = export_bundle(runs["modular"][1] / "stage-2", tmp_path / "bundle")
     names = {f["name"] for f in manifest["files"]}
     assert {"loras/0-alpha/adapter_model.safetensors", "loras/1-beta/adapter_config.json",
-            "loras/2-gamma/adapter_model.safetensors", "crma.safetensors", "crma_config.json",
-            "continual_report.json", "plots/loss_matrix.png"} <= names
+            "loras/2-gamma/adapter_model.safetensors", "crma/after-2/crma.safetensors",
+            "crma/after-2/crma_config.json", "continual_report.json",
+            "plots/loss_matrix.png"} <= names
+    # Every domain names its served pair; the newest domain is served by the shared CRMA.
+    assert [d["lora"] for d in manifest["domains"]] == ["loras/0-alpha", "loras/1-beta",
+                                                        "loras/2-gamma"]
+    assert manifest["domains"][2]["crma"] == "crma/after-2"
+    assert all(d["crma"] and f"{d['crma']}/crma.safetensors" in names
+               for d in manifest["domains"])
     report = json.loads((tmp_path / "bundle" / "continual_report.json").read_text())
     assert report["mode"] == "modular" and len(report["matrix"]) == 3
     naive = export_bundle(runs["naive"][1] / "stage-2", tmp_path / "naive")
     assert {"lora/adapter_model.safetensors", "lora/adapter_config.json"} <= {
         f["name"] for f in naive["files"]}
     assert not any(f["name"].startswith("crma") for f in naive["files"])
+    assert {d["lora"] for d in naive["domains"]} == {"lora"}
