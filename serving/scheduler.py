@@ -150,16 +150,18 @@ class Scheduler:
     def _active(self) -> int:
         return sum(group.size() for group in self._groups.values())
 
-    def _finish(self, seq: Sequence, reason: str | None = None, error: Exception | None = None) -> None:
-        if error is not None:
-            seq.fail(error)
-        elif reason is not None:
-            seq.finish(reason)
+    def _finish(self, seq: Sequence, reason: str | None = None,
+                error: Exception | None = None) -> None:
+        """Unpin the sequence's adapters, then tell its consumer (who may look at the cache)."""
         if seq.adapter is not None:
             self.release(seq.adapter)
         for _, candidate in seq.candidates or ():
             self.release(candidate)
         seq.candidates = None
+        if error is not None:
+            seq.fail(error)
+        else:
+            seq.finish(reason or "stop")
 
     def _drop_cancelled(self) -> None:
         with self._cond:
@@ -250,8 +252,9 @@ class Scheduler:
             log.exception("prefill failed")
             self._finish(seq, error=_engine_error(error))
             return
-        if seq.accept(token):
-            self._finish(seq)
+        reason = seq.accept(token)
+        if reason is not None:
+            self._finish(seq, reason)
             return
         length = len(seq.prompt_ids)
         joinable = [b for b in group.batches if len(b) < self.max_batch]
@@ -268,7 +271,7 @@ class Scheduler:
             logits = self.model(input_ids=tokens, cache=batch.cache, use_cache=True,
                                 **inputs).logits[:, -1]
             batch.advance()
-            finished = [s for i, s in enumerate(batch.rows) if s.accept(s.sampler(logits[i]))]
+            reasons = [(s, s.accept(s.sampler(logits[i]))) for i, s in enumerate(batch.rows)]
         except Exception as error:  # noqa: BLE001
             log.exception("decode step failed")
             rows = list(batch.rows)
@@ -276,9 +279,10 @@ class Scheduler:
             for seq in rows:
                 self._finish(seq, error=_engine_error(error))
             return
-        batch.remove(finished)
-        for seq in finished:
-            self._finish(seq)
+        finished = [(s, reason) for s, reason in reasons if reason is not None]
+        batch.remove([s for s, _ in finished])
+        for seq, reason in finished:
+            self._finish(seq, reason)
 
     def _shutdown(self) -> None:
         closed = EngineUnavailable("the engine shut down before this generation finished")

@@ -56,23 +56,24 @@ class Sequence:
                                     routing=self.routing,
                                     usage=Usage(len(self.prompt_ids), 0)))
 
-    def accept(self, token_id: int) -> bool:
-        """Take the sampled token; True when the sequence has finished."""
+    def accept(self, token_id: int) -> str | None:
+        """Take the sampled token; the finish reason once the sequence is complete (the
+        caller then calls ``finish``)."""
         if not self.generated:
             self.mark("first_token")
         self.generated.append(token_id)
         if token_id in self.eos_ids:
-            return self.finish("stop")
+            return "stop"
         delta = self.text.push(token_id)
         if delta:
             self.stream.put(StreamEvent("delta", text=delta))
         if self.text.stopped:
-            return self.finish("stop")
+            return "stop"
         if len(self.generated) >= self.max_new_tokens:
-            return self.finish("length")
-        return False
+            return "length"
+        return None
 
-    def finish(self, reason: str) -> bool:
+    def finish(self, reason: str) -> None:
         self.finish_reason = reason
         if reason != "cancelled":
             rest = self.text.close()
@@ -83,7 +84,6 @@ class Sequence:
                                     domain=self.domain, routing=self.routing,
                                     usage=Usage(len(self.prompt_ids), len(self.generated)),
                                     timing=self.timing()))
-        return True
 
     def fail(self, error: Exception) -> None:
         self.finish_reason = "error"
