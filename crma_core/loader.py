@@ -11,7 +11,8 @@ from pathlib import Path
 
 from torch import nn
 
-from crma_core.artifacts import LORA_DIR, MANIFEST
+from crma_core.artifacts import (LORA_DIR, MANIFEST, peft_ignoring_crma_note,
+                                 warn_if_crma_dropped)
 from crma_core.continual_state import BUNDLE_FORMAT
 from crma_core.errors import CheckpointError, ConfigError
 from crma_core.io import CRMA_CONFIG, load_crma
@@ -42,7 +43,9 @@ def load_for_generation(model_dir: Path, bundle_dir: Path, device: str = "cpu",
     tokenizer = load_tokenizer(Path(model_dir))
     base = load_base_model(Path(model_dir), device=device, dtype=dtype)
     base.config.use_cache = True
-    model = PeftModel.from_pretrained(base, str(lora_dir), is_trainable=False)
+    warn_if_crma_dropped(lora_dir, crma_dir)
+    with peft_ignoring_crma_note():  # the CRMA half it notes is loaded right below
+        model = PeftModel.from_pretrained(base, str(lora_dir), is_trainable=False)
     if crma_dir is not None and (crma_dir / CRMA_CONFIG).is_file():
         load_crma(model, crma_dir)
     model.eval()

@@ -92,3 +92,20 @@ def test_lora_only_bundle_has_a_plain_card_and_no_note(tiny_model_dirs, chat_fil
     ids = torch.tensor([[1, 2, 3]])
     with torch.no_grad():
         assert model(ids).logits.shape[-1] == base.config.vocab_size
+
+
+def test_loader_warns_when_the_bundle_lost_its_crma_half(tiny_model_dirs, chat_files, tmp_path):
+    from crma_core.loader import load_for_generation
+    from crma_core.model import get_crma
+
+    out = tmp_path / "bundle"
+    _bundle(tiny_model_dirs["llama"], chat_files, out, crma=CRMAConfig())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the whole bundle: no warning at all
+        model, _ = load_for_generation(tiny_model_dirs["llama"], out)
+    assert get_crma(model) is not None
+    (out / "crma.safetensors").unlink()
+    (out / "crma_config.json").unlink()
+    with pytest.warns(CRMADroppedWarning, match="not the trained model"):
+        model, _ = load_for_generation(tiny_model_dirs["llama"], out)
+    assert get_crma(model) is None
