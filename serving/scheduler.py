@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -71,6 +71,7 @@ class Scheduler:
         self._thread = threading.Thread(target=self._run, name="crma-engine", daemon=True)
         self.steps = 0
         self.peak_batch = 0  # most sequences one forward pass has decoded
+        self.finished: Counter[str] = Counter()  # generations ended, by finish reason
 
     # -- other threads ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -109,7 +110,7 @@ class Scheduler:
             waiting = len(self._waiting)
         return {"active": sum(groups.values()), "waiting": waiting, "max_batch": self.max_batch,
                 "max_waiting": self.max_waiting, "groups": len(groups), "steps": self.steps,
-                "peak_batch": self.peak_batch,
+                "peak_batch": self.peak_batch, "finished": dict(self.finished),
                 "kv_cache_bytes": self.kv_bytes()}
 
     def kv_bytes(self) -> int:
@@ -158,6 +159,7 @@ class Scheduler:
         for _, candidate in seq.candidates or ():
             self.release(candidate)
         seq.candidates = None
+        self.finished[reason or ("error" if error is not None else "stop")] += 1
         if error is not None:
             seq.fail(error)
         else:
