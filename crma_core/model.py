@@ -189,13 +189,6 @@ class CRMAHandle(nn.Module):
         with torch.no_grad():
             return torch.stack([layer.alpha() for layer in self.layers])
 
-    def frozen_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(read L×d×K, folded write L×K×d), float32, no grad: every layer's adapter as the
-        forward pass applies it, h' = h + (h @ read[l]) @ wm[l]. For inference, where the
-        weights never change, so the Sinkhorn runs once instead of once per forward pass."""
-        with torch.no_grad():
-            return self._stacked("read").detach().clone(), self._compute_mixed_writes().detach()
-
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

@@ -88,11 +88,11 @@ def _read_lora_config(lora_dir: Path, adapter_id: str) -> dict[str, Any]:
 
 def _scale(config: dict[str, Any], module: str, rank: int) -> float:
     """peft's scaling: alpha / r (alpha / sqrt(r) with rsLoRA), alpha per module pattern."""
-    from peft.utils.other import get_pattern_key
-
     alpha = config.get("lora_alpha", 8)
     patterns = config.get("alpha_pattern") or {}
     if patterns:
+        from peft.utils.other import get_pattern_key  # importing peft costs ~0.5 s: only here
+
         alpha = patterns.get(get_pattern_key(list(patterns), module), alpha)
     return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
 
@@ -141,27 +141,41 @@ def read_lora(lora_dir: Path, model: nn.Module, adapter_id: str, *,
 
 def read_crma(crma_dir: Path, *, hidden_size: int, num_layers: int, adapter_id: str,
               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(read L×d×K, folded write L×K×d, attach point) of a saved CRMA state."""
+    """(read L×d×K, folded write L×K×d, attach point) of a saved CRMA state: the batched
+    Sinkhorn of every layer's Λ and the gate, folded into the write weights once."""
     from crma_core.errors import CRMAError
-    from crma_core.io import load_crma_into, read_crma_config
-    from crma_core.model import CRMAHandle
+    from crma_core.io import CRMA_WEIGHTS, read_crma_config
+    from crma_core.layer import mixed_writes, mixing_matrices
+
+    def refuse(why: str) -> AdapterIncompatible:
+        return AdapterIncompatible(f"adapter {adapter_id!r}: unusable CRMA state ({why})",
+                                   param="adapter")
 
     try:
         config, meta = read_crma_config(crma_dir)
-        if (meta.get("hidden_size"), meta.get("num_layers")) != (hidden_size, num_layers):
-            raise AdapterIncompatible(
-                f"adapter {adapter_id!r}: CRMA state is for hidden size {meta.get('hidden_size')}"
-                f" × {meta.get('num_layers')} layers; this model has {hidden_size} × "
-                f"{num_layers}", param="adapter")
-        handle = CRMAHandle(config, hidden_size=hidden_size, num_layers=num_layers)
-        load_crma_into(handle, crma_dir)
+        tensors = load_file(str(crma_dir / CRMA_WEIGHTS))
     except (CRMAError, OSError, ValueError, KeyError) as error:
-        if isinstance(error, AdapterIncompatible):
-            raise
-        raise AdapterIncompatible(f"adapter {adapter_id!r}: unusable CRMA state ({error})",
-                                  param="adapter") from None
-    read, wm = handle.frozen_weights()
-    return read.to(device), wm.to(device), config.attach
+        raise refuse(str(error)) from None
+    if (meta.get("hidden_size"), meta.get("num_layers")) != (hidden_size, num_layers):
+        raise AdapterIncompatible(
+            f"adapter {adapter_id!r}: CRMA state is for hidden size {meta.get('hidden_size')} "
+            f"× {meta.get('num_layers')} layers; this model has {hidden_size} × {num_layers}",
+            param="adapter")
+    shapes = {"read": (hidden_size, config.width), "write": (config.width, hidden_size),
+              "log_mix": (config.n, config.n), "_log_alpha": ()}
+    expected = {f"layers.{i}.{name}" for i in range(num_layers) for name in shapes}
+    if set(tensors) != expected:
+        raise refuse(f"tensors {sorted(set(tensors) ^ expected)[:3]} do not match its config")
+    stacked = {}
+    for name, shape in shapes.items():
+        layers = [tensors[f"layers.{i}.{name}"].to(torch.float32) for i in range(num_layers)]
+        if any(tuple(t.shape) != shape for t in layers):
+            raise refuse(f"{name} is not {shape}")
+        stacked[name] = torch.stack(layers)
+    with torch.no_grad():
+        mixing = mixing_matrices(stacked["log_mix"], config)
+        wm = mixed_writes(mixing, stacked["write"], stacked["_log_alpha"], config)
+    return stacked["read"].to(device), wm.to(device), config.attach
 
 
 def load_adapter(spec: AdapterSpec, files: AdapterFiles, model: nn.Module, *,

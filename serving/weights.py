@@ -59,8 +59,8 @@ class MergedWeights:
                 self._restore(self.merged)
                 self.merged = None
             if adapter is not None:
+                self._remember([factor.module for factor in adapter.factors])
                 for factor in adapter.factors:
-                    self._remember(factor.module)
                     weight = self._weight(factor.module)
                     if weight.dtype == torch.float32:
                         weight.addmm_(factor.b, factor.a, alpha=factor.scale)
@@ -80,27 +80,24 @@ class MergedWeights:
     def _weight(self, module: str) -> torch.Tensor:
         return self.model.get_submodule(module).weight
 
-    def _remember(self, module: str) -> None:
-        """Before ``module``'s weight first changes, make sure W₀ can be restored."""
-        name = f"{module}.weight"
-        if name in self._verified or name in self._copies:
-            return
-        weight = self._weight(module)
-        stored = self._from_file(name, weight)
-        if stored is not None and torch.equal(stored, weight):
-            self._verified.add(name)
-        else:
-            self._copies[name] = weight.detach().clone()
-
-    def _from_file(self, name: str, like: torch.Tensor) -> torch.Tensor | None:
-        path = self._files.get(name)
-        if path is None:
-            return None
-        with safe_open(str(path), framework="pt") as handle:
-            tensor = handle.get_tensor(name)
-        if tensor.shape != like.shape:
-            return None
-        return tensor.to(like.device, like.dtype)
+    def _remember(self, modules: list[str]) -> None:
+        """Before a weight first changes, make sure its W₀ can be restored: check once that
+        the file holds it verbatim, else keep a copy."""
+        unknown = [m for m in modules
+                   if f"{m}.weight" not in self._verified and f"{m}.weight" not in self._copies]
+        by_file: dict[Path | None, list[str]] = {}
+        for module in unknown:
+            by_file.setdefault(self._files.get(f"{module}.weight"), []).append(module)
+        for path, group in by_file.items():
+            handle = safe_open(str(path), framework="pt") if path is not None else None
+            for module in group:
+                name, weight = f"{module}.weight", self._weight(module)
+                stored = handle.get_tensor(name) if handle is not None else None
+                if stored is not None and stored.shape == weight.shape and \
+                        torch.equal(stored.to(weight.device, weight.dtype), weight):
+                    self._verified.add(name)
+                else:
+                    self._copies[name] = weight.detach().clone()
 
     def _restore(self, adapter: LoadedAdapter) -> None:
         by_file: dict[Path, list[str]] = {}

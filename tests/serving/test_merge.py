@@ -89,3 +89,21 @@ def test_an_adapter_for_another_model_is_refused(engine, tmp_path):
         engine.load_adapter(spec("wide", location=bundle.name))
     assert info.value.status_code == 400 and info.value.param == "adapter"
     assert "do not fit" in info.value.message
+
+
+def test_a_damaged_crma_state_is_refused(engine, adapter_root, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from serving.errors import AdapterIncompatible
+    from serving.sources import LocalAdapterSource
+
+    shutil.copytree(adapter_root / "a1", tmp_path / "damaged")
+    tensors = load_file(str(tmp_path / "damaged" / "crma.safetensors"))
+    del tensors["layers.1.write"]
+    save_file(tensors, str(tmp_path / "damaged" / "crma.safetensors"))
+    engine.source = LocalAdapterSource(tmp_path)
+    with pytest.raises(AdapterIncompatible) as info:
+        engine.submit({"prompt": PROMPT, "adapter": spec("damaged")})
+    assert "layers.1.write" in info.value.message and info.value.status_code == 400
