@@ -36,7 +36,6 @@ be checkpointed and resumed mid-domain like a single-task run).
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import tempfile
 import time
@@ -55,33 +54,22 @@ from crma_core.checkpoint import (
     settings_difference,
 )
 from crma_core.clipping import make_clipper
-from crma_core.continual_state import (CRMA_DIR, CRMA_STATES_DIR, GENERAL_HOLDOUT, HOLDOUTS_DIR,
-                                       LORAS_DIR, OPTIMIZER_POLICY, REPORT_FILE, STATE_FILE,
-                                       STATE_FORMAT, STATE_VERSION, ContinualConfig,
-                                       DomainSpec, adapter_name, base_model_identity,
-                                       baseline_adapter, begin_state_dir, crma_state_dir,
-                                       finish_state_dir, holdout_path, load_lora, read_state,
-                                       save_lora)
-from crma_core.data import eval_batches, load_examples, pack_examples
-from crma_core.drift import continual_report
+from crma_core.continual_state import (CRMA_DIR, GENERAL_HOLDOUT, HOLDOUTS_DIR, LORAS_DIR,
+                                       ContinualConfig, DomainSpec, adapter_name,
+                                       base_model_identity, crma_state_dir, holdout_path,
+                                       load_lora, read_state)
+from crma_core.data import load_examples, pack_examples
 from crma_core.errors import CheckpointError, ConfigError
-from crma_core.io import load_crma_into, save_crma, sha256_file, write_json
+from crma_core.io import load_crma_into, sha256_file
 from crma_core.loop import LoopPlan, LoopState, evaluate_loss, run_evaluation, train_loop
 from crma_core.optim import make_optimizer
 from crma_core.recipe import BuiltModel, build_model, lora_config, optimizer_groups
 from crma_core.serving import choose_serving
+from crma_core.continual_output import StageOutput, clone_crma
+from crma_core.continual_scoring import FINISHED, StageScoring, stage_seed
 
 __all__ = ["ContinualConfig", "DomainSpec", "StageResult", "ContinualRunner", "run_stage",
            "run_continual", "stage_seed"]
-
-# Stop reasons after which a stage is complete: the domain is scored and the state written.
-FINISHED = ("completed", "max_steps", "budget")
-
-
-def stage_seed(seed: int, index: int) -> int:
-    """The seed of stage ``index`` of a run with seed ``seed`` (LoRA init, data order)."""
-    return seed * 100_003 + index
-
 
 @dataclass
 class StageResult:
@@ -128,7 +116,7 @@ class StageResult:
                 "baseline_seconds": round(self.baseline_seconds, 3)}
 
 
-class ContinualRunner:
+class ContinualRunner(StageScoring, StageOutput):
     """A continual run in memory: the base model with every domain's LoRA (and the CRMA with
     the snapshots that serve earlier domains).
 
@@ -202,9 +190,9 @@ class ContinualRunner:
         if crma is not None:
             for k in state.get("crma_states") or []:
                 load_crma_into(crma, state_dir / crma_state_dir(k))
-                self.snapshots[k] = _clone(crma)
+                self.snapshots[k] = clone_crma(crma)
             load_crma_into(crma, state_dir / CRMA_DIR)
-            self.snapshots[len(self.domains) - 1] = _clone(crma)
+            self.snapshots[len(self.domains) - 1] = clone_crma(crma)
 
     def _build(self, first_adapter: str, *, seed: int) -> None:
         cfg = self.config.train
@@ -344,50 +332,6 @@ class ContinualRunner:
         return choose_serving(self.matrix + [row], self.served[-1] if self.served else None,
                               self.config.drift_budget_pct)
 
-    def _general_losses(self, index: int, serving: list[int] | None) -> dict[int, float]:
-        """General-holdout loss of every served pair that changed in this stage."""
-        if self.general is None:
-            return {}
-        if self.config.mode == "naive":
-            return dict.fromkeys(range(index + 1), self._general_with(adapter_name("naive", 0)))
-        changed = [index] if serving is None else [i for i, s in enumerate(serving) if s == index]
-        return {i: self._general_with(adapter_name(self.config.mode, i)) for i in changed}
-
-    def _general_with(self, adapter: str, *, crma_on: bool = True) -> float:
-        self._activate(adapter, trainable=False)
-        with self._crma_enabled(crma_on):
-            return evaluate_loss(self.built.model, self._general_batches())
-
-    def _train_baseline(self, index: int, rows: list, holdout: list,
-                        callbacks: TrainCallbacks, result: StageResult) -> dict[str, Any] | None:
-        """Train the plain LoRA ``b<index>`` with CRMA off (frozen mode's LoRA for this
-        domain: same init and batches), score it; None if ``should_stop`` stopped it."""
-        cfg, model = self.config.train, self.built.model
-        adapter = baseline_adapter(index)
-        torch.manual_seed(stage_seed(self.config.seed, index))  # as frozen mode's d<index>
-        model.add_adapter(adapter, lora_config(self.config.lora))
-        self._activate(adapter, trainable=True)
-        optimizer = make_optimizer(**optimizer_groups(model, None), lr_main=cfg.lr_main,
-                                   weight_decay=cfg.weight_decay)
-        state = LoopState()
-        started = time.perf_counter()
-        with self._crma_enabled(False):
-            reason = train_loop(model=model, rows=rows, optimizer=optimizer,
-                                clipper=make_clipper(cfg.clip, cfg.max_grad_norm), state=state,
-                                plan=self._plan(index),
-                                callbacks=TrainCallbacks(should_stop=callbacks.should_stop))
-            result.baseline_trained_tokens = state.trained_tokens
-            if reason not in FINISHED:
-                result.stop_reason = reason
-                return None
-            loss = evaluate_loss(model, holdout)
-        general = self._general_with(adapter, crma_on=False) if self.general else None
-        self._activate(adapter, trainable=False)
-        result.baseline_loss = loss
-        result.baseline_seconds = time.perf_counter() - started
-        return {"adapter": adapter, "loss": loss, "trained_tokens": state.trained_tokens,
-                "general_loss": general}
-
     def _commit(self, index: int, domain: DomainSpec, adapter: str, holdout_copy: Path,
                 base_loss: float | None, row: list[float], serving: list[int] | None,
                 general: dict[int, float], baseline: dict[str, Any] | None) -> None:
@@ -404,7 +348,7 @@ class ContinualRunner:
         self.matrix.append(row)
         if serving is not None:
             self.served.append(serving)
-            self.snapshots[index] = _clone(self.built.crma)
+            self.snapshots[index] = clone_crma(self.built.crma)
             keep = set(serving)
             self.snapshots = {k: v for k, v in self.snapshots.items() if k in keep}
 
@@ -420,122 +364,6 @@ class ContinualRunner:
         torch.manual_seed(seed)  # the new LoRA's init depends on (seed, stage) only
         model.add_adapter(adapter, lora_config(self.config.lora))
 
-    def _eval_batches(self, key: str, path: Path) -> list:
-        if key not in self._holdouts:
-            cfg = self.config.train
-            rows, _ = load_examples(path, self.built.tokenizer, max_seq_len=cfg.max_seq_len)
-            self._holdouts[key] = eval_batches(rows, batch_size=cfg.eval_batch_size or cfg.batch_size,
-                                               pad_id=self.built.tokenizer.pad_token_id)
-        return self._holdouts[key]
-
-    def _general_batches(self) -> list:
-        return self._eval_batches("general", self._workdir / GENERAL_HOLDOUT)
-
-    def _activate(self, adapter: str, *, trainable: bool) -> None:
-        """Put only ``adapter`` in the forward pass; only its LoRA requires grad if
-        ``trainable`` (then the optimizer built from requires_grad holds it alone)."""
-        model = self.built.model
-        model.set_adapter(adapter)
-        marker = f".{adapter}."
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                param.requires_grad_(trainable and marker in name)
-
-    @contextlib.contextmanager
-    def _crma_enabled(self, enabled: bool):
-        crma = self.built.crma
-        if crma is None:
-            yield
-            return
-        before = crma.enabled
-        crma.enabled = enabled
-        try:
-            yield
-        finally:
-            crma.enabled = before
-
-    def _base_loss(self, batches: list) -> float:
-        """The untrained base model's loss: every LoRA and the CRMA switched off."""
-        with self._crma_enabled(False), self.built.model.disable_adapter():
-            return evaluate_loss(self.built.model, batches)
-
-    def _score(self, index: int) -> float:
-        """L[now][index]: domain ``index``'s holdout with its LoRA (+ the current CRMA)."""
-        entry_adapter = adapter_name(self.config.mode, index)
-        self._activate(entry_adapter, trainable=False)
-        path = self._workdir / HOLDOUTS_DIR / f"d{index}.jsonl"
-        return evaluate_loss(self.built.model, self._eval_batches(f"d{index}", path))
-
-    # -- output ------------------------------------------------------------------------------
-    def report(self) -> dict[str, Any]:
-        """``crma_core.drift.continual_report`` of the run so far."""
-        general = None
-        if self.general is not None:
-            general = {"base_loss": self.general["base_loss"],
-                       "served": [d.get("general_loss") for d in self.domains],
-                       "baseline": [d["baseline"]["general_loss"] for d in self.domains]
-                       if self.config.baseline else None}
-        return continual_report(
-            self.matrix, [d["name"] for d in self.domains],
-            [d.get("base_loss") for d in self.domains] if self.config.score_base else None,
-            serving=self.served or None, budget_pct=self.config.drift_budget_pct,
-            baseline_losses=[d["baseline"]["loss"] for d in self.domains]
-            if self.config.baseline else None,
-            general=general)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The JSON written as state.json."""
-        last = len(self.domains) - 1
-        return {"format": STATE_FORMAT, "version": STATE_VERSION, "mode": self.config.mode,
-                "seed": self.config.seed, "config": self.config.to_dict(),
-                "base_model": base_model_identity(self.model_dir),
-                "optimizer_policy": OPTIMIZER_POLICY, "domains": self.domains,
-                "matrix": self.matrix, "served": self.served or None,
-                "crma_states": sorted(k for k in self.snapshots if k != last) or None,
-                "general": self.general}
-
-    def save_state(self, directory: Path) -> Path:
-        """Write the state directory (see crma_core.continual_state); must be new or empty."""
-        if self._broken:
-            raise RuntimeError(f"cannot save: {self._broken}")
-        if not self.domains:
-            raise RuntimeError("no domain trained yet")
-        tmp = begin_state_dir(Path(directory))
-        try:
-            model = self.built.model
-            adapters = [d["adapter"] for d in self.domains]
-            adapters += [d["baseline"]["adapter"] for d in self.domains if d.get("baseline")]
-            for adapter in dict.fromkeys(adapters):
-                save_lora(model, adapter, tmp / LORAS_DIR / adapter,
-                          base_model_name=self.model_dir.name)
-            crma = self.built.crma
-            if crma is not None:
-                save_crma(crma, tmp / CRMA_DIR)
-                for k in self.state_dict()["crma_states"] or []:
-                    with self._crma_weights(self.snapshots[k]):
-                        save_crma(crma, tmp / crma_state_dir(k))
-            (tmp / HOLDOUTS_DIR).mkdir()
-            for relative in [e["holdout"] for e in self.domains] + (
-                    [GENERAL_HOLDOUT] if self.general else []):
-                shutil.copy2(self._workdir / relative, tmp / relative)
-            write_json(tmp / REPORT_FILE, self.report())
-            write_json(tmp / STATE_FILE, self.state_dict())
-            return finish_state_dir(tmp, Path(directory))
-        except Exception:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
-    @contextlib.contextmanager
-    def _crma_weights(self, weights: dict[str, torch.Tensor]):
-        """The CRMA handle holds ``weights`` inside the block, its own ones after."""
-        crma = self.built.crma
-        own = _clone(crma)
-        crma.load_state_dict(weights)
-        try:
-            yield crma
-        finally:
-            crma.load_state_dict(own)
-
     def close(self) -> None:
         """Unhook CRMA, drop the model, delete temporary files."""
         if self.built is not None and self.built.crma is not None:
@@ -546,10 +374,6 @@ class ContinualRunner:
         shutil.rmtree(self._workdir, ignore_errors=True)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def _clone(crma) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in crma.state_dict().items()}
 
 
 def run_stage(state_in: Path | None, domain: DomainSpec, state_out: Path, *, model_dir: Path,

@@ -136,11 +136,11 @@ def test_naive_trains_one_lora_throughout(runs):
 
 
 def test_evaluating_a_domain_activates_only_its_lora(model_dir, domains, monkeypatch, tmp_path):
-    import crma_core.continual as continual
+    import crma_core.continual_scoring as scoring
     from crma_core.model import get_crma
 
     seen = []
-    real = continual.evaluate_loss
+    real = scoring.evaluate_loss
 
     def spy(model, batches):
         crma = get_crma(model)
@@ -149,7 +149,7 @@ def test_evaluating_a_domain_activates_only_its_lora(model_dir, domains, monkeyp
         seen.append((list(model.active_adapters), crma is not None and crma.enabled, trainable))
         return real(model, batches)
 
-    monkeypatch.setattr(continual, "evaluate_loss", spy)
+    monkeypatch.setattr(scoring, "evaluate_loss", spy)
     config = ContinualConfig(mode="modular", lora=LoraSettings(r=4, alpha=8),
                              train=_config("modular").train, score_base=True)
     run_continual(domains[:2], model_dir=model_dir, config=config, state_root=tmp_path)
