@@ -158,6 +158,7 @@ def print_banner(host: str, port: int, data_dir: Path, account: dict[str, str]) 
             "",
             f"CRMA fine-tuner (dev) on {base}",
             f"  Swagger UI : {base}/docs",
+            f"  Dashboard  : {base}/dashboard/",
             f"  data dir   : {data_dir}",
             f"  account    : {account['account_id']}",
             f"  API key    : {account['api_key']}",
