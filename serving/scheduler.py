@@ -136,7 +136,7 @@ class Scheduler:
     def _retry_after(self) -> int:
         return max(1, len(self._waiting) // max(1, self.max_batch))
 
-    # -- the engine thread --------------------------------------------------------------------------
+    # -- the engine thread ---------------------------------------------------------------------
     def _run(self) -> None:
         torch.set_grad_enabled(False)
         while True:

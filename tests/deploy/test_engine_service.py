@@ -33,7 +33,7 @@ def test_the_engine_runs_crma_engine_on_its_port(engine):
     assert args.adapter_source == "store"  # adapters come from the object store
     port = _flag(command, "--port")
     assert engine["expose"] == [port]
-    assert f"127.0.0.1:{port}/health" in " ".join(engine["healthcheck"]["test"])
+    assert f"127.0.0.1:{port}/healthz" in " ".join(engine["healthcheck"]["test"])
 
 
 def test_the_engine_is_not_published(engine):
