@@ -35,6 +35,7 @@ class DevServer:
     base: str
     key: str
     account_id: str
+    data_dir: Path
     log: Path
 
     @property
@@ -44,6 +45,15 @@ class DevServer:
     def api(self) -> httpx.Client:
         return httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer {self.key}"},
                             timeout=30)
+
+    def create_account(self) -> dict:
+        """Another account on this installation (`crma admin create-account`)."""
+        env = {k: v for k, v in os.environ.items() if k != "CRMA_DATABASE_URL"}
+        made = subprocess.run(
+            [sys.executable, "-m", "crma_cli.main", "admin", "create-account", "--data-dir",
+             str(self.data_dir), "--name", "other", "--plan", "pro", "--json"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True)
+        return json.loads(made.stdout)
 
     def upload(self, path: Path, name: str | None = None) -> dict:
         with self.api() as client:
@@ -94,7 +104,7 @@ def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
     try:
         account = _wait_ready(base, data_dir, server, log_path, timeout=600)
         yield DevServer(base=base, key=account["api_key"], account_id=account["account_id"],
-                        log=log_path)
+                        data_dir=data_dir, log=log_path)
     finally:
         server.terminate()
         try:
@@ -195,9 +205,10 @@ def sign_in(page, server: DevServer, key: str | None = None) -> None:  # noqa: A
 
 
 def go(page, server: DevServer, route: str) -> None:  # noqa: ANN001
-    """Open a dashboard route (`/jobs/new`) and wait until its heading is there."""
+    """Open a dashboard route (`/jobs/new`) and wait until its page has drawn itself (the
+    router marks <main>; the previous page's content would otherwise still match)."""
     page.goto(f"{server.dashboard}#{route}")
-    page.wait_for_selector("main h1")
+    page.wait_for_selector(f"main[data-rendered='{route}']")
 
 
 def save_screenshot(page, name: str, *, height: int | None = None) -> Path:  # noqa: ANN001

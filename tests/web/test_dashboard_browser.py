@@ -196,11 +196,32 @@ def test_a_job_from_the_form_charts_its_loss_while_it_trains_and_its_adapter_dow
     assert row.locator(".download-status").get_attribute("data-verified") == "true"
     save_screenshot(page, "dashboard-job.png", height=1500)
 
+    _another_account_finds_no_such_job(browser, dev_server, job_id)
+
     go(page, dev_server, "/billing")
     page.wait_for_selector("tr[data-key] .kind-capture")
     ledger = page.inner_text("section[aria-label='Ledger']")
     assert job_id in ledger and "Capture" in ledger and "Hold" in ledger
     assert page.locator(".day[data-cost]:not([data-cost='0'])").count() >= 1
+
+
+def _another_account_finds_no_such_job(browser, dev_server: DevServer, job_id: str) -> None:  # noqa: ANN001
+    """The page of another account's job says what a missing job says (same API 404)."""
+    other = dev_server.create_account()
+    context, tab, watched = open_page(browser, dev_server)
+    try:
+        sign_in(tab, dev_server, other["api_key"])
+        messages = []
+        for target in (job_id, "ftjob-" + "x" * 24):
+            go(tab, dev_server, f"/jobs/{target}")
+            alert = tab.wait_for_selector("main .alert.tone-danger")
+            messages.append(alert.inner_text().replace(target, "<id>"))
+            assert tab.query_selector("[data-chart='loss']") is None
+        assert messages[0] == messages[1]
+        assert "could not be loaded" in messages[0]
+    finally:
+        context.close()
+    watched.check()
 
 
 def _cancel_queued_job(browser, dev_server: DevServer, job_id: str) -> None:  # noqa: ANN001
