@@ -197,3 +197,34 @@ def test_budget_zero_and_validation():
         ContinualConfig(mode="frozen", baseline=True)
     config = ContinualConfig(drift_budget_pct=1.5, baseline=True)
     assert ContinualConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_a_stop_during_the_baseline_resumes_to_the_same_stage(modular, model_dir, domains,
+                                                              tmp_path):
+    """Stopped while the baseline LoRA trains (a worker's warm shutdown): the checkpoint
+    holds the finished main phase, and the resumed stage equals the uninterrupted one."""
+    import shutil
+
+    from crma_core.callbacks import TrainCallbacks
+
+    results, root = modular
+    saved, calls = tmp_path / "ckpt", []
+
+    def keep(step, directory):
+        shutil.rmtree(saved, ignore_errors=True)
+        shutil.copytree(directory, saved)
+
+    def stop():
+        calls.append(1)  # 3 main steps, then the baseline's: stop before its 2nd step
+        return "shutdown" if len(calls) == 5 else None
+
+    stopped = run_stage(root / "stage-0", domains[1], tmp_path / "never", model_dir=model_dir,
+                        callbacks=TrainCallbacks(on_checkpoint=keep, should_stop=stop),
+                        checkpoint_on_stop=("shutdown",))
+    assert stopped.stop_reason == "shutdown" and stopped.state_dir is None
+    assert stopped.steps == 3 and stopped.baseline_trained_tokens > 0
+    resumed = run_stage(root / "stage-0", domains[1], tmp_path / "out", model_dir=model_dir,
+                        resume_from=saved)
+    assert resumed.row == results[1].row
+    assert resumed.baseline_loss == results[1].baseline_loss
+    assert resumed.report == results[1].report
