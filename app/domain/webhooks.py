@@ -20,6 +20,7 @@ import json
 import random
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -103,6 +104,28 @@ def retry_delay_s(failed_attempts: int, schedule: Sequence[float], *,
     base = float(schedule[failed_attempts - 1])
     jitter = (rng or random).uniform(-JITTER_FRACTION, JITTER_FRACTION)
     return max(0.0, base * (1.0 + jitter))
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    """What a delivery becomes after an attempt: ``succeeded``, ``pending`` (retried in
+    ``retry_in_s``) or ``failed`` for good, which disables its endpoint: the receiver has
+    answered nothing but failures for the whole schedule (about a day by default)."""
+
+    status: str
+    retry_in_s: float | None = None
+    disable_endpoint: bool = False
+
+
+def after_attempt(*, attempts: int, succeeded: bool, schedule: Sequence[float],
+                  rng: random.Random | None = None) -> AttemptOutcome:
+    """The delivery's state after its ``attempts``-th attempt (counting this one)."""
+    if succeeded:
+        return AttemptOutcome("succeeded")
+    delay = retry_delay_s(attempts, schedule, rng=rng)
+    if delay is None:
+        return AttemptOutcome("failed", disable_endpoint=True)
+    return AttemptOutcome("pending", retry_in_s=delay)
 
 
 def max_attempts(schedule: Sequence[float]) -> int:

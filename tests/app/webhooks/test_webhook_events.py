@@ -85,3 +85,19 @@ def test_event_types():
 def test_excerpt_is_short_text():
     assert webhooks.response_excerpt(b"x" * 5000) == "x" * webhooks.EXCERPT_BYTES
     assert webhooks.response_excerpt(b"\xff\xfeok") == "\ufffd\ufffdok"
+
+
+def test_after_attempt_retries_then_gives_up_and_disables():
+    schedule = (1.0, 2.0)
+    rng = random.Random(1)
+    assert webhooks.after_attempt(attempts=1, succeeded=True, schedule=schedule).status == \
+        "succeeded"
+    first = webhooks.after_attempt(attempts=1, succeeded=False, schedule=schedule, rng=rng)
+    assert first.status == "pending" and 0.8 <= first.retry_in_s <= 1.2
+    assert not first.disable_endpoint
+    second = webhooks.after_attempt(attempts=2, succeeded=False, schedule=schedule, rng=rng)
+    assert second.status == "pending" and 1.6 <= second.retry_in_s <= 2.4
+    last = webhooks.after_attempt(attempts=3, succeeded=False, schedule=schedule, rng=rng)
+    assert last == webhooks.AttemptOutcome("failed", None, True)
+    assert webhooks.after_attempt(attempts=3, succeeded=True, schedule=schedule).status == \
+        "succeeded"
