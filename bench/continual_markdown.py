@@ -9,6 +9,10 @@ from typing import Any
 from bench.continual_report import BUDGET_PCT, MIN_OWN_IMPROVEMENT_PCT, MODES, _fmt
 
 
+def _pct(value: float | None) -> str:
+    return "n/a (one seed)" if value is None else f"{value:.2f}%"
+
+
 def _verdict(mean: float | None, floor: float | None) -> str:
     if mean is None:
         return "not measured"
@@ -67,7 +71,8 @@ def markdown_section(report: dict[str, Any]) -> str:
         lines.append(f"| {o} | {_fmt(v['mean'], v['std'])} | "
                      f"{_fmt(v['forward_mean'], v['forward_std'])} | "
                      f"{_fmt(v.get('audit_mean'), v.get('audit_std'))} | "
-                     f"{v['noise_floor_pct']:.2f}% | {_verdict(v['mean'], v['noise_floor_pct'])} |")
+                     f"{_pct(v['noise_floor_pct'])} | "
+                     f"{_verdict(v['mean'], v['noise_floor_pct'])} |")
     lines += ["", "Per domain (mean over seeds; forward / backward):", "",
               "| order | " + " | ".join(f"d{i}" for i in range(4)) + " |", "|---|" + "---|" * 4]
     for o in names:

@@ -188,6 +188,7 @@ def _targets(orders: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for order, o in orders.items():
         s, v = o["summary"], o["modular_vs_frozen_pct"]
+        # One seed has no seed-to-seed spread: judged against 0 then (said in the write-up).
         floor = v.get("noise_floor_pct") or 0.0
         worst = min(v["per_domain"].values())
         out[order] = {
