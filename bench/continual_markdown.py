@@ -13,6 +13,12 @@ def _pct(value: float | None) -> str:
     return "n/a (one seed)" if value is None else f"{value:.2f}%"
 
 
+def _naive(target: dict[str, Any]) -> str:
+    if target["value"] is None:
+        return "not run"
+    return f"{target['value']:+.2f}% ({'met' if target['met'] else 'NOT met'})"
+
+
 def _verdict(mean: float | None, floor: float | None) -> str:
     if mean is None:
         return "not measured"
@@ -99,7 +105,8 @@ def markdown_section(report: dict[str, Any]) -> str:
                    "naive": f"{paper['naive_drift_mean_pct']:+.2f}% ± "
                             f"{paper['naive_drift_std_pct']}"}
     for m in MODES:
-        s = {o: orders[o]["summary"][m] for o in names}
+        s = {o: orders[o]["summary"].get(m, {"drift_mean_pct": None, "drift_std_pct": None})
+             for o in names}
         lines.append(f"| {m} | " + " | ".join(
             _fmt(s[o]["drift_mean_pct"], s[o]["drift_std_pct"]) for o in names) + " | "
             + " | ".join(_fmt(s[o].get("general_change_mean_pct"),
@@ -125,8 +132,7 @@ def markdown_section(report: dict[str, Any]) -> str:
             f"{t['modular_not_worse_than_frozen_beyond_noise']['worst_domain_pct']:+.2f}% vs "
             f"floor {t['modular_not_worse_than_frozen_beyond_noise']['noise_floor_pct']:.2f}% "
             f"({'met' if t['modular_not_worse_than_frozen_beyond_noise']['met'] else 'NOT met'})"
-            f" | {t['naive_drift_ge_10']['value']:+.2f}% "
-            f"({'met' if t['naive_drift_ge_10']['met'] else 'NOT met'}) | "
+            f" | {_naive(t['naive_drift_ge_10'])} | "
             f"{'met' if t['general_retention_every_mode']['met'] else 'NOT met'} | "
             f"{beats['value']:+.2f}% ({'beyond' if beats['beyond_noise'] else 'within'} the "
             "noise floor) |")
