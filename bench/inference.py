@@ -42,8 +42,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
-from bench.inference_arms import (alternate, median, paired_ratio, run_concurrent,  # noqa: E402
-                                  run_engine, run_generate, run_http, summarize)
+from bench.inference_arms import (ForwardMeter, alternate, median, paired_ratio,  # noqa: E402
+                                  run_concurrent, run_engine, run_generate, run_http,
+                                  summarize)
 from bench.inference_routing import routing_section  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "Write a short story about a lighthouse keeper who "
@@ -52,8 +53,8 @@ STREAM_PROMPTS = ["Write a short story about a lighthouse keeper.",
                   "Explain how a refrigerator works, step by step.",
                   "Describe a walk through a forest in autumn.",
                   "List some ideas for a birthday party and explain each one."]
-DECODE_KEYS = ("decode_tps", "decode_cpu_ms_per_token", "ttft_ms", "ttft_cpu_ms", "total_ms",
-               "cpu_ms_per_token", "tokens")
+DECODE_KEYS = ("decode_tps", "decode_cpu_ms_per_token", "forward_cpu_ms",
+               "outside_forward_cpu_ms", "ttft_ms", "ttft_cpu_ms", "total_ms", "tokens")
 PAIRS = {"engine_base_vs_generate": ("engine_base", "generate_base"),
          "engine_lora_vs_engine_base": ("engine_lora", "engine_base"),
          "engine_lora_crma_vs_engine_base": ("engine_lora_crma", "engine_base"),
@@ -66,7 +67,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--tiny", action="store_true", help="tiny random model, few tokens")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--concurrency-rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1,
@@ -130,13 +131,22 @@ def decode_section(engine, directory: Path, adapters: Path, args) -> dict[str, A
     peft_lora, tokenizer = load_for_generation(directory, adapters / "lora")
     peft_crma, _ = load_for_generation(directory, adapters / "lora_crma")
     n = args.tokens
+    meters = {"plain": ForwardMeter(plain), "engine": ForwardMeter(engine.model),
+              "peft_lora": ForwardMeter(peft_lora.get_base_model()),
+              "peft_crma": ForwardMeter(peft_crma.get_base_model())}
     arms = {
-        "generate_base": lambda: run_generate(plain, tokenizer, MESSAGES, n),
-        "engine_base": lambda: run_engine(engine, body(max_tokens=n)),
-        "engine_lora": lambda: run_engine(engine, body("lora", max_tokens=n)),
-        "engine_lora_crma": lambda: run_engine(engine, body("lora_crma", max_tokens=n)),
-        "peft_lora_unmerged": lambda: run_generate(peft_lora, tokenizer, MESSAGES, n),
-        "peft_lora_crma_unmerged": lambda: run_generate(peft_crma, tokenizer, MESSAGES, n),
+        "generate_base": lambda: meters["plain"].measure(
+            lambda: run_generate(plain, tokenizer, MESSAGES, n)),
+        "engine_base": lambda: meters["engine"].measure(
+            lambda: run_engine(engine, body(max_tokens=n))),
+        "engine_lora": lambda: meters["engine"].measure(
+            lambda: run_engine(engine, body("lora", max_tokens=n))),
+        "engine_lora_crma": lambda: meters["engine"].measure(
+            lambda: run_engine(engine, body("lora_crma", max_tokens=n))),
+        "peft_lora_unmerged": lambda: meters["peft_lora"].measure(
+            lambda: run_generate(peft_lora, tokenizer, MESSAGES, n)),
+        "peft_lora_crma_unmerged": lambda: meters["peft_crma"].measure(
+            lambda: run_generate(peft_crma, tokenizer, MESSAGES, n)),
     }
     for arm in arms.values():  # warm-up: first calls pay for lazy initialisation
         arm()

@@ -87,6 +87,35 @@ def run_generate(model: Any, tokenizer: Any, messages: list[dict], max_new_token
             "cpu_ms_per_token": (end_cpu - cpu) * 1000 / max(tokens, 1)}
 
 
+class ForwardMeter:
+    """Thread CPU time of each call of a model's forward (the instance attribute shadows the
+    class method, so every caller, generate or the engine, goes through it). Per-token CPU
+    minus the forward's is what a generation loop adds around the model."""
+
+    def __init__(self, model: Any):
+        self.calls: list[float] = []
+        inner = model.forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            started = time.thread_time()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.calls.append((time.thread_time() - started) * 1000)
+        model.forward = forward
+
+    def measure(self, run: Any) -> dict[str, Any]:
+        """Run one generation; add the decode steps' forward CPU (the prefill excluded)."""
+        self.calls.clear()
+        sample = run()
+        steps = self.calls[1:]
+        sample["forward_cpu_ms"] = sum(steps) / len(steps) if steps else None
+        if sample.get("decode_cpu_ms_per_token") is not None and steps:
+            sample["outside_forward_cpu_ms"] = (sample["decode_cpu_ms_per_token"]
+                                                - sample["forward_cpu_ms"])
+        return sample
+
+
 def run_concurrent(engine: Any, bodies: list[dict[str, Any]]) -> dict[str, Any]:
     """Submit every body at once; aggregate tokens/s over the wall time of the whole group
     and each stream's own decode rate."""
