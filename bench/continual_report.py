@@ -294,7 +294,8 @@ def plot_runs(report: dict[str, Any], docs: Path) -> list[Path]:
             "forward_pct": v["forward_per_domain"], "backward_pct": v["per_domain"]}}
         paths.append(plot_versus_baseline(
             fake, docs / f"continual_{order}_vs_baseline.png",
-            title=f"modular vs frozen, {order} order, mean of {len(v['seeds'])} seeds"))
+            title=f"modular vs frozen, {order} order, mean of {len(v['seeds'])} "
+                  f"seed{'s' if len(v['seeds']) != 1 else ''}"))
     return paths
 
 
