@@ -96,7 +96,8 @@ def export_merged(*, model_dir: Path, bundle_dir: Path, out_dir: Path, format: s
         raise ConfigError("this adapter has no CRMA half: export it with format 'merged'")
 
     model = merge_lora(Path(model_dir), lora_dir, device=device)
-    model.to(DTYPES[dtype])
+    # Rounded once to the export dtype where it was merged, then written from the CPU.
+    model.to(DTYPES[dtype]).to("cpu")
     model.config.use_cache = True  # the training loader turns it off
     state_dict = None
     if format == "merged_crma":
