@@ -174,33 +174,29 @@ def switch_section(engine, args) -> dict[str, Any]:  # noqa: ANN001
     """Time to first token (max_tokens 1, a two-token prompt so the prefill is small) when
     the adapter is merged already, cached but not merged (another adapter was), or cold
     (unloaded first: read from disk, Sinkhorn, merge)."""
-    state = {"turn": 0}
-
     def body(adapter: str | None = None, **extra: Any) -> dict[str, Any]:
         data = {"prompt": "Hi", "temperature": 0, **extra}
         if adapter is not None:
             data["adapter"] = {"id": adapter, "location": adapter}
         return data
 
-    def merged():
-        run_engine(engine, body("lora_crma", max_tokens=1))  # make sure it is the merged one
-        return run_engine(engine, body("lora_crma", max_tokens=1))
+    def timed_after(warm: str | None, target: str | None, *, unload: bool = False):
+        """Make ``warm`` the merged adapter (None: the base model), optionally drop
+        ``target`` from the cache, then time a request on ``target``."""
+        def run():
+            run_engine(engine, body(warm, max_tokens=1))
+            if target is not None:
+                engine.load_adapter({"id": target, "location": target})
+                if unload:
+                    engine.unload_adapter(target)
+                    engine.scheduler.call(lambda: None).result()  # the eviction has run
+            return run_engine(engine, body(target, max_tokens=1))
+        return run
 
-    def cached():
-        state["turn"] += 1
-        name = "lora_crma_b" if state["turn"] % 2 else "lora_crma"
-        engine.load_adapter({"id": name, "location": name})
-        return run_engine(engine, body(name, max_tokens=1))
-
-    def cold():
-        try:
-            engine.unload_adapter("lora_crma_b")
-        except Exception:  # noqa: BLE001 - not loaded right now
-            pass
-        engine.scheduler.call(lambda: None).result()  # the unmerge has run
-        return run_engine(engine, body("lora_crma_b", max_tokens=1))
-
-    base = lambda: run_engine(engine, body(max_tokens=1))  # noqa: E731
+    base = timed_after(None, None)  # the base model again: no switch
+    merged = timed_after("lora_crma", "lora_crma")  # already merged: no switch
+    cached = timed_after("lora_crma", "lora_crma_b")  # in memory: restore + merge
+    cold = timed_after("lora_crma", "lora_crma_b", unload=True)  # + read from disk
     samples = alternate({"base": base, "merged": merged, "cached": cached, "cold": cold},
                         args.rounds)
     load_ms = [a["load_ms"] for a in engine.adapters()["adapters"]]
