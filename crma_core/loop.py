@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from crma_core.callbacks import EvalMetrics, StepMetrics, TrainCallbacks
-from crma_core.data import IGNORE_INDEX, Example, batches_per_epoch, epoch_batches
+from crma_core.data import IGNORE_INDEX, Example, epoch_batches
 from crma_core.loss import LossOptions, lm_head_loss
 from crma_core.optim import lr_factor, set_learning_rates, trainable_parameters
+from crma_core.settings import planned_steps
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
@@ -129,8 +130,8 @@ class LoopPlan:
     loss: LossOptions = LossOptions()
 
     def total_steps(self, num_rows: int) -> int:
-        planned = self.epochs * batches_per_epoch(num_rows, self.batch_size)
-        return min(planned, self.max_steps) if self.max_steps else planned
+        return planned_steps(num_rows, epochs=self.epochs, batch_size=self.batch_size,
+                             max_steps=self.max_steps)
 
 
 def _next_batch(rows: list[Example], plan: LoopPlan, state: LoopState):

@@ -45,7 +45,7 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def _populate(url: str) -> None:
     with session_scope(url) as session:
-        account, _ = accounts.create_account(session, name="populated", plan="pro")
+        account, _ = accounts.create_account(session, name="populated", plan="pro", pepper="")
         billing.add_credit(session, account_id=account.id, amount_micros=5_000_000, memo="seed")
         file = insert_file(session, account_id=account.id,
                            token_counts={"llama": 10}, token_estimate_method={"llama": "x"})

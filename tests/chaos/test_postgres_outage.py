@@ -77,7 +77,7 @@ def test_postgres_down_30s_api_answers_503_fast_and_the_job_survives(
                              worker_step_delay_s=0.3)
     stack.start_worker()
     with session_scope(services.database_url) as session:
-        account, cached_key = accounts.create_account(session, name="chaos", plan="pro")
+        account, cached_key = accounts.create_account(session, name="chaos", plan="pro", pepper="")
         _, uncached_key = accounts.create_api_key(session, account_id=account.id, name="cold")
         billing.add_credit(session, account_id=account.id, amount_micros=50_000_000, memo="t")
     _, job_id = stack.submit(account_id=account.id, n_epochs=4)  # 48 steps

@@ -22,6 +22,7 @@ from app.storage.factory import open_store
 from tests.chaos.conftest import OwnerlessClock
 from tests.security.test_no_unpickling import plant
 from tests.worker.stack import MODEL_ID, wait_for
+from tests.factories import TEST_SETTINGS
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -53,7 +54,7 @@ def _assert_counted_and_billed_once(stack, job) -> None:  # noqa: ANN001
     assert job.trained_tokens == steps[STEPS]["trained_tokens"]
     kinds = _ledger(stack, job.id)
     assert kinds.count("capture") == 1 and kinds.count("hold") == 1, kinds
-    assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens) > 0
+    assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens, prices=TEST_SETTINGS.prices_micros_per_mtok) > 0
 
 
 def test_kill_9_mid_job_resumes_from_the_checkpoint_and_bills_once(make_chaos_stack,

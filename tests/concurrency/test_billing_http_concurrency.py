@@ -46,7 +46,7 @@ def account_with_file(live_api: str, factory, plan: str) -> tuple[str, dict[str,
     from app.services import accounts
 
     with factory() as session:
-        account, key = accounts.create_account(session, name=f"http {plan}", plan=plan)
+        account, key = accounts.create_account(session, name=f"http {plan}", plan=plan, pepper="")
         session.commit()
     headers = {"Authorization": f"Bearer {key}"}
     body = "\n".join(json.dumps(CHAT) for _ in range(30)).encode()

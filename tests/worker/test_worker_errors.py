@@ -6,8 +6,8 @@ import torch
 
 from app.domain.job_state import ErrorCode
 from crma_core.errors import DataError, NoTrainableTokensError
-from worker.errors import INTERNAL_MESSAGE, classify
-from worker.inputs import ModelUnavailable
+from app.services.job_errors import INTERNAL_MESSAGE, classify
+from app.services.job_inputs import ModelUnavailable
 
 
 def test_out_of_memory_in_its_forms() -> None:

@@ -15,9 +15,10 @@ from sqlalchemy import select
 
 from app.db.models import Artifact, Checkpoint, Job, LedgerTransaction
 from app.domain.pricing import price_micros
-from app.services.leases import db_now
+from app.db.base import db_now
 from app.storage.factory import open_store
 from tests.worker.stack import MODEL_ID, TERMINAL, wait_for
+from tests.factories import TEST_SETTINGS
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +99,7 @@ def test_kill_9_mid_job_resumes_from_the_checkpoint_with_the_same_losses(worker_
     # Billed once, for each trained step once.
     assert stack.job(reference).trained_tokens == job.trained_tokens
     assert len(stack.captures(job_id)) == 1
-    assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens)
+    assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens, prices=TEST_SETTINGS.prices_micros_per_mtok)
 
     # Never `running` without a live owner for longer than lease + one reaper interval
     # (plus scheduling slack on a loaded two-core machine).
