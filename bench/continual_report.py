@@ -14,14 +14,14 @@ from typing import Any
 DOMAIN_ORDER = ("medical", "legal", "code", "finance")
 MODEL_ID = "smollm2-135m-instruct"
 PAPER = {
-    "source": "CRMA_SPEC.md 'Published numbers' (Mistral-7B, 5 domains, 3 seeds)",
+    "source": "docs/crma.md 'Published numbers' (Mistral-7B, 5 domains, 3 seeds)",
     "naive_drift_mean_pct": 42.96, "naive_drift_std_pct": 5.5,
     "modular_drift_mean_pct": -0.17, "modular_drift_std_pct": 0.17,
     "modular_vs_frozen_pct": 1.99, "modular_vs_frozen_std_pct": 0.54,
     "four_domain_naive_drift_pct": 351.4, "four_domain_modular_drift_pct": -0.1,
 }
 MIN_OWN_IMPROVEMENT_PCT = 10.0
-RECIPE_DEFAULT_LR = 2e-4  # CRMA_SPEC.md's default for LoRA and CRMA read/write
+RECIPE_DEFAULT_LR = 2e-4  # docs/crma.md: the default for LoRA and CRMA read/write
 
 
 def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:

@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _prepare_environment(args: argparse.Namespace) -> None:
-    # crma_cli may set environment defaults before Settings is built (contracts.md).
+    # crma_cli may set environment defaults before Settings is built (docs/dev/contracts.md).
     if args.data_dir:
         os.environ["CRMA_DATA_DIR"] = os.path.abspath(args.data_dir)
     if getattr(args, "gpu", None) is not None:

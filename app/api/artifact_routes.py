@@ -1,8 +1,9 @@
 """The artifact routes of an owner (a fine-tuning job, a continual run): list the published
 files with their download URLs, and download one (a redirect to S3, or streamed). Written
-once; each router adds them for its own owner."""
+once; each router adds them for its own owner.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations, and
+`OwnerId` is local to `add_artifact_routes`."""
 
 from collections.abc import Callable
 from typing import Annotated

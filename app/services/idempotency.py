@@ -1,4 +1,4 @@
-"""Idempotency-Key handling for creating POSTs (API.md conventions, reliability notes 2.2).
+"""Idempotency-Key handling for creating POSTs (docs/user-guide.md; docs/reliability.md, "Money").
 
 One database transaction holds the key claim, the creating work done by the route's handler
 (job insert, admission hold, event, outbox row) and the stored response. Either all of it

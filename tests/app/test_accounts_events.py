@@ -48,9 +48,9 @@ def test_wrong_pepper_does_not_authenticate(db_url: str) -> None:
 def test_list_accounts_counts_active_keys(db_url: str) -> None:
     with session_scope(db_url) as session:
         account, _ = accounts.create_account(session, name="lister", plan="pro", pepper="")
-        extra, _ = accounts.create_api_key(session, account_id=account.id, name="ci")
+        extra, _ = accounts.create_api_key(session, account_id=account.id, name="ci", pepper="")
         accounts.revoke_key(session, key_id=extra.id)
-        accounts.create_api_key(session, account_id=account.id, name="ci2")
+        accounts.create_api_key(session, account_id=account.id, name="ci2", pepper="")
     with session_scope(db_url) as session:
         summary = {a.id: a for a in accounts.list_accounts(session)}[account.id]
     assert (summary.name, summary.plan, summary.active_keys) == ("lister", "pro", 2)

@@ -1,4 +1,4 @@
-"""The broker restarted and the broker's data lost (R5, R6), with jobs queued in Redis and one
+"""The broker restarted and the broker's data lost (docs/reliability.md), with jobs queued in Redis and one
 running, on a private Redis (AOF on, like production):
 
 - restart: the running job keeps training (its lease is in PostgreSQL), the queued messages

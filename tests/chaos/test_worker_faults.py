@@ -1,4 +1,4 @@
-"""Worker faults through real `crma worker` processes on private PostgreSQL/Redis (R1, R9):
+"""Worker faults through real `crma worker` processes on private PostgreSQL/Redis (docs/reliability.md: worker killed, SIGTERM):
 
 - kill -9 of the whole worker mid-job: the job is `running` without a live owner for at most
   lease + one reaper interval, resumes on the other worker from its last checkpoint (losing

@@ -1,4 +1,4 @@
-"""R12: settlement replayed in any order, concurrently and after crashes, posts exactly one
+"""Settlement replayed in any order, concurrently and after crashes, posts exactly one
 capture and one release per job; every transaction sums to zero; available never goes
 negative; the cached balances always equal the ledger. Hypothesis drives random
 interleavings of hold / finish / replay / crash steps against real PostgreSQL."""

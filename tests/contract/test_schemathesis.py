@@ -1,4 +1,4 @@
-"""Contract fuzzing (R23): schemathesis (CLI, every phase: examples, coverage, fuzzing,
+"""Contract fuzzing (docs/reliability.md): schemathesis (CLI, every phase: examples, coverage, fuzzing,
 stateful) over the committed openapi/openapi.json against a real uvicorn server on
 PostgreSQL. Every check runs (status codes, content types, headers, response schemas,
 schema-violating requests rejected, auth, resource lifecycles) plus one of ours: no response

@@ -181,7 +181,7 @@ def test_idle_workers_prove_they_consume_by_answering_pings(worker_stack) -> Non
 
 def test_a_job_stops_at_its_budget_and_still_delivers_the_adapter(worker_stack) -> None:
     """max_cost: training stops before the step that would exceed the token budget, the
-    adapter trained so far is published, and the charge is what was trained (API.md)."""
+    adapter trained so far is published, and the charge is what was trained (docs/user-guide.md)."""
     stack = worker_stack
     stack.ensure_workers(1)
     _, job_id = stack.submit(max_cost_micros=30)  # 300 tokens at $0.10 per 1M

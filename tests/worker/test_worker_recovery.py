@@ -1,5 +1,5 @@
-"""Recovery through real worker processes (R1, R2/R3, R4, R13 of aesthetics_reliability.md
-2.6, tiny-model CPU variants): kill -9 mid-job and resume, duplicate delivery, cancel while
+"""Recovery through real worker processes (docs/reliability.md, "Failure scenarios";
+tiny-model CPU variants): kill -9 mid-job and resume, duplicate delivery, cancel while
 running, a job whose worker dies on every attempt, and the free tier's one-job-at-a-time."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tests.factories import TEST_SETTINGS
 pytestmark = pytest.mark.integration
 
 class OwnerlessSampler:
-    """Samples how long the job has been `running` since its last heartbeat (R14 audit)."""
+    """Samples how long the job has been `running` since its last heartbeat (the "stuck in running" audit)."""
 
     def __init__(self, stack, job_id: str) -> None:
         self.stack, self.job_id = stack, job_id
@@ -121,7 +121,7 @@ def test_a_job_whose_worker_dies_every_attempt_fails_with_worker_lost_after_3(wo
         assert (job.status, job.attempt) == ("running", attempt)
         name, pid = job.lease_owner.rsplit("/", 1)
         parent = stack.worker_named(name)
-        assert int(pid) != parent.process.pid  # the pool child, not the worker itself (R2)
+        assert int(pid) != parent.process.pid  # the pool child, not the worker itself
         os.kill(int(pid), signal.SIGKILL)
         parents.append(parent)
     job = stack.wait_status(job_id, TERMINAL, 60)
@@ -145,7 +145,7 @@ def _all_ledger(stack, job_id: str) -> list[LedgerTransaction]:
 
 
 def test_sigterm_checkpoints_hands_the_job_back_and_another_worker_resumes_it(worker_stack) -> None:
-    """R9 (deploy): a worker asked to stop mid-job checkpoints at the current step, puts the
+    """A deploy: a worker asked to stop mid-job checkpoints at the current step, puts the
     job back in the queue without waiting for its lease to expire, and exits; the other
     worker resumes from that checkpoint and the curve is unchanged."""
     stack = worker_stack
