@@ -23,6 +23,10 @@ from tests import billing_support
 # pepper the tests' API servers run with.
 TEST_SETTINGS = Settings()
 PEPPER = TEST_SETTINGS.api_key_pepper
+PRICES = TEST_SETTINGS.prices_micros_per_mtok
+RUNS_PER_DAY = TEST_SETTINGS.free_runs_per_day
+THROUGHPUT = TEST_SETTINGS.throughput_tokens_per_s
+TTL_S = TEST_SETTINGS.idempotency_ttl_s
 
 
 def create_account(session: Session, *, plan: str = "pro", credit_micros: int = 0,

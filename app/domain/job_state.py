@@ -78,7 +78,8 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
 
 
-# Failures that are our fault: the job costs nothing (docs/user-guide.md, "Pricing and the free tier").
+# Failures that are our fault: the job costs nothing (docs/user-guide.md, "Pricing and the
+# free tier").
 PLATFORM_FAULT_CODES = frozenset(
     {ErrorCode.OUT_OF_MEMORY, ErrorCode.WORKER_LOST, ErrorCode.INTERNAL_ERROR,
      ErrorCode.MODEL_UNAVAILABLE}

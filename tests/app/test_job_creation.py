@@ -35,7 +35,8 @@ def create(db_url: str, account_id: str, *, enqueue: bool = True,
                                training_file=file_id, validation_file=None,
                                hyperparameters={"n_epochs": 2}, adapter=None, seed=5)
         job, admitted = job_creation.insert_job(session, account_id=account_id, draft=draft,
-                                        suffix="s", metadata=metadata, enqueue=enqueue, settings=TEST_SETTINGS)
+                                        suffix="s", metadata=metadata, enqueue=enqueue,
+                                        settings=TEST_SETTINGS)
         assert inspect(job).transient  # presented, never part of the unit of work
         assert (job.hold_micros, job.token_budget) == (admitted.hold_micros,
                                                        admitted.token_budget)

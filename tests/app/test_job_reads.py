@@ -105,7 +105,8 @@ def test_async_reads_answer_like_the_orm_reads(db_url: str) -> None:
     assert pages == expected_pages
     assert sum(len(ids) for ids, _ in pages) == 6  # the continual stage is not listed
     assert more_events is True
-    assert one[-1].user_metadata == {"team": "a"} and one[-1].settings["hyperparameters"]["n_epochs"] == 2
+    assert one[-1].user_metadata == {"team": "a"}
+    assert one[-1].settings["hyperparameters"]["n_epochs"] == 2
 
 
 def test_async_reads_refuse_what_the_orm_reads_refuse(db_url: str) -> None:

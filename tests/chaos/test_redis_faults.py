@@ -1,5 +1,5 @@
-"""The broker restarted and the broker's data lost (docs/reliability.md), with jobs queued in Redis and one
-running, on a private Redis (AOF on, like production):
+"""The broker restarted and the broker's data lost (docs/reliability.md), with jobs queued in
+Redis and one running, on a private Redis (AOF on, like production):
 
 - restart: the running job keeps training (its lease is in PostgreSQL), the queued messages
   survive (AOF), the worker reconnects and consumes again, a job created through the API while

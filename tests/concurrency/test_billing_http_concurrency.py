@@ -1,5 +1,6 @@
-"""Concurrent creates and idempotency keys over real HTTP: a uvicorn server in its own process on the test PostgreSQL, hit by
-many client threads released together. Counts come from the responses and the database."""
+"""Concurrent creates and idempotency keys over real HTTP: a uvicorn server in its own process
+on the test PostgreSQL, hit by many client threads released together. Counts come from the
+responses and the database."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from app.services import billing
 from app.services.job_status import transition_job
 from tests.billing_support import admit
 from race_helpers import balances, make_account, make_file, make_job
-from tests.factories import TEST_SETTINGS
+from tests.factories import PRICES
 
 MODEL = "mistral-7b-v0.3"
 CREDIT = 5_000_000
@@ -87,12 +87,13 @@ def settle_replay_test(factory) -> None:
                     session, job_id=job_id, to=status, expected=[JobStatus.RUNNING],
                     values={"trained_tokens": trained,
                             "error": {"code": code, "message": "x"} if code else None})
-                billing.settle_job(session, job_id=job_id, prices=TEST_SETTINGS.prices_micros_per_mtok)
+                billing.settle_job(session, job_id=job_id, prices=PRICES)
                 if crash:  # the process dies before COMMIT: nothing of it survives
                     session.rollback()
                     return
                 session.commit()
-            owed = 0 if code in ("worker_lost", "internal_error") else price_micros(MODEL, trained, prices=TEST_SETTINGS.prices_micros_per_mtok)
+            owed = (0 if code in ("worker_lost", "internal_error")
+                    else price_micros(MODEL, trained, prices=PRICES))
             self.costs[job_id] = min(owed, self.holds[job_id])
 
         @rule(job_id=jobs, crash=st.booleans())
@@ -100,7 +101,7 @@ def settle_replay_test(factory) -> None:
             if job_id not in self.costs:
                 return
             with factory() as session:
-                billing.settle_job(session, job_id=job_id, prices=TEST_SETTINGS.prices_micros_per_mtok)
+                billing.settle_job(session, job_id=job_id, prices=PRICES)
                 session.rollback() if crash else session.commit()
 
         @rule(job_id=jobs, n=st.integers(2, 10))
@@ -113,7 +114,7 @@ def settle_replay_test(factory) -> None:
                 barrier.wait()
                 try:
                     with factory() as session:
-                        billing.settle_job(session, job_id=job_id, prices=TEST_SETTINGS.prices_micros_per_mtok)
+                        billing.settle_job(session, job_id=job_id, prices=PRICES)
                         session.commit()
                 except Exception as error:  # noqa: BLE001
                     errors.append(error)

@@ -1,5 +1,5 @@
-"""Contract fuzzing (docs/reliability.md): schemathesis (CLI, every phase: examples, coverage, fuzzing,
-stateful) over the committed openapi/openapi.json against a real uvicorn server on
+"""Contract fuzzing (docs/reliability.md): schemathesis (CLI, every phase: examples, coverage,
+fuzzing, stateful) over the committed openapi/openapi.json against a real uvicorn server on
 PostgreSQL. Every check runs (status codes, content types, headers, response schemas,
 schema-violating requests rejected, auth, resource lifecycles) plus one of ours: no response
 carries another tenant's id. The server's own access log is the independent count: zero 5xx,

@@ -39,7 +39,8 @@ def test_a_database_dump_holds_no_key(client: TestClient, pg_url: str) -> None:
     extra_keys = []
     for tenant in tenants:
         with session_scope(pg_url) as session:
-            _, key = accounts.create_api_key(session, account_id=tenant.account_id, name="ci", pepper="")
+            _, key = accounts.create_api_key(session, account_id=tenant.account_id, name="ci",
+                                             pepper="")
         extra_keys.append(key)
     for tenant in tenants:
         # Used: last_used_at, files, an idempotent create (its stored response), the ledger.

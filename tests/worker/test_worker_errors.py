@@ -1,4 +1,5 @@
-"""How a job's exceptions become its `error` (the codes of docs/user-guide.md; never a stack trace)."""
+"""How a job's exceptions become its `error` (the codes of docs/user-guide.md; never a
+stack trace)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,14 @@ from sqlalchemy import select
 from app.db.models import ContinualRun, JobEvent, LedgerTransaction, OutboxMessage
 from app.domain.job_state import ErrorCode, JobStatus
 from app.services import leases
-from tests.factories import TEST_SETTINGS, account_row, insert_continual_run, insert_job, job_row, make_account
+from tests.factories import (
+    PRICES,
+    account_row,
+    insert_continual_run,
+    insert_job,
+    job_row,
+    make_account,
+)
 from app.services.job_lifecycle import finish_job as finish
 from app.services.job_lifecycle import job_error
 
@@ -18,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 
 def finish_job(session, **kwargs) -> bool:
-    return finish(session, prices=TEST_SETTINGS.prices_micros_per_mtok, **kwargs)
+    return finish(session, prices=PRICES, **kwargs)
 
 
 def _claim(tx, job_id: str) -> int:

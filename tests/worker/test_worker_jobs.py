@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from app.db.models import Artifact, Checkpoint, Job, LedgerTransaction
 from app.domain.pricing import price_micros
 from app.storage.factory import open_store
-from tests.factories import TEST_SETTINGS, make_account
+from tests.factories import PRICES, make_account
 from tests.worker.stack import MODEL_ID, TERMINAL, wait_for
 
 pytestmark = pytest.mark.integration
@@ -125,7 +125,8 @@ def test_cancel_while_running_stops_within_a_heartbeat_and_bills_trained_tokens(
     assert job.trained_tokens == last.data["trained_tokens"]
     captures = stack.captures(job_id)
     assert len(captures) == 1
-    assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens, prices=TEST_SETTINGS.prices_micros_per_mtok) < held_before
+    assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens,
+                                           prices=PRICES) < held_before
     keys = [e.dedupe_key for e in stack.events(job_id)]
     assert keys[-1] == f"status:cancelled:{job.attempt}"
 
@@ -190,7 +191,7 @@ def test_a_job_stops_at_its_budget_and_still_delivers_the_adapter(worker_stack) 
     assert job.token_budget == 300 and job.stop_reason == "budget"
     assert 0 < job.trained_tokens <= job.token_budget
     assert 1 <= len(stack.step_losses(job_id)) < 12
-    assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens, prices=TEST_SETTINGS.prices_micros_per_mtok) <= 30
+    assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens, prices=PRICES) <= 30
     assert "budget_stop" in [e.dedupe_key for e in stack.events(job_id)]
     with stack.session() as s:
         names = set(s.scalars(select(Artifact.name).where(Artifact.owner_id == job_id)))

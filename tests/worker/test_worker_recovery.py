@@ -18,12 +18,13 @@ from app.domain.pricing import price_micros
 from app.db.base import db_now
 from app.storage.factory import open_store
 from tests.worker.stack import MODEL_ID, TERMINAL, wait_for
-from tests.factories import TEST_SETTINGS
+from tests.factories import PRICES
 
 pytestmark = pytest.mark.integration
 
 class OwnerlessSampler:
-    """Samples how long the job has been `running` since its last heartbeat (the "stuck in running" audit)."""
+    """Samples how long the job has been `running` since its last heartbeat (the "stuck in
+    running" audit)."""
 
     def __init__(self, stack, job_id: str) -> None:
         self.stack, self.job_id = stack, job_id
@@ -99,7 +100,7 @@ def test_kill_9_mid_job_resumes_from_the_checkpoint_with_the_same_losses(worker_
     # Billed once, for each trained step once.
     assert stack.job(reference).trained_tokens == job.trained_tokens
     assert len(stack.captures(job_id)) == 1
-    assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens, prices=TEST_SETTINGS.prices_micros_per_mtok)
+    assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens, prices=PRICES)
 
     # Never `running` without a live owner for longer than lease + one reaper interval
     # (plus scheduling slack on a loaded two-core machine).

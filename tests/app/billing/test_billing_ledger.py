@@ -15,9 +15,13 @@ from app.domain.job_state import JobStatus
 from app.services import billing
 from app.services.job_status import transition_job
 from tests.billing_support import admit
-from tests.factories import TEST_SETTINGS
+from tests.factories import PRICES, RUNS_PER_DAY
 
 MODEL = "mistral-7b-v0.3"  # 500_000 micros per 1M tokens
+
+
+def free_runs(session, **at):  # noqa: ANN001, ANN201 - quotas.snapshot at the settings' limit
+    return quotas.snapshot(session, runs_per_day=RUNS_PER_DAY, **at)
 
 
 def postings(session: Session, job_id: str) -> dict[str, int]:
@@ -42,7 +46,7 @@ def finish(session: Session, job_id: str, status: JobStatus, trained: int,
     assert transition_job(session, job_id=job_id, to=JobStatus.RUNNING, expected=[JobStatus.QUEUED])
     assert transition_job(session, job_id=job_id, to=status, expected=[JobStatus.RUNNING],
                           values={"trained_tokens": trained, "error": error})
-    billing.settle_job(session, job_id=job_id, prices=TEST_SETTINGS.prices_micros_per_mtok)
+    billing.settle_job(session, job_id=job_id, prices=PRICES)
 
 
 def test_add_credit_is_double_entry(pg_session: Session, make_account) -> None:
@@ -71,12 +75,12 @@ def test_success_captures_trained_tokens_and_releases_rest(pg_session, make_acco
 
     finish(pg_session, job.id, JobStatus.SUCCEEDED, trained=3_000_001)
     acct = pg_session.get(Account, account_id, populate_existing=True)
-    cost = price_micros(MODEL, 3_000_001, prices=TEST_SETTINGS.prices_micros_per_mtok)
+    cost = price_micros(MODEL, 3_000_001, prices=PRICES)
     assert cost == 1_500_001
     assert (acct.credit_available_micros, acct.credit_held_micros) == (10_000_000 - cost, 0)
     assert pg_session.get(Job, job.id, populate_existing=True).cost_micros == cost
     for _ in range(3):  # replays are no-ops
-        billing.settle_job(pg_session, job_id=job.id, prices=TEST_SETTINGS.prices_micros_per_mtok)
+        billing.settle_job(pg_session, job_id=job.id, prices=PRICES)
     assert postings(pg_session, job.id) == {"hold": 1, "capture": 1, "release": 1}
     assert pg_session.get(Account, account_id, populate_existing=True).credit_available_micros == 10_000_000 - cost
     assert billing.reconcile(pg_session, account_id).ok
@@ -135,7 +139,7 @@ def test_settle_refuses_a_live_job(pg_session, make_account, make_job):
     account_id = make_account("pro", credit_micros=10_000_000)
     job = new_pro_job(pg_session, make_job, account_id, tokens=1000)
     with pytest.raises(ValueError):
-        billing.settle_job(pg_session, job_id=job.id, prices=TEST_SETTINGS.prices_micros_per_mtok)
+        billing.settle_job(pg_session, job_id=job.id, prices=PRICES)
 
 
 def test_free_job_moves_no_money(pg_session, make_account, make_job):
@@ -163,7 +167,7 @@ def test_full_lifecycle_on_sqlite(sqlite_url, make_job) -> None:
         with pytest.raises(InsufficientCredit), session.begin_nested():
             new_pro_job(session, make_job, account.id, tokens=4_000_002)
         finish(session, job.id, JobStatus.CANCELLED, trained=1_000_000)
-        billing.settle_job(session, job_id=job.id, prices=TEST_SETTINGS.prices_micros_per_mtok)
+        billing.settle_job(session, job_id=job.id, prices=PRICES)
         session.commit()
         assert postings(session, job.id) == {"hold": 1, "capture": 1, "release": 1}
         row = session.get(Account, account.id, populate_existing=True)
@@ -191,7 +195,7 @@ def test_free_run_given_back_only_when_nothing_was_used(
     job = make_job(pg_session, account_id=account_id, model="tinyllama-1.1b-chat", queue="small")
     admit(pg_session, account_id=account_id, model="tinyllama-1.1b-chat",
           estimated_tokens=1000, source_id=job.id)
-    assert quotas.snapshot(pg_session, account_id=account_id, runs_per_day=TEST_SETTINGS.free_runs_per_day).remaining == 2
+    assert free_runs(pg_session, account_id=account_id).remaining == 2
     if started:
         assert transition_job(pg_session, job_id=job.id, to=JobStatus.RUNNING,
                               expected=[JobStatus.QUEUED], values={"started_at": utcnow()})
@@ -199,7 +203,7 @@ def test_free_run_given_back_only_when_nothing_was_used(
                           expected=[JobStatus.RUNNING if started else JobStatus.QUEUED],
                           values={"error": error})
     for _ in range(3):  # replayed settlements give the run back at most once
-        billing.settle_job(pg_session, job_id=job.id, prices=TEST_SETTINGS.prices_micros_per_mtok)
-    remaining = quotas.snapshot(pg_session, account_id=account_id, runs_per_day=TEST_SETTINGS.free_runs_per_day).remaining
+        billing.settle_job(pg_session, job_id=job.id, prices=PRICES)
+    remaining = free_runs(pg_session, account_id=account_id).remaining
     assert remaining == (3 if refunded else 2)
     assert postings(pg_session, job.id).get("run_refund", 0) == (1 if refunded else 0)

@@ -12,9 +12,13 @@ from app.db.session import get_sessionmaker
 from app.domain.errors import InvalidRequest, QuotaExceeded
 from app.services import accounts, admission, quotas
 from tests.billing_support import admit
-from tests.factories import TEST_SETTINGS
+from tests.factories import RUNS_PER_DAY, TEST_SETTINGS
 
 NOON = datetime(2031, 5, 6, 12, 0, tzinfo=UTC)
+
+
+def free_runs(session, **at):  # noqa: ANN001, ANN201 - quotas.snapshot at the settings' limit
+    return quotas.snapshot(session, runs_per_day=RUNS_PER_DAY, **at)
 
 
 def admit_free(session: Session, make_job, account_id: str, now: datetime,
@@ -37,7 +41,7 @@ def check_daily_quota(session: Session, make_job, account_id: str) -> None:
     assert error.headers["x-quota-runs-reset"] == str(int((NOON + timedelta(hours=12)).timestamp()))
     # The next UTC day starts over.
     tomorrow = NOON + timedelta(days=1)
-    assert quotas.snapshot(session, account_id=account_id, now=tomorrow, runs_per_day=TEST_SETTINGS.free_runs_per_day).remaining == 3
+    assert free_runs(session, account_id=account_id, now=tomorrow).remaining == 3
     assert admit_free(session, make_job, account_id, tomorrow).quota.remaining == 2
     assert session.get(Account, account_id, populate_existing=True).runs_used == 1
 
@@ -58,7 +62,7 @@ def test_rollback_gives_the_run_back(pg_factory, make_account, make_job) -> None
         admit_free(session, make_job, account_id, NOON)
         session.rollback()
     with pg_factory() as session:
-        assert quotas.snapshot(session, account_id=account_id, now=NOON, runs_per_day=TEST_SETTINGS.free_runs_per_day).remaining == 3
+        assert free_runs(session, account_id=account_id, now=NOON).remaining == 3
 
 
 def test_plan_rules(pg_session, make_account, make_job) -> None:
@@ -69,9 +73,9 @@ def test_plan_rules(pg_session, make_account, make_job) -> None:
     with pytest.raises(InvalidRequest) as info:
         admit_free(pg_session, make_job, free, NOON, model="gpt-17")
     assert info.value.code == "model_not_found"
-    assert quotas.snapshot(pg_session, account_id=free, now=NOON, runs_per_day=TEST_SETTINGS.free_runs_per_day).remaining == 3
+    assert free_runs(pg_session, account_id=free, now=NOON).remaining == 3
     pro = make_account("pro")
-    assert quotas.snapshot(pg_session, account_id=pro, runs_per_day=TEST_SETTINGS.free_runs_per_day) is None
+    assert free_runs(pg_session, account_id=pro) is None
     assert quotas.running_limit("free") == quotas.FREE_RUNNING_LIMIT == 1
     assert quotas.running_limit("pro") is None
     with pytest.raises(InvalidRequest) as info:
@@ -99,6 +103,7 @@ def test_preview_reserves_nothing(pg_session, make_account) -> None:
                               estimated_tokens=[2_000_001], settings=TEST_SETTINGS)
     assert not short.allowed and short.reason == "insufficient_credit"
     capped = admission.preview(pg_session, account_id=pro, model="mistral-7b-v0.3",
-                               estimated_tokens=[9_000_000], max_cost_micros=500_000, settings=TEST_SETTINGS)
+                               estimated_tokens=[9_000_000], max_cost_micros=500_000,
+                               settings=TEST_SETTINGS)
     assert capped.allowed and capped.terms.token_budget == 1_000_000
     assert pg_session.get(Account, pro, populate_existing=True).credit_held_micros == 0

@@ -17,7 +17,7 @@ from app.domain.job_state import JobStatus
 from app.services import accounts, billing
 from app.services.job_status import transition_job
 from app.settings import Settings
-from tests.factories import TEST_SETTINGS
+from tests.factories import PRICES
 
 CHAT = {"messages": [{"role": "user", "content": "What is the capital of France?"},
                      {"role": "assistant", "content": "Paris is the capital of France."}]}
@@ -108,7 +108,7 @@ def test_pro_hold_capture_ledger_and_usage(client: TestClient, pg_url: str) -> N
         transition_job(session, job_id=job_id, to=JobStatus.RUNNING, expected=[JobStatus.QUEUED])
         transition_job(session, job_id=job_id, to=JobStatus.SUCCEEDED,
                        expected=[JobStatus.RUNNING], values={"trained_tokens": 1000})
-        billing.settle_job(session, job_id=job_id, prices=TEST_SETTINGS.prices_micros_per_mtok)
+        billing.settle_job(session, job_id=job_id, prices=PRICES)
         session.commit()
     balance = client.get("/v1/billing/balance", headers=headers).json()
     assert balance == {**balance, "available_micros": 999_500, "held_micros": 0,
