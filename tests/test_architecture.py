@@ -55,3 +55,26 @@ def test_a_layer_violation_breaks_it(tmp_path: Path) -> None:
     result = lint_imports(tree)
     assert result.returncode != 0
     assert "worker is not allowed to import app.db" in result.stdout
+
+
+def writes_job_status(text: str) -> bool:
+    """An UPDATE of the jobs table that sets `status`, or `job.status = ...` on a row."""
+    import re
+
+    update = re.compile(r"update\((?:Job|_jobs|Job\.__table__)\)(.{0,600}?)\.values\(([^)]*)",
+                        re.S)
+    return (any("status" in values for _, values in update.findall(text))
+            or re.search(r"\bjob\.status\s*=[^=]", text) is not None)
+
+
+def test_one_writer_of_a_jobs_status() -> None:
+    """Only `transition_job` (app/services/job_status.py) changes a job's status."""
+    sources = sorted((ROOT / "app").rglob("*.py")) + sorted((ROOT / "worker").rglob("*.py"))
+    writers = [str(path.relative_to(ROOT)) for path in sources
+               if path.name != "job_status.py" and writes_job_status(path.read_text())]
+    assert writers == []
+    transition = (ROOT / "app" / "services" / "job_status.py").read_text()
+    assert '"status": to.value' in transition and "update(Job)" in transition
+    assert writes_job_status("update(Job).where(Job.id == x).values(status='running')")
+    assert writes_job_status("    job.status = 'failed'\n")
+    assert not writes_job_status("update(Job).where(Job.status == 'running').values(a=1)")

@@ -110,7 +110,7 @@ def test_cancel_while_running_stops_within_a_heartbeat_and_bills_trained_tokens(
         held_before = s.scalar(select(Job.hold_micros).where(Job.id == job_id))
     wait_for(lambda: stack.last_step(job_id) >= 5, 60, what="step 5")
     with stack.session() as s:
-        cancel_job(s, account_id=account_id, job_id=job_id)
+        cancel_job(s, account_id=account_id, job_id=job_id, settings=stack.settings)
     requested = time.monotonic()
     job = stack.wait_status(job_id, TERMINAL, 30)
     elapsed = time.monotonic() - requested
