@@ -10,12 +10,14 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from starlette.types import Scope
 
+from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.logs import configure_logging
 from app.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.api.openapi_links import add_links
 from app.api.rate_limit import RateLimiter
 from app.api.routes import ALL_ROUTERS, jobs
+from app.api.routes.dashboard import mount_dashboard
 from app.db.reader import open_reader
 from app.db.transactions import open_transactions
 from app.settings import Settings, get_settings
@@ -31,12 +33,14 @@ Fine-tune open models with **CRMA + LoRA** adapters. OpenAI-compatible: point th
 `openai` client's `base_url` at this server (`.../v1`).
 
 **Quick start** (Swagger): click **Authorize** and paste your API key (`sk-crma-...`, from
-`crma admin create-account`), then
+`crma admin create-account`; `crma dev` prints one), then
 
 1. `POST /v1/files` with `purpose=fine-tune` and a JSONL file (one example per line:
    `{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}`,
-   `{"prompt": "...", "completion": "..."}` or `{"text": "..."}`);
-2. `POST /v1/fine_tuning/jobs` with `{"model": "tinyllama-1.1b-chat", "training_file": "<file id>"}`;
+   `{"prompt": "...", "completion": "..."}` or `{"text": "..."}`), e.g. the repository's
+   `examples/capitals_train.jsonl` and `examples/capitals_valid.jsonl`;
+2. `POST /v1/fine_tuning/jobs`: the prefilled example trains on those two files (a file is
+   given by its id, or by filename for your newest file of that name);
 3. poll `GET /v1/fine_tuning/jobs/{job_id}` (or stream its events), then download the adapter
    from `GET /v1/fine_tuning/jobs/{job_id}/artifacts`.
 
@@ -84,8 +88,9 @@ def create_app(
         description=DESCRIPTION,
         openapi_tags=TAGS,
         generate_unique_id_function=operation_id,
-        swagger_ui_parameters={"persistAuthorization": True, "tryItOutEnabled": True},
         lifespan=_lifespan,
+        # Our own /docs and /openapi.json (app/api/docs.py): FastAPI's load a CDN.
+        docs_url=None, redoc_url=None, openapi_url=None,
     )
     app.state.settings = settings
     app.state.freeze_gc = freeze_gc
@@ -98,6 +103,8 @@ def create_app(
     for router in ALL_ROUTERS:
         _summaries_from_docstrings(router)
         app.include_router(router)
+    mount_dashboard(app)  # app/web at /dashboard
+    install_docs(app)
     install_error_handlers(app)
     _instrument(app)
     _envelope_openapi(app)

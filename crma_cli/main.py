@@ -22,6 +22,7 @@ COMMAND_MODULES = {
     "crma_cli.worker": ("worker", "reaper", "relay"),
     "crma_cli.dev": ("serve", "openapi", "migrate"),
     "crma_cli.embedded": ("dev",),
+    "crma_cli.engine": ("engine",),
 }
 
 

@@ -1,4 +1,5 @@
-"""What the training loop reports, and the hooks a caller injects (progress, stop, checkpoint)."""
+"""What the training loop reports, and the hooks a caller injects (progress, stop, checkpoint,
+memory)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ from typing import Any
 
 @dataclass(frozen=True)
 class StepMetrics:
-    """One optimizer step. ``grad_norm`` is the global norm before clipping; ``crma`` holds
-    per-layer ``spectral_norm``, ``marginal_error`` and ``alpha`` lists (None without CRMA)."""
+    """One optimizer step. ``loss`` is the mean cross-entropy over every scored token of the
+    (effective) batch and ``mean_token_accuracy`` the share of them whose arg-max logit is
+    the target (OpenAI's ``train_loss`` / ``train_mean_token_accuracy``). ``grad_norm`` is
+    the global norm before clipping; ``crma`` holds per-layer ``spectral_norm``,
+    ``marginal_error`` and ``alpha`` lists (None without CRMA). The batch ran as
+    ``accumulation_steps`` passes of at most ``micro_batch_size`` rows."""
 
     step: int
     epoch: int
@@ -23,6 +28,10 @@ class StepMetrics:
     tokens_per_s: float
     trained_tokens: int
     crma: dict[str, Any] | None = None
+    mean_token_accuracy: float | None = None
+    scored_tokens: int = 0
+    micro_batch_size: int | None = None
+    accumulation_steps: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -30,33 +39,91 @@ class StepMetrics:
 
 @dataclass(frozen=True)
 class EvalMetrics:
-    """Validation loss (mean response-token cross-entropy) after ``step`` steps."""
+    """The whole validation file after ``step`` steps: mean response-token cross-entropy
+    and mean token accuracy (OpenAI's ``valid_loss`` / ``valid_mean_token_accuracy``).
+    ``is_best``: the lowest validation loss of the run so far."""
 
     step: int
     val_loss: float
+    val_mean_token_accuracy: float | None = None
+    is_best: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class MemoryEvent:
+    """A training pass did not fit in memory (``torch.OutOfMemoryError`` on a GPU, or over
+    ``TrainConfig.memory_budget_mb``): step ``step`` is retried from the start with
+    ``micro_batch_size`` rows per pass instead of ``previous``."""
+
+    step: int
+    previous: int
+    micro_batch_size: int
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class CheckpointMetrics:
+    """A checkpoint's metrics under OpenAI's names (``fine_tuning.job.checkpoint.metrics``).
+
+    train_*: the step that ends at the checkpoint; valid_*: the validation file scored at
+    that step (None when no evaluation ran there); full_valid_*: the final model on the
+    whole validation file (the run's last checkpoint only). ``is_best``: its valid_loss is
+    the lowest so far.
+    """
+
+    step: int
+    train_loss: float | None
+    train_mean_token_accuracy: float | None
+    valid_loss: float | None = None
+    valid_mean_token_accuracy: float | None = None
+    full_valid_loss: float | None = None
+    full_valid_mean_token_accuracy: float | None = None
+    is_best: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckpointMetrics:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass
 class TrainCallbacks:
     """Optional hooks. ``should_stop`` is polled before every step and returns a reason
     (e.g. "cancelled", "budget") to stop cleanly; ``on_checkpoint(step, directory)`` gets a
-    freshly written checkpoint directory that is deleted after the call returns."""
+    freshly written checkpoint directory that is deleted after the call returns (its
+    ``checkpoint_metrics.json`` holds the CheckpointMetrics); ``on_memory`` hears of every
+    micro-batch halving after an out-of-memory pass."""
 
     on_step: Callable[[StepMetrics], None] | None = None
     on_eval: Callable[[EvalMetrics], None] | None = None
     should_stop: Callable[[], str | None] | None = None
     on_checkpoint: Callable[[int, Path], None] | None = None
+    on_memory: Callable[[MemoryEvent], None] | None = None
 
 
 STOP_REASONS = ("completed", "cancelled", "budget", "max_steps")
+CHECKPOINT_METRICS = "checkpoint_metrics.json"  # in every checkpoint directory
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """How a ``Recipe.train()`` call ended. Losses are None when never measured."""
+    """How a ``Recipe.train()`` call ended. Losses are None when never measured.
+
+    full_valid_*: the final model on the whole validation file (OpenAI's names);
+    full_valid_loss_lora_only: the same with CRMA switched off, i.e. what loading the LoRA
+    alone in peft gives (None without CRMA). best_*: the evaluation with the lowest
+    validation loss (``Recipe.export_artifacts`` writes those weights under ``best/`` when
+    they are not the final ones). train_seconds: wall time of the training loop.
+    """
 
     stop_reason: str
     steps: int
@@ -65,6 +132,14 @@ class TrainResult:
     final_val_loss: float | None
     peak_grad_norm: float | None
     mean_grad_norm: float | None
+    final_train_mean_token_accuracy: float | None = None
+    full_valid_loss: float | None = None
+    full_valid_mean_token_accuracy: float | None = None
+    full_valid_loss_lora_only: float | None = None
+    best_step: int | None = None
+    best_valid_loss: float | None = None
+    micro_batch_size: int | None = None
+    train_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

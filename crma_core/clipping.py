@@ -1,6 +1,6 @@
-"""Gradient clipping: ZClip (adaptive, z-score on an EMA of the norm) and plain max-norm.
+"""Gradient clipping: ZClip (adaptive, z-score on an EMA of the norm), plain max-norm, or none.
 
-Both clip in place over a list of parameters and return the global L2 gradient norm
+Each clips in place over a list of parameters and return the global L2 gradient norm
 *before* clipping (the number to log) and whether clipping happened. Their state is a small
 dict of floats so checkpoints stay JSON.
 """
@@ -49,6 +49,19 @@ class MaxNormClip:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.max_grad_norm = float(state["max_grad_norm"])
+
+
+class NoClip:
+    """No clipping; the norm is still measured (for the metrics and the non-finite check)."""
+
+    def clip(self, params: list[torch.nn.Parameter]) -> tuple[float, bool]:
+        return grad_norm(params), False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "none"}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 @dataclass
@@ -132,12 +145,14 @@ class ZClip:
         self.buffer = [float(x) for x in state["buffer"]]
 
 
-def make_clipper(kind: str, max_grad_norm: float | None) -> ZClip | MaxNormClip:
-    """"zclip" (default recipe) or "max_norm"."""
+def make_clipper(kind: str, max_grad_norm: float | None) -> ZClip | MaxNormClip | NoClip:
+    """"zclip" (default recipe), "max_norm" or "none"."""
     if kind == "zclip":
         return ZClip(max_grad_norm=max_grad_norm)
     if kind == "max_norm":
         if max_grad_norm is None:
             raise ValueError("max_norm clipping needs max_grad_norm")
         return MaxNormClip(max_grad_norm)
-    raise ValueError(f"clip must be 'zclip' or 'max_norm', got {kind!r}")
+    if kind == "none":
+        return NoClip()
+    raise ValueError(f"clip must be 'zclip', 'max_norm' or 'none', got {kind!r}")

@@ -8,10 +8,17 @@ every token counts for ``text`` data):
     state_in (None for the first domain) --run_stage(domain)--> state_out
 
 - modular: domain t gets a fresh LoRA ``d<t>``; the one CRMA keeps training through every
-  domain; domain i is scored with LoRA i + the current CRMA.
+  domain; row t scores domain i with LoRA i + the current (shared) CRMA. Each domain is
+  served by its LoRA and one CRMA snapshot chosen under the run's drift budget
+  (``crma_core.serving``): the shared CRMA where it stays within the budget, else the state
+  it was served with before (at first, the CRMA its own stage ended with: drift 0).
 - frozen: domain t gets a fresh LoRA ``d<t>``; no CRMA in the forward pass; domain i is
   scored with LoRA i alone (its drift is 0 by construction).
 - naive: one LoRA (``shared``) keeps training through every domain; no CRMA.
+
+With ``baseline`` a stage also trains a plain LoRA ``b<t>`` (CRMA off): what frozen mode
+trains for that domain, so the report has frozen's losses within the run. With a general
+holdout (text of no domain), every served adapter is also scored on it against the base.
 
 While domain t trains, only its LoRA (plus the CRMA in modular mode) is in the forward pass
 and in the optimizer, so earlier LoRAs stay bit-for-bit unchanged. Everything random in a
@@ -47,36 +54,30 @@ from crma_core.checkpoint import (
     settings_difference,
 )
 from crma_core.clipping import make_clipper
-from crma_core.continual_state import (CRMA_DIR, HOLDOUTS_DIR, LORAS_DIR, OPTIMIZER_POLICY,
-                                       REPORT_FILE, STATE_FILE, STATE_FORMAT, STATE_VERSION,
+from crma_core.continual_state import (CRMA_DIR, GENERAL_HOLDOUT, HOLDOUTS_DIR, LORAS_DIR,
                                        ContinualConfig, DomainSpec, adapter_name,
-                                       base_model_identity, begin_state_dir, finish_state_dir,
-                                       holdout_path, load_lora, read_state, save_lora)
-from crma_core.data import eval_batches, load_examples, pack_examples
-from crma_core.drift import continual_report
+                                       base_model_identity, crma_state_dir, holdout_path,
+                                       load_lora, read_state)
+from crma_core.data import load_examples, pack_examples
 from crma_core.errors import CheckpointError, ConfigError
-from crma_core.io import load_crma_into, save_crma, sha256_file, write_json
+from crma_core.io import load_crma_into, sha256_file
 from crma_core.loop import LoopPlan, LoopState, evaluate_loss, run_evaluation, train_loop
 from crma_core.optim import make_optimizer
 from crma_core.recipe import BuiltModel, build_model, lora_config, optimizer_groups
+from crma_core.serving import choose_serving
+from crma_core.continual_output import StageOutput, clone_crma
+from crma_core.continual_scoring import FINISHED, StageScoring, stage_seed
 
 __all__ = ["ContinualConfig", "DomainSpec", "StageResult", "ContinualRunner", "run_stage",
            "run_continual", "stage_seed"]
 
-# Stop reasons after which a stage is complete: the domain is scored and the state written.
-FINISHED = ("completed", "max_steps", "budget")
-
-
-def stage_seed(seed: int, index: int) -> int:
-    """The seed of stage ``index`` of a run with seed ``seed`` (LoRA init, data order)."""
-    return seed * 100_003 + index
-
-
 @dataclass
 class StageResult:
     """How one domain's stage ended. ``row`` (L[index][i] for i ≤ index), ``report``
-    (``crma_core.drift.continual_report`` of the matrix so far) and ``state_dir`` are None
-    when the stage stopped before finishing (``stop_reason`` not in FINISHED)."""
+    (``crma_core.drift.continual_report`` of the run so far) and ``state_dir`` are None
+    when the stage stopped before finishing (``stop_reason`` not in FINISHED).
+    ``trained_tokens`` are the run's own; ``baseline_trained_tokens`` those of the baseline
+    LoRA trained alongside (``ContinualConfig.baseline``; 0 without), billed apart."""
 
     index: int
     domain: str
@@ -92,6 +93,9 @@ class StageResult:
     state_dir: Path | None = None
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
+    baseline_trained_tokens: int = 0
+    baseline_loss: float | None = None
+    baseline_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -105,26 +109,37 @@ class StageResult:
                 "final_train_loss": self.final_train_loss,
                 "peak_grad_norm": self.peak_grad_norm, "mean_grad_norm": self.mean_grad_norm,
                 "base_loss": self.base_loss, "row": self.row,
+                "baseline_trained_tokens": self.baseline_trained_tokens,
+                "baseline_loss": self.baseline_loss,
                 "train_seconds": round(self.train_seconds, 3),
-                "eval_seconds": round(self.eval_seconds, 3)}
+                "eval_seconds": round(self.eval_seconds, 3),
+                "baseline_seconds": round(self.baseline_seconds, 3)}
 
 
-class ContinualRunner:
-    """A continual run in memory: the base model with every domain's LoRA (and the CRMA).
+class ContinualRunner(StageScoring, StageOutput):
+    """A continual run in memory: the base model with every domain's LoRA (and the CRMA with
+    the snapshots that serve earlier domains).
 
-    ``ContinualRunner(model_dir=..., config=...)`` starts a run; ``from_state`` continues one
-    from a state directory. ``train_domain`` runs one stage, ``save_state`` writes the state
-    directory, ``close`` frees the model and temporary files.
+    ``ContinualRunner(model_dir=..., config=..., general_holdout=...)`` starts a run;
+    ``from_state`` continues one from a state directory. ``train_domain`` runs one stage,
+    ``save_state`` writes the state directory, ``close`` frees the model and temporary files.
+    ``general_holdout`` (JSONL, text of none of the domains) is read by the first stage and
+    kept in the state; without it the report has no general-retention figures.
     """
 
-    def __init__(self, *, model_dir: Path, config: ContinualConfig):
+    def __init__(self, *, model_dir: Path, config: ContinualConfig,
+                 general_holdout: Path | None = None):
         self.model_dir = Path(model_dir)
         self.config = config
         self.built: BuiltModel | None = None
         self.domains: list[dict[str, Any]] = []  # state.json "domains" entries
         self.matrix: list[list[float]] = []
+        self.served: list[list[int]] = []  # modular: serving stage of each domain, per stage
+        self.snapshots: dict[int, dict[str, torch.Tensor]] = {}  # CRMA after stage k
+        self.general: dict[str, Any] | None = None  # {"holdout", "sha256", "base_loss"}
+        self._general_source = Path(general_holdout) if general_holdout else None
         self._workdir = Path(tempfile.mkdtemp(prefix="crma-continual-"))
-        self._holdouts: dict[str, list] = {}  # adapter -> eval batches
+        self._holdouts: dict[str, list] = {}  # key -> eval batches
         self._broken: str | None = None
 
     # -- loading ---------------------------------------------------------------------------
@@ -153,20 +168,31 @@ class ContinualRunner:
 
     def _load(self, state_dir: Path, state: dict[str, Any]) -> None:
         adapters = list(dict.fromkeys(e["adapter"] for e in state["domains"]))
+        adapters += [e["baseline"]["adapter"] for e in state["domains"] if e.get("baseline")]
         self._build(adapters[0], seed=stage_seed(self.config.seed, 0))
         model = self.built.model
         for adapter in adapters:
             if adapter not in model.peft_config:
                 model.add_adapter(adapter, lora_config(self.config.lora))
             load_lora(model, adapter, state_dir / LORAS_DIR / adapter)
-        if self.built.crma is not None:
-            load_crma_into(self.built.crma, state_dir / CRMA_DIR)
-        for entry in state["domains"]:
-            copy = self._workdir / entry["holdout"]
+        copies = [(e["holdout"], holdout_path(state_dir, e)) for e in state["domains"]]
+        if state.get("general"):
+            copies.append((GENERAL_HOLDOUT, holdout_path(state_dir, state["general"])))
+            self.general = dict(state["general"])
+        for relative, source in copies:
+            copy = self._workdir / relative
             copy.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(holdout_path(state_dir, entry), copy)
-            self.domains.append(dict(entry))
+            shutil.copy2(source, copy)
+        self.domains = [dict(entry) for entry in state["domains"]]
         self.matrix = [list(row) for row in state["matrix"]]
+        self.served = [list(row) for row in state.get("served") or []]
+        crma = self.built.crma
+        if crma is not None:
+            for k in state.get("crma_states") or []:
+                load_crma_into(crma, state_dir / crma_state_dir(k))
+                self.snapshots[k] = clone_crma(crma)
+            load_crma_into(crma, state_dir / CRMA_DIR)
+            self.snapshots[len(self.domains) - 1] = clone_crma(crma)
 
     def _build(self, first_adapter: str, *, seed: int) -> None:
         cfg = self.config.train
@@ -187,7 +213,9 @@ class ContinualRunner:
         stopped by ``should_stop`` returns its result without scoring (after one more
         checkpoint through ``on_checkpoint`` if the reason is in ``checkpoint_on_stop``, e.g.
         a worker's warm shutdown); the runner can then only be closed (the stage continues
-        from its checkpoint in a new runner).
+        from its checkpoint in a new runner). The baseline LoRA trains after the domain's
+        own LoRA and is not checkpointed: a stop during it checkpoints the finished main
+        phase, and the resumed stage trains the baseline again from its start.
         """
         if self._broken:
             raise RuntimeError(f"this runner cannot continue: {self._broken}")
@@ -199,6 +227,10 @@ class ContinualRunner:
         holdout_copy = self._workdir / HOLDOUTS_DIR / f"d{index}.jsonl"
         holdout_copy.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(domain.holdout_file, holdout_copy)
+        if index == 0 and self._general_source is not None:
+            general_copy = self._workdir / GENERAL_HOLDOUT
+            shutil.copy2(self._general_source, general_copy)
+            self.general = {"holdout": GENERAL_HOLDOUT, "holdout_sha256": sha256_file(general_copy)}
         self._prepare_model(index, adapter)
         tokenizer = self.built.tokenizer
         rows, _ = load_examples(Path(domain.train_file), tokenizer, max_seq_len=cfg.max_seq_len)
@@ -207,18 +239,14 @@ class ContinualRunner:
         model, crma = self.built.model, self.built.crma
 
         base_loss = self._base_loss(holdout) if self.config.score_base else None
+        if self.general is not None and "base_loss" not in self.general:
+            self.general["base_loss"] = self._base_loss(self._general_batches())
         self._activate(adapter, trainable=True)
         optimizer = make_optimizer(**optimizer_groups(model, crma), lr_main=cfg.lr_main,
-                                   lr_mix=cfg.lr_mix, lr_gate=cfg.lr_gate,
+                                   lr_rw=cfg.lr_rw, lr_mix=cfg.lr_mix, lr_gate=cfg.lr_gate,
                                    weight_decay=cfg.weight_decay)
         clipper = make_clipper(cfg.clip, cfg.max_grad_norm)
-        plan = LoopPlan(epochs=cfg.epochs, batch_size=cfg.batch_size,
-                        seed=stage_seed(self.config.seed, index), pad_id=tokenizer.pad_token_id,
-                        max_steps=cfg.max_steps, token_budget=cfg.token_budget,
-                        eval_every=cfg.eval_every,
-                        checkpoint_every_steps=cfg.checkpoint_every_steps,
-                        checkpoint_every_seconds=cfg.checkpoint_every_seconds,
-                        lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps)
+        plan = self._plan(index)
         run_settings = {"continual": {"stage": index, "domain": domain.name,
                                       "config": self.config.fixed_part()}}
         state = LoopState()
@@ -254,30 +282,75 @@ class ContinualRunner:
             base_loss=base_loss, row=None, report=None, train_seconds=train_seconds,
             history=state.history)
         if reason not in FINISHED:
-            if reason in checkpoint_on_stop and callbacks.on_checkpoint and state.step:
-                checkpoint(state)
-            self._broken = f"stage {index} stopped ({reason}) before finishing"
-            return result
-        del optimizer
+            return self._stopped(result, reason, state, checkpoint, callbacks,
+                                 checkpoint_on_stop)
 
         started = time.perf_counter()
         row = [self._score(i) for i in range(index + 1)]
         if cfg.eval_every and state.last_eval_step != state.step:
             run_evaluation(lambda: row[index], state, callbacks)  # the final validation loss
         self._activate(adapter, trainable=False)
+        serving = self._serving(row)
+        general = self._general_losses(index, serving)
         result.eval_seconds = time.perf_counter() - started
+
+        baseline = None
+        if self.config.baseline:
+            baseline = self._train_baseline(index, rows, holdout, callbacks, result)
+            if baseline is None:
+                return self._stopped(result, result.stop_reason, state, checkpoint, callbacks,
+                                     checkpoint_on_stop)
+        del optimizer
+        self._commit(index, domain, adapter, holdout_copy, base_loss, row, serving, general,
+                     baseline)
+        result.row = row
+        result.report = self.report()
+        self.domains[-1]["stage"] = result.summary()
+        return result
+
+    def _plan(self, index: int) -> LoopPlan:
+        cfg = self.config.train
+        return LoopPlan(epochs=cfg.epochs, batch_size=cfg.batch_size,
+                        seed=stage_seed(self.config.seed, index),
+                        pad_id=self.built.tokenizer.pad_token_id, max_steps=cfg.max_steps,
+                        token_budget=cfg.token_budget, eval_every=cfg.eval_every,
+                        checkpoint_every_steps=cfg.checkpoint_every_steps,
+                        checkpoint_every_seconds=cfg.checkpoint_every_seconds,
+                        lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps)
+
+    def _stopped(self, result: StageResult, reason: str, state: LoopState, checkpoint,
+                 callbacks: TrainCallbacks, checkpoint_on_stop: Collection[str]) -> StageResult:
+        if reason in checkpoint_on_stop and callbacks.on_checkpoint and state.step:
+            checkpoint(state)
+        self._broken = f"stage {result.index} stopped ({reason}) before finishing"
+        return result
+
+    def _serving(self, row: list[float]) -> list[int] | None:
+        """Modular: which CRMA snapshot serves each domain after this stage's row."""
+        if self.built.crma is None:
+            return None
+        return choose_serving(self.matrix + [row], self.served[-1] if self.served else None,
+                              self.config.drift_budget_pct)
+
+    def _commit(self, index: int, domain: DomainSpec, adapter: str, holdout_copy: Path,
+                base_loss: float | None, row: list[float], serving: list[int] | None,
+                general: dict[int, float], baseline: dict[str, Any] | None) -> None:
+        """Record a finished stage: its domain entry, matrix row, serving and snapshots."""
         self.domains.append({
             "index": index, "name": domain.name, "adapter": adapter,
             "holdout": f"{HOLDOUTS_DIR}/d{index}.jsonl",
             "holdout_sha256": sha256_file(holdout_copy),
             "train_sha256": sha256_file(Path(domain.train_file)),
-            "base_loss": base_loss,
+            "base_loss": base_loss, "baseline": baseline,
         })
+        for i, loss in general.items():
+            self.domains[i]["general_loss"] = loss
         self.matrix.append(row)
-        result.row = row
-        result.report = self.report()
-        self.domains[-1]["stage"] = result.summary()
-        return result
+        if serving is not None:
+            self.served.append(serving)
+            self.snapshots[index] = clone_crma(self.built.crma)
+            keep = set(serving)
+            self.snapshots = {k: v for k, v in self.snapshots.items() if k in keep}
 
     def _prepare_model(self, index: int, adapter: str) -> None:
         """Make sure the model exists and has the adapter domain ``index`` trains."""
@@ -291,88 +364,13 @@ class ContinualRunner:
         torch.manual_seed(seed)  # the new LoRA's init depends on (seed, stage) only
         model.add_adapter(adapter, lora_config(self.config.lora))
 
-    def _eval_batches(self, key: str, path: Path) -> list:
-        if key not in self._holdouts:
-            cfg = self.config.train
-            rows, _ = load_examples(path, self.built.tokenizer, max_seq_len=cfg.max_seq_len)
-            self._holdouts[key] = eval_batches(rows, batch_size=cfg.eval_batch_size or cfg.batch_size,
-                                               pad_id=self.built.tokenizer.pad_token_id)
-        return self._holdouts[key]
-
-    def _activate(self, adapter: str, *, trainable: bool) -> None:
-        """Put only ``adapter`` in the forward pass; only its LoRA requires grad if
-        ``trainable`` (then the optimizer built from requires_grad holds it alone)."""
-        model = self.built.model
-        model.set_adapter(adapter)
-        marker = f".{adapter}."
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                param.requires_grad_(trainable and marker in name)
-
-    def _base_loss(self, batches: list) -> float:
-        """The untrained base model's loss: every LoRA and the CRMA switched off."""
-        model, crma = self.built.model, self.built.crma
-        if crma is not None:
-            crma.enabled = False
-        try:
-            with model.disable_adapter():
-                return evaluate_loss(model, batches)
-        finally:
-            if crma is not None:
-                crma.enabled = True
-
-    def _score(self, index: int) -> float:
-        """L[now][index]: domain ``index``'s holdout with its LoRA (+ the current CRMA)."""
-        entry_adapter = adapter_name(self.config.mode, index)
-        self._activate(entry_adapter, trainable=False)
-        path = self._workdir / HOLDOUTS_DIR / f"d{index}.jsonl"
-        return evaluate_loss(self.built.model, self._eval_batches(f"d{index}", path))
-
-    # -- output ------------------------------------------------------------------------------
-    def report(self) -> dict[str, Any]:
-        """``crma_core.drift.continual_report`` of the matrix so far."""
-        return continual_report(self.matrix, [d["name"] for d in self.domains],
-                                [d.get("base_loss") for d in self.domains]
-                                if self.config.score_base else None)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The JSON written as state.json."""
-        return {"format": STATE_FORMAT, "version": STATE_VERSION, "mode": self.config.mode,
-                "seed": self.config.seed, "config": self.config.to_dict(),
-                "base_model": base_model_identity(self.model_dir),
-                "optimizer_policy": OPTIMIZER_POLICY, "domains": self.domains,
-                "matrix": self.matrix}
-
-    def save_state(self, directory: Path) -> Path:
-        """Write the state directory (see crma_core.continual_state); must be new or empty."""
-        if self._broken:
-            raise RuntimeError(f"cannot save: {self._broken}")
-        if not self.domains:
-            raise RuntimeError("no domain trained yet")
-        tmp = begin_state_dir(Path(directory))
-        try:
-            model = self.built.model
-            for adapter in dict.fromkeys(d["adapter"] for d in self.domains):
-                save_lora(model, adapter, tmp / LORAS_DIR / adapter,
-                          base_model_name=self.model_dir.name)
-            if self.built.crma is not None:
-                save_crma(self.built.crma, tmp / CRMA_DIR)
-            (tmp / HOLDOUTS_DIR).mkdir()
-            for entry in self.domains:
-                shutil.copy2(self._workdir / entry["holdout"], tmp / entry["holdout"])
-            write_json(tmp / REPORT_FILE, self.report())
-            write_json(tmp / STATE_FILE, self.state_dict())
-            return finish_state_dir(tmp, Path(directory))
-        except Exception:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
     def close(self) -> None:
         """Unhook CRMA, drop the model, delete temporary files."""
         if self.built is not None and self.built.crma is not None:
             self.built.crma.remove()
         self.built = None
         self._holdouts.clear()
+        self.snapshots.clear()
         shutil.rmtree(self._workdir, ignore_errors=True)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -380,10 +378,11 @@ class ContinualRunner:
 
 def run_stage(state_in: Path | None, domain: DomainSpec, state_out: Path, *, model_dir: Path,
               config: ContinualConfig | None = None, callbacks: TrainCallbacks | None = None,
-              resume_from: Path | None = None,
-              checkpoint_on_stop: Collection[str] = ()) -> StageResult:
-    """Add one domain to a run: load ``state_in`` (None starts the run with ``config``),
-    train and score ``domain``, write ``state_out`` when the stage finishes.
+              resume_from: Path | None = None, checkpoint_on_stop: Collection[str] = (),
+              general_holdout: Path | None = None) -> StageResult:
+    """Add one domain to a run: load ``state_in`` (None starts the run with ``config`` and,
+    optionally, ``general_holdout``), train and score ``domain``, write ``state_out`` when
+    the stage finishes.
 
     What a worker calls for one stage job. The result equals what the same domain gives
     as part of a one-process ``run_continual`` over all domains.
@@ -391,8 +390,12 @@ def run_stage(state_in: Path | None, domain: DomainSpec, state_out: Path, *, mod
     if state_in is None:
         if config is None:
             raise ConfigError("the first stage needs a ContinualConfig")
-        runner = ContinualRunner(model_dir=model_dir, config=config)
+        runner = ContinualRunner(model_dir=model_dir, config=config,
+                                 general_holdout=general_holdout)
     else:
+        if general_holdout is not None:
+            raise ConfigError("the general holdout is fixed by the first stage (kept in the "
+                              "state); later stages take none")
         runner = ContinualRunner.from_state(Path(state_in), model_dir=model_dir, config=config)
     try:
         result = runner.train_domain(domain, callbacks=callbacks, resume_from=resume_from,
@@ -405,11 +408,11 @@ def run_stage(state_in: Path | None, domain: DomainSpec, state_out: Path, *, mod
 
 
 def run_continual(domains: list[DomainSpec], *, model_dir: Path, config: ContinualConfig,
-                  state_root: Path | None = None,
-                  callbacks: TrainCallbacks | None = None) -> list[StageResult]:
+                  state_root: Path | None = None, callbacks: TrainCallbacks | None = None,
+                  general_holdout: Path | None = None) -> list[StageResult]:
     """Train every domain in order in one process; with ``state_root``, also write the state
     after each domain to ``state_root/stage-<t>``. Stops early if a stage does not finish."""
-    runner = ContinualRunner(model_dir=model_dir, config=config)
+    runner = ContinualRunner(model_dir=model_dir, config=config, general_holdout=general_holdout)
     results = []
     try:
         for t, domain in enumerate(domains):
@@ -422,4 +425,3 @@ def run_continual(domains: list[DomainSpec], *, model_dir: Path, config: Continu
         return results
     finally:
         runner.close()
-

@@ -10,10 +10,16 @@ A state directory is everything needed to add the next domain later, on another 
                                   one LoRA per domain (adapters d0, d1, ...; modular and
                                   frozen) or the one LoRA (adapter "shared"; naive), in PEFT's
                                   on-disk format
-  crma/crma.safetensors, crma/crma_config.json     the current CRMA (modular only)
-  holdouts/<adapter>.jsonl        a copy of every domain's holdout file (JSON lines), so
+                                  and, with ``baseline``, loras/b<i>/: each domain's plain
+                                  baseline LoRA
+  crma/crma.safetensors, crma/crma_config.json     the current (shared) CRMA (modular only)
+  crma_states/after-<k>/          the CRMA snapshot taken after stage k, for every k < the
+                                  last stage that still serves some domain (modular; which
+                                  domain uses which: state.json "served", last row)
+  holdouts/d<i>.jsonl             a copy of every domain's holdout file (JSON lines), so
                                   later stages score earlier domains without the caller
                                   keeping or re-sending those files
+  holdouts/general.jsonl          the general-text holdout, when the run was given one
 
 Nothing is pickled and nothing is unpickled.
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -39,7 +46,7 @@ from crma_core.io import load_tensors, save_tensors, sha256_file, write_json
 from crma_core.settings import LoraSettings, TrainConfig
 
 STATE_FORMAT = "crma-continual-state"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: per-domain CRMA snapshots, serving, baseline, general holdout
 STATE_FILE = "state.json"
 REPORT_FILE = "report.json"
 LORAS_DIR = "loras"
@@ -49,6 +56,11 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 MODES = ("modular", "frozen", "naive")
 NAIVE_ADAPTER = "shared"
+BASELINE_DIR = "baseline"  # the baseline LoRAs (b0, b1, ...) in a state and a bundle
+CRMA_STATES_DIR = "crma_states"  # CRMA snapshots that serve earlier domains
+GENERAL_HOLDOUT = "holdouts/general.jsonl"
+DEFAULT_DRIFT_BUDGET_PCT = 0.5
+BUNDLE_FORMAT = "crma-continual-bundle"
 # Train settings that do not change what a stage computes (unless a budget binds), so a
 # later stage may pass other values than the run was started with.
 STAGE_MAY_CHANGE = ("device", "eval_batch_size", "eval_every", "checkpoint_every_steps",
@@ -74,6 +86,14 @@ class ContinualConfig:
     the per-domain training knobs; its ``seed`` is the run's seed. LoRA uses standard
     initialisation (PiSSA would rewrite the shared base per adapter). ``score_base`` also
     scores each new domain's holdout with the untrained base model (one more pass).
+
+    ``drift_budget_pct`` (modular): no earlier domain is served with a CRMA state whose
+    holdout loss is more than this many percent above the loss its own stage ended with
+    (``crma_core.serving``; 0 allowed). Frozen drift is 0 by construction; naive mode shows
+    forgetting on purpose and has no budget. ``baseline`` (modular, naive): every stage
+    also trains a plain per-domain LoRA (what frozen mode trains: same init and batches,
+    no CRMA), so the report compares the mode with frozen within the run; its tokens are
+    counted apart (``StageResult.baseline_trained_tokens``).
     """
 
     mode: str = "modular"
@@ -81,6 +101,8 @@ class ContinualConfig:
     crma: CRMAConfig = CRMAConfig()
     train: TrainConfig = TrainConfig()
     score_base: bool = True
+    drift_budget_pct: float = DEFAULT_DRIFT_BUDGET_PCT
+    baseline: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -88,6 +110,12 @@ class ContinualConfig:
         if self.lora.init != "default":
             raise ConfigError("continual runs use standard LoRA init (PiSSA would rewrite the "
                               "shared base model per adapter)")
+        budget = self.drift_budget_pct
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) \
+                or not math.isfinite(budget) or budget < 0:
+            raise ConfigError(f"drift_budget_pct must be a number >= 0, got {budget!r}")
+        if self.baseline and self.mode == "frozen":
+            raise ConfigError("baseline: frozen mode is the per-domain LoRA baseline itself")
 
     @property
     def seed(self) -> int:
@@ -100,7 +128,8 @@ class ContinualConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "lora": self.lora.to_dict(),
                 "crma": self.crma.to_dict() if self.uses_crma else None,
-                "train": self.train.to_dict(), "score_base": self.score_base}
+                "train": self.train.to_dict(), "score_base": self.score_base,
+                "drift_budget_pct": self.drift_budget_pct, "baseline": self.baseline}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ContinualConfig:
@@ -110,7 +139,9 @@ class ContinualConfig:
         return cls(mode=data["mode"], lora=LoraSettings.from_dict(data["lora"]),
                    crma=CRMAConfig.from_dict(data["crma"]) if data.get("crma") else CRMAConfig(),
                    train=TrainConfig.from_dict(data["train"]),
-                   score_base=bool(data.get("score_base", True)))
+                   score_base=bool(data.get("score_base", True)),
+                   drift_budget_pct=data.get("drift_budget_pct", DEFAULT_DRIFT_BUDGET_PCT),
+                   baseline=bool(data.get("baseline", False)))
 
     def fixed_part(self) -> dict[str, Any]:
         """The settings every stage of a run must share."""
@@ -131,6 +162,16 @@ class DomainSpec:
 def adapter_name(mode: str, index: int) -> str:
     """The PEFT adapter that domain ``index`` trains and is scored with."""
     return NAIVE_ADAPTER if mode == "naive" else f"d{index}"
+
+
+def baseline_adapter(index: int) -> str:
+    """The PEFT adapter of domain ``index``'s baseline LoRA (``ContinualConfig.baseline``)."""
+    return f"b{index}"
+
+
+def crma_state_dir(stage: int) -> str:
+    """Where a state directory keeps the CRMA snapshot taken after stage ``stage``."""
+    return f"{CRMA_STATES_DIR}/after-{stage}"
 
 
 def base_model_identity(model_dir: Path) -> dict[str, Any]:
@@ -241,21 +282,43 @@ def export_bundle(state_dir: Path, out_dir: Path, *, title: str | None = None) -
     """The run's downloadable artifacts from a state directory; returns the manifest.
 
     loras/<i>-<domain>/{adapter_model.safetensors,adapter_config.json} (modular, frozen) or
-    lora/ (naive); crma.safetensors + crma_config.json (modular: the current CRMA, which
-    every domain's LoRA is used with); continual_report.json; plots/loss_matrix.png;
-    manifest.json (sha256 of every file).
+    lora/ (naive); baseline/<i>-<domain>/ (each domain's baseline LoRA, when trained);
+    crma/after-<k>/{crma.safetensors,crma_config.json} (modular: every CRMA state that
+    serves a domain) and crma.safetensors + crma_config.json (modular: the shared CRMA, the
+    one a next stage continues training); continual_report.json; plots/loss_matrix.png (and
+    plots/versus_baseline.png with a baseline); manifest.json (sha256 of every file, and
+    per domain the paths of its served pair: ``domains[i].lora`` / ``.crma`` /
+    ``.baseline_lora``, what ``crma_core.loader.load_for_generation(domain=...)`` reads).
     """
-    from crma_core.drift import plot_loss_matrix
+    from crma_core.drift import plot_loss_matrix, plot_versus_baseline
 
     state_dir, out_dir = Path(state_dir), Path(out_dir)
     state = read_state(state_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    last = len(state["domains"]) - 1
+    serving = state["served"][-1] if state.get("served") else None
+    entries = []
+    for entry in state["domains"]:
+        i, name = entry["index"], slug(entry["name"])
+        item = {"index": i, "name": entry["name"], "crma": None, "baseline_lora": None}
+        if state["mode"] == "naive":
+            item["lora"] = "lora"
+        else:
+            item["lora"] = f"{LORAS_DIR}/{i}-{name}"
+            shutil.copytree(state_dir / LORAS_DIR / entry["adapter"], out_dir / item["lora"])
+        if entry.get("baseline"):
+            item["baseline_lora"] = f"{BASELINE_DIR}/{i}-{name}"
+            shutil.copytree(state_dir / LORAS_DIR / entry["baseline"]["adapter"],
+                            out_dir / item["baseline_lora"])
+        if serving is not None:
+            k = serving[i]
+            item["crma"] = f"{CRMA_DIR}/after-{k}"
+            if not (out_dir / item["crma"]).exists():
+                shutil.copytree(state_dir / (CRMA_DIR if k == last else crma_state_dir(k)),
+                                out_dir / item["crma"])
+        entries.append(item)
     if state["mode"] == "naive":
         shutil.copytree(state_dir / LORAS_DIR / NAIVE_ADAPTER, out_dir / "lora")
-    else:
-        for entry in state["domains"]:
-            shutil.copytree(state_dir / LORAS_DIR / entry["adapter"],
-                            out_dir / LORAS_DIR / f"{entry['index']}-{slug(entry['name'])}")
     if state["mode"] == "modular":
         for name in ("crma.safetensors", "crma_config.json"):
             shutil.copy2(state_dir / CRMA_DIR / name, out_dir / name)
@@ -263,12 +326,14 @@ def export_bundle(state_dir: Path, out_dir: Path, *, title: str | None = None) -
     report = {"mode": state["mode"], "seed": state["seed"], **report}
     write_json(out_dir / "continual_report.json", report)
     names = [entry["name"] for entry in state["domains"]]
-    plot_loss_matrix(state["matrix"], names, out_dir / "plots" / "loss_matrix.png",
-                     title=title or f"{state['mode']} run, seed {state['seed']}")
+    title = title or f"{state['mode']} run, seed {state['seed']}"
+    plot_loss_matrix(report["matrix"], names, out_dir / "plots" / "loss_matrix.png",
+                     title=title)
+    if "versus_baseline" in report:
+        plot_versus_baseline(report, out_dir / "plots" / "versus_baseline.png", title=title)
     manifest = build_manifest(out_dir, {
-        "format": "crma-continual-bundle", "version": 1, "mode": state["mode"],
-        "seed": state["seed"], "base_model": state["base_model"],
-        "domains": [{"index": e["index"], "name": e["name"]} for e in state["domains"]],
+        "format": BUNDLE_FORMAT, "version": 2, "mode": state["mode"],
+        "seed": state["seed"], "base_model": state["base_model"], "domains": entries,
         "config": state["config"],
     })
     write_json(out_dir / "manifest.json", manifest)

@@ -1,7 +1,8 @@
 """JSONL training data → token ids and loss masks → padded (optionally packed) batches.
 
 Loss masking: chat trains the assistant turns (their content and the template's end-of-turn
-tokens); prompt/completion trains the completion and eos; text trains every token.
+tokens); prompt/completion trains the completion and eos; text trains every token. With
+``train_on_inputs`` every format trains every token.
 """
 
 from __future__ import annotations
@@ -150,17 +151,22 @@ def _tokenize_with_spans(tokenizer, text: str, spans: list[tuple[int, int]] | No
     return ids, labels
 
 
-def tokenize_example(obj: dict, fmt: str, tokenizer) -> Example:
-    """Token ids and labels for one validated example (no truncation)."""
+def tokenize_example(obj: dict, fmt: str, tokenizer, *, train_on_inputs: bool = False) -> Example:
+    """Token ids and labels for one validated example (no truncation).
+
+    train_on_inputs: label every token (chat: all turns and the template's markup;
+    prompt/completion: the prompt too) instead of the responses only.
+    """
     eos = tokenizer.eos_token_id
     if fmt == formats.CHAT:
         text, spans = chat_spans(tokenizer, obj["messages"])
-        ids, labels = _tokenize_with_spans(tokenizer, text, spans, add_special_tokens=False)
+        ids, labels = _tokenize_with_spans(tokenizer, text, None if train_on_inputs else spans,
+                                           add_special_tokens=False)
         return Example(ids, labels)
     if fmt == formats.PROMPT_COMPLETION:
         prompt, completion = obj["prompt"], obj["completion"]
-        ids, labels = _tokenize_with_spans(tokenizer, prompt + completion,
-                                           [(len(prompt), len(prompt) + len(completion))],
+        spans = None if train_on_inputs else [(len(prompt), len(prompt) + len(completion))]
+        ids, labels = _tokenize_with_spans(tokenizer, prompt + completion, spans,
                                            add_special_tokens=True)
     elif fmt == formats.TEXT:
         ids, labels = _tokenize_with_spans(tokenizer, obj["text"], None, add_special_tokens=True)
@@ -172,8 +178,9 @@ def tokenize_example(obj: dict, fmt: str, tokenizer) -> Example:
     return Example(ids, labels)
 
 
-def load_examples(path: Path, tokenizer, *, max_seq_len: int) -> tuple[list[Example], DatasetInfo]:
-    """Read, validate, tokenize and truncate a JSONL file.
+def load_examples(path: Path, tokenizer, *, max_seq_len: int,
+                  train_on_inputs: bool = False) -> tuple[list[Example], DatasetInfo]:
+    """Read, validate, tokenize and truncate a JSONL file (masking: ``tokenize_example``).
 
     Examples whose trained tokens all fall beyond ``max_seq_len`` are dropped (counted in
     the info). Raises NoTrainableTokensError if no trained token is left at all.
@@ -182,7 +189,7 @@ def load_examples(path: Path, tokenizer, *, max_seq_len: int) -> tuple[list[Exam
     examples: list[Example] = []
     info = DatasetInfo(format=fmt, lines=len(objects), examples=0)
     for obj in objects:
-        example = tokenize_example(obj, fmt, tokenizer)
+        example = tokenize_example(obj, fmt, tokenizer, train_on_inputs=train_on_inputs)
         if len(example.input_ids) > max_seq_len:
             info.truncated += 1
             example = Example(example.input_ids[:max_seq_len], example.labels[:max_seq_len])
@@ -250,6 +257,29 @@ def collate(rows: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
+def split_batch(batch: dict[str, torch.Tensor], micro_batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """A collated batch as micro-batches of at most ``micro_batch_size`` rows, in order, each
+    cut to its own longest row (rows are right-padded, so the cut columns are padding)."""
+    rows = batch["input_ids"].shape[0]
+    if micro_batch_size >= rows:
+        return [batch]
+    parts = []
+    for start in range(0, rows, micro_batch_size):
+        part = {k: v[start:start + micro_batch_size] for k, v in batch.items()}
+        width = int(part["token_mask"].sum(dim=1).max())
+        parts.append({k: v[:, :width] for k, v in part.items()})
+    return parts
+
+
+def scored_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Labels the loss scores: every trained label but a row's first (nothing predicts it)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def longest_row(rows: list[Example]) -> int:
+    return max(len(r.input_ids) for r in rows)
+
+
 def epoch_order(num_rows: int, *, seed: int, epoch: int) -> list[int]:
     """The row order of one epoch: a permutation fixed by (seed, epoch) alone."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -265,10 +295,11 @@ def epoch_batches(rows: list[Example], *, batch_size: int, seed: int, epoch: int
         yield index, collate(chosen, pad_id)
 
 
-def load_eval_batches(path: Path, tokenizer, *, max_seq_len: int,
-                      batch_size: int) -> list[dict[str, torch.Tensor]]:
+def load_eval_batches(path: Path, tokenizer, *, max_seq_len: int, batch_size: int,
+                      train_on_inputs: bool = False) -> list[dict[str, torch.Tensor]]:
     """A holdout JSONL file as batches for ``crma_core.loop.evaluate_loss``."""
-    rows, _ = load_examples(path, tokenizer, max_seq_len=max_seq_len)
+    rows, _ = load_examples(path, tokenizer, max_seq_len=max_seq_len,
+                            train_on_inputs=train_on_inputs)
     return eval_batches(rows, batch_size=batch_size, pad_id=tokenizer.pad_token_id)
 
 

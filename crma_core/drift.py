@@ -97,28 +97,105 @@ def square_matrix(matrix: Matrix) -> list[list[float | None]]:
     return [list(row) + [None] * (n - len(row)) for row in matrix]
 
 
+def versus_baseline(matrix: Matrix, baseline_losses: Sequence[float],
+                    domains: Sequence[str]) -> dict[str, Any]:
+    """What CRMA adds over the per-domain LoRA baseline (frozen: its losses never move).
+
+    backward_pct (earlier domains, i < T): 100·(B_i − L[T][i]) / B_i, the final served loss
+    against the baseline's; forward_pct (every domain): 100·(B_i − L[i][i]) / B_i, the
+    domain's own loss right after its stage. Positive = CRMA better.
+    """
+    check_matrix(matrix)
+    if len(baseline_losses) != len(matrix):
+        raise ValueError(f"{len(baseline_losses)} baseline losses for {len(matrix)} domains")
+    last = matrix[-1]
+    backward = {domains[i]: -relative_change_pct(b, last[i])
+                for i, b in enumerate(baseline_losses[:-1])}
+    forward = {domains[i]: -relative_change_pct(b, matrix[i][i])
+               for i, b in enumerate(baseline_losses)}
+    return {"backward_pct": backward, "backward_mean_pct": _mean(backward.values()),
+            "forward_pct": forward, "forward_mean_pct": _mean(forward.values()),
+            "definition": "backward: 100·(B_i − L[T][i]) / B_i for earlier domains; forward: "
+                          "100·(B_i − L[i][i]) / B_i; B_i = the frozen per-domain LoRA's "
+                          "holdout loss (trained alongside, same init and batches); positive "
+                          "= CRMA better"}
+
+
+def general_retention(base_loss: float, served: Sequence[float | None], domains: Sequence[str],
+                      baseline: Sequence[float | None] | None = None) -> dict[str, Any]:
+    """Loss on a general-text holdout (no domain's) under each domain's served adapter (and
+    the baseline LoRA's) vs the untrained base model: change_pct > 0 = general text got worse."""
+    def rows(losses):
+        return {domains[i]: {"loss": x, "change_pct": relative_change_pct(base_loss, x)}
+                for i, x in enumerate(losses) if x is not None}
+
+    out = {"base_loss": base_loss, "served": rows(served),
+           "definition": "100·(G_adapter − G_base) / G_base on the general-text holdout; "
+                         "positive = the adapter costs general capability"}
+    out["served_mean_change_pct"] = _mean(v["change_pct"] for v in out["served"].values())
+    if baseline is not None:
+        out["baseline"] = rows(baseline)
+        out["baseline_mean_change_pct"] = _mean(
+            v["change_pct"] for v in out["baseline"].values())
+    return out
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return sum(values) / len(values) if values else None
+
+
 def continual_report(matrix: Matrix, domains: Sequence[str],
-                     base_losses: Sequence[float | None] | None = None) -> dict[str, Any]:
+                     base_losses: Sequence[float | None] | None = None, *,
+                     serving: Sequence[Sequence[int]] | None = None,
+                     budget_pct: float | None = None,
+                     baseline_losses: Sequence[float] | None = None,
+                     general: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything a run reports after its latest domain, as JSON-ready values.
+
+    ``matrix`` is what each stage measured (modular: every domain with the then-current
+    shared CRMA). With ``serving`` (modular: ``crma_core.serving.serving_history``), the
+    reported ``matrix`` is the served one (each domain with the CRMA state that serves it)
+    and the raw one is ``shared_matrix``; the report then leads with ``versus_baseline``
+    (when ``baseline_losses`` are given), ``general_retention`` (``general``: base_loss,
+    served and baseline losses) and ``serving`` (per domain: which state and why).
 
     Keys: domains, matrix (ragged), matrix_square (None above the diagonal), diagonal,
     drift_pct (per prior domain, by name), drift_mean_pct, bwt (loss-based, nats), and, when
     ``base_losses`` (the untrained base model's loss per holdout) are given, base_losses and
     own_improvement_pct = 100·(base_i − L[i][i]) / base_i.
     """
+    from crma_core.serving import DECISION_BASIS, explain, served_matrix
+
     check_matrix(matrix)
     if len(domains) != len(matrix):
         raise ValueError(f"{len(domains)} domain names for {len(matrix)} matrix rows")
-    drifts = drift_pct(matrix)
-    report: dict[str, Any] = {
-        "domains": list(domains),
-        "matrix": [list(row) for row in matrix],
-        "matrix_square": square_matrix(matrix),
+    shown = served_matrix(matrix, serving) if serving is not None else matrix
+    report: dict[str, Any] = {"domains": list(domains)}
+    if baseline_losses is not None:
+        report["versus_baseline"] = versus_baseline(shown, baseline_losses, domains)
+    if general is not None:
+        report["general_retention"] = general_retention(
+            general["base_loss"], general["served"], domains, general.get("baseline"))
+    if serving is not None:
+        report["drift_budget_pct"] = budget_pct
+        report["serving"] = explain(matrix, serving, budget_pct, domains)
+        report["decision_basis"] = DECISION_BASIS
+    drifts = drift_pct(shown)
+    report.update({
+        "matrix": [list(row) for row in shown],
+        "matrix_square": square_matrix(shown),
         "diagonal": [matrix[i][i] for i in range(len(matrix))],
         "drift_pct": {domains[i]: d for i, d in enumerate(drifts)},
-        "drift_mean_pct": mean_drift_pct(matrix),
-        "bwt": backward_transfer(matrix),
-    }
+        "drift_mean_pct": mean_drift_pct(shown),
+        "bwt": backward_transfer(shown),
+    })
+    if serving is not None:
+        report["shared_matrix"] = [list(row) for row in matrix]
+        report["shared_drift_pct"] = {domains[i]: d for i, d in enumerate(drift_pct(matrix))}
+        report["shared_drift_mean_pct"] = mean_drift_pct(matrix)
+    if baseline_losses is not None:
+        report["baseline_losses"] = list(baseline_losses)
     if base_losses is not None:
         report["base_losses"] = list(base_losses)
         report["own_improvement_pct"] = [
@@ -158,6 +235,41 @@ def plot_loss_matrix(matrix: Matrix, domains: Sequence[str], path: Path, *,
     ax.set_ylabel("trained through domain")
     if title:
         ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_versus_baseline(report: dict[str, Any], path: Path, *, title: str | None = None) -> Path:
+    """Bar chart per domain of what CRMA adds over the per-domain LoRA baseline: forward
+    (own loss after its stage) and backward (final served loss), in percent of the
+    baseline's loss; positive = CRMA better. Needs ``report["versus_baseline"]``."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    versus = report["versus_baseline"]
+    domains = report["domains"]
+    forward = [versus["forward_pct"][d] for d in domains]
+    backward = [versus["backward_pct"].get(d, np.nan) for d in domains]
+    x = np.arange(len(domains))
+    fig, ax = plt.subplots(figsize=(2.2 + 1.3 * len(domains), 3.8), dpi=110)
+    ax.bar(x - 0.2, forward, 0.4, label="forward: own loss after its stage")
+    ax.bar(x + 0.2, backward, 0.4, label="backward: final served loss")
+    ax.axhline(0.0, color="black", lw=0.8)
+    for xi, value in zip(list(x - 0.2) + list(x + 0.2), forward + backward):
+        if np.isfinite(value):
+            ax.text(xi, value, f"{value:+.2f}", ha="center",
+                    va="bottom" if value >= 0 else "top", fontsize=8)
+    ax.set_xticks(x, domains, rotation=20, ha="right")
+    ax.set_ylabel("vs per-domain LoRA (%; > 0 = CRMA better)")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "CRMA vs the per-domain LoRA baseline", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

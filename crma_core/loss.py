@@ -28,9 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-# One chunk's float32 logits at most this many elements (1 GiB): 8388 tokens at a 32k
-# vocabulary (one chunk for a TinyLlama 8×1024 batch), 1048 at Gemma-2's 256k.
-LOGITS_BUDGET = 2**28
+from crma_core.memory import LOGITS_BUDGET, chunk_size
+
+__all__ = ["LOGITS_BUDGET", "LossOptions", "chunk_size", "lm_head_loss",
+           "lm_head_loss_and_correct", "reference_lm_head_loss", "chunk_loss_and_grad",
+           "compiled_chunk_math"]
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,6 @@ class LossOptions:
             raise ValueError("chunk_tokens must be >= 1 or None")
 
 
-def chunk_size(vocab_size: int, chunk_tokens: int | None = None) -> int:
-    """Tokens per chunk: ``chunk_tokens`` if set, else as many as fit ``LOGITS_BUDGET``."""
-    if chunk_tokens is not None:
-        return int(chunk_tokens)
-    return max(1, LOGITS_BUDGET // max(1, int(vocab_size)))
-
-
 def lm_head_loss(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, *,
                  softcap: float | None = None,
                  options: LossOptions = LossOptions()) -> torch.Tensor:
@@ -67,6 +62,19 @@ def lm_head_loss(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, *
     head (d → V); targets: (N,) token ids, all scored (no ignore index); softcap: Gemma-2's
     ``final_logit_softcapping`` (logits → cap·tanh(logits/cap)) or None.
     """
+    return lm_head_loss_and_correct(hidden, head, targets, softcap=softcap, options=options)[0]
+
+
+def lm_head_loss_and_correct(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, *,
+                             softcap: float | None = None,
+                             options: LossOptions = LossOptions()
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``lm_head_loss``, number of tokens whose arg-max logit is the target: int64 scalar).
+
+    The count is what mean token accuracy is made of (TRL's and OpenAI's
+    ``mean_token_accuracy``); it is taken from each chunk's logits while they exist, and
+    soft-capping (monotonic) does not change an arg-max.
+    """
     if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
         raise ValueError(f"expected (N, d) hidden and (N,) targets, got {tuple(hidden.shape)} "
                          f"and {tuple(targets.shape)}")
@@ -74,8 +82,9 @@ def lm_head_loss(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, *
     vocab = weight.shape[0] if weight is not None else getattr(head, "out_features", 1)
     chunk = chunk_size(vocab, options.chunk_tokens)
     cap = float(softcap) if softcap else None
+    correct = torch.zeros((), dtype=torch.int64, device=hidden.device)
     if hidden.shape[0] == 0:
-        return hidden.new_zeros((), dtype=torch.float32) + 0 * hidden.sum()
+        return hidden.new_zeros((), dtype=torch.float32) + 0 * hidden.sum(), correct
     if _is_frozen_linear(head):
         math_fn = (compiled_chunk_math(options.compile_backend) if options.compile_backend
                    else chunk_loss_and_grad)
@@ -85,30 +94,39 @@ def lm_head_loss(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, *
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
             logits = F.linear(hidden[start:start + chunk], head.weight, bias)
-            total = total + math_fn(logits, targets[start:start + chunk], cap, False)[0]
-        return total
+            part_targets = targets[start:start + chunk]
+            correct = correct + _count_correct(logits, part_targets)
+            total = total + math_fn(logits, part_targets, cap, False)[0]
+        return total, correct
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     use_checkpoint = torch.is_grad_enabled()
     for start in range(0, hidden.shape[0], chunk):
         args = (hidden[start:start + chunk], targets[start:start + chunk], head, cap)
-        part = (checkpoint(_chunk_loss, *args, use_reentrant=False) if use_checkpoint
-                else _chunk_loss(*args))
+        part, right = (checkpoint(_chunk_loss, *args, use_reentrant=False) if use_checkpoint
+                       else _chunk_loss(*args))
         total = total + part
-    return total
+        correct = correct + right
+    return total, correct
 
 
 def reference_lm_head_loss(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, *,
                            softcap: float | None = None) -> torch.Tensor:
     """The unchunked loss (all N×V logits at once), the definition the chunked one matches."""
-    return _chunk_loss(hidden, targets, head, float(softcap) if softcap else None)
+    return _chunk_loss(hidden, targets, head, float(softcap) if softcap else None)[0]
+
+
+def _count_correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return (logits.argmax(dim=-1) == targets).sum()
 
 
 def _chunk_loss(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module,
-                cap: float | None) -> torch.Tensor:
+                cap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     logits = head(hidden).float()
+    correct = _count_correct(logits, targets)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return F.cross_entropy(logits, targets, reduction="sum")
+    return F.cross_entropy(logits, targets, reduction="sum"), correct
 
 
 def _is_frozen_linear(head: nn.Module) -> bool:
@@ -166,20 +184,24 @@ class _FusedHeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, cap, chunk, math_fn):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        correct = torch.zeros((), dtype=torch.int64, device=hidden.device)
         grad = torch.empty_like(hidden)
         for start in range(0, hidden.shape[0], chunk):
             part = hidden[start:start + chunk]
+            part_targets = targets[start:start + chunk]
             logits = F.linear(part, weight, bias)
-            loss, grad_logits = math_fn(logits, targets[start:start + chunk], cap, True)
+            correct = correct + _count_correct(logits, part_targets)
+            loss, grad_logits = math_fn(logits, part_targets, cap, True)
             del logits
             total = total + loss
             # The product autograd would form: dL/dlogits (in the logits' dtype) @ W.
             grad[start:start + chunk] = grad_logits @ weight
         ctx.save_for_backward(grad)
-        return total
+        ctx.mark_non_differentiable(correct)
+        return total, correct
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(ctx, grad_output, _grad_correct):
         (grad,) = ctx.saved_tensors
         return ((grad.float() * grad_output).to(grad.dtype), None, None, None, None, None,
                 None)

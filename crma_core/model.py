@@ -193,9 +193,9 @@ class CRMAHandle(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """{"main": reads and writes, "mix": log_mix, "gate": _log_alpha} (optimizer groups)."""
+        """{"rw": reads and writes, "mix": log_mix, "gate": _log_alpha} (optimizer groups)."""
         return {
-            "main": [p for layer in self.layers for p in (layer.read, layer.write)],
+            "rw": [p for layer in self.layers for p in (layer.read, layer.write)],
             "mix": [layer.log_mix for layer in self.layers],
             "gate": [layer._log_alpha for layer in self.layers],
         }

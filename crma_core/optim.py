@@ -1,4 +1,4 @@
-"""AdamW with the recipe's three parameter groups, and the learning-rate schedule."""
+"""AdamW with the recipe's four parameter groups, and the learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -8,21 +8,28 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-GROUP_NAMES = ("main", "mix", "gate")
+GROUP_NAMES = ("main", "rw", "mix", "gate")
 
 
-def make_optimizer(*, main: Sequence[nn.Parameter], mix: Sequence[nn.Parameter] = (),
-                   gate: Sequence[nn.Parameter] = (), lr_main: float = 2e-4,
-                   lr_mix: float = 1e-3, lr_gate: float = 1e-4,
-                   weight_decay: float = 0.01) -> torch.optim.AdamW:
-    """AdamW over up to three groups, each tagged with ``name`` and its ``base_lr``.
+def make_optimizer(*, main: Sequence[nn.Parameter], rw: Sequence[nn.Parameter] = (),
+                   mix: Sequence[nn.Parameter] = (), gate: Sequence[nn.Parameter] = (),
+                   lr_main: float = 2e-4, lr_rw: float | None = None, lr_mix: float = 1e-3,
+                   lr_gate: float = 1e-4, weight_decay: float = 0.01) -> torch.optim.AdamW:
+    """AdamW over up to four groups, each tagged with ``name`` and its ``base_lr``.
 
-    main: LoRA A/B and CRMA read/write (weight decay ``weight_decay``); mix: CRMA log_mix;
-    gate: CRMA _log_alpha. mix and gate never get weight decay (it would pull M toward the
-    uniform matrix and α toward 1). Empty groups are left out.
+    main: LoRA A/B; rw: CRMA read/write (both with weight decay ``weight_decay``); mix: CRMA
+    log_mix; gate: CRMA _log_alpha. mix and gate never get weight decay (it would pull M
+    toward the uniform matrix and α toward 1). ``lr_rw`` None means TrainConfig's default.
+    Empty groups are left out.
     """
+    if lr_rw is None:
+        from crma_core.settings import TrainConfig
+
+        lr_rw = TrainConfig.lr_rw
     groups = [
         {"name": "main", "params": list(main), "lr": lr_main, "base_lr": lr_main,
+         "weight_decay": weight_decay},
+        {"name": "rw", "params": list(rw), "lr": lr_rw, "base_lr": lr_rw,
          "weight_decay": weight_decay},
         {"name": "mix", "params": list(mix), "lr": lr_mix, "base_lr": lr_mix, "weight_decay": 0.0},
         {"name": "gate", "params": list(gate), "lr": lr_gate, "base_lr": lr_gate,

@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from torch import nn
 
 from crma_core import compile as crma_compile
 from crma_core.artifacts import export_bundle
-from crma_core.callbacks import TrainCallbacks, TrainResult
+from crma_core.callbacks import CHECKPOINT_METRICS, CheckpointMetrics, TrainCallbacks, TrainResult
 from crma_core.checkpoint import (
     load_checkpoint,
     read_run_settings,
@@ -26,13 +28,16 @@ from crma_core.checkpoint import (
 )
 from crma_core.clipping import make_clipper
 from crma_core.config import CRMAConfig
-from crma_core.data import eval_batches, load_examples, pack_examples
+from crma_core.data import eval_batches, load_examples, longest_row, pack_examples
 from crma_core.errors import CheckpointError, ConfigError, QuantizationUnavailableError
-from crma_core.loop import LoopPlan, LoopState, evaluate_loss, run_evaluation, train_loop
+from crma_core.io import write_json
+from crma_core.loop import EvalResult, LoopPlan, LoopState, evaluate, run_evaluation, train_loop
 from crma_core.loss import LossOptions
+from crma_core.memory import plan_for_model
 from crma_core.model import CRMAHandle, attach_crma
 from crma_core.optim import make_optimizer
 from crma_core.settings import LoraSettings, TrainConfig
+from crma_core.snapshot import WeightSnapshot
 
 __all__ = ["Recipe", "LoraSettings", "TrainConfig", "BuiltModel", "build_model",
            "prepare_model", "load_base_model", "load_tokenizer", "lora_config",
@@ -42,7 +47,8 @@ __all__ = ["Recipe", "LoraSettings", "TrainConfig", "BuiltModel", "build_model",
 # differ in them.
 _RESUME_MAY_CHANGE = ("device", "checkpoint_every_steps", "checkpoint_every_seconds",
                       "eval_every", "eval_batch_size", "token_budget", "compile",
-                      "loss_chunk_tokens")
+                      "loss_chunk_tokens", "micro_batch_size", "memory_budget_mb", "n_evals",
+                      "n_checkpoints")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -160,12 +166,13 @@ def prepare_model(base: nn.Module, *, lora: LoraSettings, crma: CRMAConfig | Non
 
 
 def optimizer_groups(model: nn.Module, crma: CRMAHandle | None) -> dict[str, list[nn.Parameter]]:
-    """{"main": LoRA + CRMA read/write, "mix": log_mix, "gate": _log_alpha}; base excluded."""
+    """{"main": LoRA, "rw": CRMA read/write, "mix": log_mix, "gate": _log_alpha}; base
+    excluded."""
     main = [p for _, p in model.named_parameters() if p.requires_grad]
-    groups = {"main": main, "mix": [], "gate": []}
+    groups = {"main": main, "rw": [], "mix": [], "gate": []}
     if crma is not None:
         crma_groups = crma.parameter_groups()
-        groups["main"] = main + crma_groups["main"]
+        groups["rw"] = crma_groups["rw"]
         groups["mix"] = crma_groups["mix"]
         groups["gate"] = crma_groups["gate"]
     return groups
@@ -192,6 +199,8 @@ class Recipe:
         self.state = LoopState()
         self._workdir: Path | None = None
         self._pissa_init: Path | None = None
+        self.best: WeightSnapshot | None = None
+        self.result: TrainResult | None = None
 
     # -- setup ------------------------------------------------------------------------------
     def run_settings(self) -> dict[str, Any]:
@@ -204,7 +213,8 @@ class Recipe:
         }
 
     def setup(self, resume_from: Path | None = None) -> None:
-        """Load data and model, build optimizer and clipper; optionally resume a checkpoint."""
+        """Load data and model, plan the micro-batches, build optimizer and clipper;
+        optionally resume a checkpoint."""
         cfg = self.train_config
         self._workdir = Path(tempfile.mkdtemp(prefix="crma-recipe-"))
         self.built = build_model(self.model_dir, lora=self.lora, crma=self.crma_config,
@@ -213,32 +223,44 @@ class Recipe:
                                  seed=cfg.seed)
         tokenizer = self.built.tokenizer
         rows, self.train_info = load_examples(self.train_file, tokenizer,
-                                              max_seq_len=cfg.max_seq_len)
+                                              max_seq_len=cfg.max_seq_len,
+                                              train_on_inputs=cfg.train_on_inputs)
         self.rows = pack_examples(rows, cfg.max_seq_len) if cfg.packing else rows
+        crma = self.crma_config
+        self.memory_plan, memory = plan_for_model(
+            self.built.model, width=longest_row(self.rows), lora=self.lora, train=cfg,
+            crma_width=crma.n * crma.r if crma else 0)
         self.val_batches = None
         if self.validation_file is not None:
             val_rows, self.val_info = load_examples(self.validation_file, tokenizer,
-                                                    max_seq_len=cfg.max_seq_len)
-            self.val_batches = eval_batches(val_rows, batch_size=cfg.eval_batch_size or cfg.batch_size,
-                                            pad_id=tokenizer.pad_token_id)
+                                                    max_seq_len=cfg.max_seq_len,
+                                                    train_on_inputs=cfg.train_on_inputs)
+            self.val_batches = eval_batches(
+                val_rows, batch_size=cfg.eval_batch_size or self.memory_plan.micro_batch_size,
+                pad_id=tokenizer.pad_token_id)
         if self.lora.init == "pissa":
             self._save_pissa_init()
         if cfg.compile:
             crma_compile.compile_for_training(self.built.model, self.built.crma)
         groups = optimizer_groups(self.built.model, self.built.crma)
-        self.optimizer = make_optimizer(**groups, lr_main=cfg.lr_main, lr_mix=cfg.lr_mix,
-                                        lr_gate=cfg.lr_gate, weight_decay=cfg.weight_decay)
+        self.optimizer = make_optimizer(**groups, lr_main=cfg.lr_main, lr_rw=cfg.lr_rw,
+                                        lr_mix=cfg.lr_mix, lr_gate=cfg.lr_gate,
+                                        weight_decay=cfg.weight_decay)
         self.clipper = make_clipper(cfg.clip, cfg.max_grad_norm)
-        self.plan = LoopPlan(
+        plan = LoopPlan(
             epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
             pad_id=tokenizer.pad_token_id, max_steps=cfg.max_steps,
             token_budget=cfg.token_budget, eval_every=cfg.eval_every,
             checkpoint_every_steps=cfg.checkpoint_every_steps,
             checkpoint_every_seconds=cfg.checkpoint_every_seconds,
-            lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
+            lr_schedule=cfg.lr_schedule,
             loss=LossOptions(
                 chunk_tokens=cfg.loss_chunk_tokens,
-                compile_backend=crma_compile.DEFAULT_BACKEND if cfg.compile else None))
+                compile_backend=crma_compile.DEFAULT_BACKEND if cfg.compile else None),
+            micro_batch_size=self.memory_plan.micro_batch_size, memory=memory,
+            n_evals=cfg.n_evals, n_checkpoints=cfg.n_checkpoints)
+        self.plan = dataclasses.replace(
+            plan, warmup_steps=cfg.planned_warmup_steps(plan.total_steps(len(self.rows))))
         self.state = LoopState()
         if resume_from is not None:
             saved = read_run_settings(Path(resume_from))
@@ -248,6 +270,9 @@ class Recipe:
             self.state = load_checkpoint(Path(resume_from), model=self.built.model,
                                          crma=self.built.crma, optimizer=self.optimizer,
                                          clipper=self.clipper)
+            self.best = WeightSnapshot.load(Path(resume_from))
+            if self.best is None and self.state.best_step == self.state.step:
+                self._keep_best(self.state)
 
     def _save_pissa_init(self) -> None:
         # The initial PiSSA adapter, needed to convert the trained one into a plain LoRA.
@@ -266,43 +291,110 @@ class Recipe:
     # -- training ---------------------------------------------------------------------------
     def evaluate(self) -> float:
         """Validation loss of the current model (mean response-token cross-entropy)."""
+        return self.evaluate_metrics().loss
+
+    def evaluate_metrics(self) -> EvalResult:
+        """Validation loss and mean token accuracy of the current model (whole file)."""
         if self.val_batches is None:
             raise ValueError("no validation file")
-        return evaluate_loss(self._require_setup().model, self.val_batches, self.plan.loss)
+        return evaluate(self._require_setup().model, self.val_batches, self.plan.loss)
 
     def train(self) -> TrainResult:
-        """Run until done, stopped or out of budget; see TrainResult.stop_reason."""
+        """Run until done, stopped or out of budget; see TrainResult.stop_reason.
+
+        With a validation file, the final model is scored on all of it (``full_valid_*``),
+        and, with CRMA, once more with CRMA off (what the LoRA alone gives in plain peft).
+        """
         built = self._require_setup()
         crma_stats = built.crma.stats if built.crma is not None else None
+        has_val = self.val_batches is not None
+        started = time.perf_counter()
         reason = train_loop(
             model=built.model, rows=self.rows, optimizer=self.optimizer, clipper=self.clipper,
             state=self.state, plan=self.plan, callbacks=self.callbacks, crma_stats=crma_stats,
-            evaluate=self.evaluate if self.val_batches is not None else None,
+            evaluate=self.evaluate_metrics if has_val else None,
             checkpoint=self._emit_checkpoint if self.callbacks.on_checkpoint else None,
+            on_best=self._keep_best,
         )
-        if self.val_batches is not None and self.state.step and \
-                self.state.last_eval_step != self.state.step:
-            run_evaluation(self.evaluate, self.state, self.callbacks)
-        return TrainResult(
-            stop_reason=reason, steps=self.state.step, trained_tokens=self.state.trained_tokens,
-            final_train_loss=self.state.last_loss, final_val_loss=self.state.last_val_loss,
-            peak_grad_norm=self.state.grad_norm_peak, mean_grad_norm=self.state.mean_grad_norm,
+        train_seconds = time.perf_counter() - started
+        state = self.state
+        if has_val and state.step and state.last_eval_step != state.step:
+            run_evaluation(self.evaluate_metrics, state, self.callbacks, on_best=self._keep_best)
+        lora_only = None
+        if has_val and state.step and built.crma is not None:
+            built.crma.enabled = False
+            try:
+                lora_only = self.evaluate()
+            finally:
+                built.crma.enabled = True
+        full = has_val and state.step > 0
+        self.result = TrainResult(
+            stop_reason=reason, steps=state.step, trained_tokens=state.trained_tokens,
+            final_train_loss=state.last_loss, final_val_loss=state.last_val_loss,
+            peak_grad_norm=state.grad_norm_peak, mean_grad_norm=state.mean_grad_norm,
+            final_train_mean_token_accuracy=state.last_accuracy,
+            full_valid_loss=state.last_val_loss if full else None,
+            full_valid_mean_token_accuracy=state.last_val_accuracy if full else None,
+            full_valid_loss_lora_only=lora_only, best_step=state.best_step,
+            best_valid_loss=state.best_val_loss, micro_batch_size=state.micro_batch_size,
+            train_seconds=train_seconds,
         )
+        state.history.append({"type": "summary", **self.metrics()})
+        return self.result
+
+    def _keep_best(self, state: LoopState) -> None:
+        built = self._require_setup()
+        self.best = WeightSnapshot.take(built.model, built.crma, step=state.step)
+
+    def checkpoint_metrics(self) -> CheckpointMetrics:
+        """The current step's metrics under OpenAI's names (see CheckpointMetrics)."""
+        state = self.state
+        scored = state.last_eval_step == state.step and state.step > 0
+        final = scored and state.step == self.plan.total_steps(len(self.rows))
+        return CheckpointMetrics(
+            step=state.step, train_loss=state.last_loss,
+            train_mean_token_accuracy=state.last_accuracy,
+            valid_loss=state.last_val_loss if scored else None,
+            valid_mean_token_accuracy=state.last_val_accuracy if scored else None,
+            full_valid_loss=state.last_val_loss if final else None,
+            full_valid_mean_token_accuracy=state.last_val_accuracy if final else None,
+            is_best=scored and state.best_step == state.step)
+
+    def metrics(self) -> dict[str, Any]:
+        """The run's results under OpenAI's names (for the manifest and metrics.jsonl)."""
+        result = self.result
+        return {
+            "step": self.state.step, "train_loss": self.state.last_loss,
+            "train_mean_token_accuracy": self.state.last_accuracy,
+            "full_valid_loss": result.full_valid_loss if result else None,
+            "full_valid_mean_token_accuracy":
+                result.full_valid_mean_token_accuracy if result else None,
+            "full_valid_loss_lora_only": result.full_valid_loss_lora_only if result else None,
+            "best_step": self.state.best_step, "best_valid_loss": self.state.best_val_loss,
+        }
 
     def _emit_checkpoint(self, state: LoopState) -> None:
         directory = Path(tempfile.mkdtemp(prefix=f"crma-ckpt-{state.step}-"))
         try:
+            # Recorded first, so the checkpoint's own history (and a run resumed from it)
+            # has the record too.
+            state.history.append({"type": "checkpoint", **self.checkpoint_metrics().to_dict()})
             self.save_checkpoint(directory)
             self.callbacks.on_checkpoint(state.step, directory)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 
     def save_checkpoint(self, directory: Path) -> Path:
-        """Everything needed to resume bit-for-bit (safetensors + JSON only)."""
+        """Everything needed to resume bit-for-bit (safetensors + JSON only), plus the
+        checkpoint's metrics (``checkpoint_metrics.json``) and the best weights so far."""
         built = self._require_setup()
-        return save_checkpoint(Path(directory), model=built.model, crma=built.crma,
-                               optimizer=self.optimizer, clipper=self.clipper, state=self.state,
-                               run=self.run_settings())
+        directory = save_checkpoint(Path(directory), model=built.model, crma=built.crma,
+                                    optimizer=self.optimizer, clipper=self.clipper,
+                                    state=self.state, run=self.run_settings())
+        write_json(directory / CHECKPOINT_METRICS, self.checkpoint_metrics().to_dict())
+        if self.best is not None and self.best.step != self.state.step:
+            self.best.save(directory)  # else the checkpoint's own weights are the best
+        return directory
 
     # -- output -----------------------------------------------------------------------------
     def export_artifacts(self, out_dir: Path) -> dict[str, Any]:
@@ -320,11 +412,19 @@ class Recipe:
             "final_val_loss": self.state.last_val_loss,
             "peak_grad_norm": self.state.grad_norm_peak,
             "mean_grad_norm": self.state.mean_grad_norm,
+            "stop_reason": self.result.stop_reason if self.result else None,
+            "micro_batch_size": self.state.micro_batch_size,
+            "metrics": self.metrics(),
+            "full_valid_loss": self.result.full_valid_loss if self.result else None,
+            "full_valid_loss_lora_only":
+                self.result.full_valid_loss_lora_only if self.result else None,
+            "best": ({"step": self.best.step, "valid_loss": self.state.best_val_loss}
+                     if self.best is not None else None),
         }
         return export_bundle(Path(out_dir), model=built.model, crma=built.crma,
                              history=self.state.history, info=info,
                              pissa_init_dir=self._pissa_init,
-                             base_model_name=self.model_dir.name)
+                             base_model_name=self.model_dir.name, best=self.best)
 
     def cleanup(self) -> None:
         """Unhook CRMA, drop the model and optimizer, delete temporary files."""

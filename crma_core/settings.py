@@ -1,12 +1,24 @@
-"""LoraSettings and TrainConfig: the recipe's knobs, validated at construction (no torch)."""
+"""LoraSettings and TrainConfig: the recipe's knobs, validated at construction (no torch).
+
+Each knob's default lives here and only here: the CLI (`crma train --help`), the worker and
+the API read them from these dataclasses. Bounds that depend on the base model (context
+length, LoRA rank, module names) are in ``crma_core.limits``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from crma_core.errors import ConfigError
+
+LR_SCHEDULES = ("constant", "linear", "cosine")
+CLIPS = ("zclip", "max_norm", "none")
+DTYPES = ("float32", "bfloat16")
+# The decoder's linear projections in Llama, Mistral and Gemma-2 (what "all-linear" means).
+LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def _from_dict(cls, data: dict[str, Any]):
@@ -32,9 +44,10 @@ def planned_steps(num_rows: int, *, epochs: int, batch_size: int,
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """peft LoRA on every linear projection of the decoder (not the LM head).
+    """peft LoRA on the decoder's linear projections (not the LM head).
 
-    init: "default" (Kaiming A, zero B) or "pissa" (principal singular vectors; single-task
+    target_modules: "all-linear" or a tuple of module names (``LINEAR_MODULES``); dropout
+    applies to the LoRA branch's input. init: "default" (Kaiming A, zero B) or "pissa" (principal singular vectors; single-task
     only, the saved adapter is converted back to a plain LoRA on the original base).
     quantization: None or "nf4" (QLoRA through bitsandbytes; CUDA only).
     """
@@ -55,6 +68,13 @@ class LoraSettings:
             raise ConfigError(f"LoRA init must be 'default' or 'pissa', got {self.init!r}")
         if self.quantization not in (None, "nf4"):
             raise ConfigError(f"quantization must be None or 'nf4', got {self.quantization!r}")
+        modules = self.target_modules
+        if isinstance(modules, str):
+            if modules != "all-linear":
+                raise ConfigError("LoRA target_modules must be 'all-linear' or a list of "
+                                  f"module names, got {modules!r}")
+        elif not modules or not all(isinstance(m, str) and m for m in modules):
+            raise ConfigError("LoRA target_modules must name at least one module")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -75,14 +95,30 @@ class TrainConfig:
     """Single-task training settings.
 
     Steps are optimizer steps over batches of ``batch_size`` rows of at most ``max_seq_len``
-    tokens. LR: linear warm-up over ``warmup_steps`` then ``lr_schedule`` ("constant",
-    "linear" or "cosine" decay to 0 at the last planned step). ``eval_every`` (steps) and
-    the checkpoint intervals are off when None. ``token_budget`` caps trained tokens.
+    tokens (packed rows with ``packing``). ``batch_size`` is the effective batch: the rows go
+    through the model ``micro_batch_size`` at a time (None: as many as fit
+    ``memory_budget_mb``, or the device when that is None) and their gradients accumulate;
+    the loss is the mean over every scored token of the whole batch, so the step is the
+    same for any micro-batch size. LR: linear warm-up over ``warmup_steps`` (or
+    ``warmup_ratio`` of the planned steps) then ``lr_schedule`` ("constant", "linear" or
+    "cosine" decay to 0 at the last planned step). ``clip``: "zclip" (adaptive, capped at
+    ``max_grad_norm``), "max_norm" (clip to ``max_grad_norm``) or "none".
+    Learning rates per optimizer group: ``lr_main`` the LoRA A/B, ``lr_rw`` CRMA's
+    read/write projections (far below lr_main: a CRMA that moves at the LoRA rate undoes
+    what earlier continual domains' LoRAs co-adapted with; the default is the logged pilot's
+    choice, docs/benchmarks.md), ``lr_mix`` its mixing logits, ``lr_gate`` its gate.
+    ``train_on_inputs``: the loss covers prompt tokens too (chat: every turn;
+    prompt/completion: the prompt). Evaluations: every ``eval_every`` steps, or ``n_evals``
+    evenly spaced ones (the last at the end); with a validation file the final model is
+    always scored on all of it. ``n_checkpoints`` evenly spaced checkpoints (the last at the
+    end) come on top of the fault-tolerance intervals ``checkpoint_every_steps`` /
+    ``checkpoint_every_seconds``. ``token_budget`` caps trained tokens.
     """
 
     epochs: int = 3
     batch_size: int = 4
     lr_main: float = 2e-4
+    lr_rw: float = 1e-5
     lr_mix: float = 1e-3
     lr_gate: float = 1e-4
     weight_decay: float = 0.01
@@ -104,22 +140,32 @@ class TrainConfig:
     warmup_steps: int = 0
     compile: bool = False
     loss_chunk_tokens: int | None = None
+    micro_batch_size: int | None = None
+    memory_budget_mb: int | None = None
+    warmup_ratio: float = 0.0
+    train_on_inputs: bool = False
+    n_evals: int | None = None
+    n_checkpoints: int | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.max_seq_len < 2:
             raise ConfigError("epochs and batch_size must be >= 1, max_seq_len >= 2")
-        if min(self.lr_main, self.lr_mix, self.lr_gate) < 0 or self.weight_decay < 0:
+        if min(self.lr_main, self.lr_rw, self.lr_mix, self.lr_gate) < 0 or self.weight_decay < 0:
             raise ConfigError("learning rates and weight decay must be >= 0")
-        if self.clip not in ("zclip", "max_norm"):
-            raise ConfigError(f"clip must be 'zclip' or 'max_norm', got {self.clip!r}")
+        if self.clip not in CLIPS:
+            raise ConfigError(f"clip must be one of {', '.join(CLIPS)}, got {self.clip!r}")
         if self.clip == "max_norm" and self.max_grad_norm is None:
             raise ConfigError("clip='max_norm' needs max_grad_norm")
-        if self.dtype not in ("float32", "bfloat16"):
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ConfigError("max_grad_norm must be > 0 or None (clip='none' turns clipping off)")
+        if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
-        if self.lr_schedule not in ("constant", "linear", "cosine"):
-            raise ConfigError(f"unknown lr_schedule {self.lr_schedule!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                              f"got {self.lr_schedule!r}")
         for name in ("eval_every", "checkpoint_every_steps", "max_steps", "token_budget",
-                     "eval_batch_size", "loss_chunk_tokens"):
+                     "eval_batch_size", "loss_chunk_tokens", "micro_batch_size",
+                     "memory_budget_mb"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1 or None")
@@ -127,6 +173,22 @@ class TrainConfig:
             raise ConfigError("checkpoint_every_seconds must be > 0 or None")
         if self.warmup_steps < 0:
             raise ConfigError("warmup_steps must be >= 0")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError("warmup_ratio must be in [0, 1)")
+        if self.warmup_steps and self.warmup_ratio:
+            raise ConfigError("set warmup_steps or warmup_ratio, not both")
+        for name in ("n_evals", "n_checkpoints"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{name} must be >= 0 or None")
+        if self.n_evals and self.eval_every:
+            raise ConfigError("set eval_every or n_evals, not both")
+
+    def planned_warmup_steps(self, total_steps: int) -> int:
+        """Warm-up length in optimizer steps for a run of ``total_steps`` steps."""
+        if self.warmup_ratio:
+            return math.ceil(self.warmup_ratio * total_steps)
+        return self.warmup_steps
 
     def planned_steps(self, num_rows: int) -> int:
         return planned_steps(num_rows, epochs=self.epochs, batch_size=self.batch_size,

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("app", "worker", "crma_core", "crma_cli")
+PACKAGES = ("app", "worker", "serving", "crma_core", "crma_cli")
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:

@@ -6,11 +6,19 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import Query
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from app.domain.id_format import has_nul
 
 MAX_PAGE = 100
+# The base model the OpenAPI examples name: the one every installation can install offline
+# (`crma dev` does). The served document names another if only another is installed
+# (app/api/docs.py).
+EXAMPLE_MODEL = "smollm2-135m-instruct"
+# The README's example files: an example body that names them works right after they are
+# uploaded (a training file may be given by filename, app/services/files.py).
+EXAMPLE_TRAINING_FILE = "capitals_train.jsonl"
+EXAMPLE_VALIDATION_FILE = "capitals_valid.jsonl"
 
 
 class RequestModel(BaseModel):
@@ -38,8 +46,16 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+def _no_cursor_if_empty(value: object) -> object:
+    # `?after=` (a form or URL builder with an empty field) means "from the start", as no
+    # cursor does; it used to be a 400 the schema did not announce.
+    return None if value == "" else value
+
+
 AfterParam = Annotated[
-    str | None, Query(description="Cursor: the id of the last object of the previous page.")
+    str | None, BeforeValidator(_no_cursor_if_empty),
+    Query(description="Cursor: the id of the last object of the previous page; empty or "
+                      "absent for the first page."),
 ]
 LimitParam = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size (1-100).")]
 

@@ -7,21 +7,28 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from app.schemas.common import ListEnvelope, RequestModel
-from app.schemas.jobs import AdapterIn, HyperparametersIn, Metadata, check_metadata
+from app.schemas.common import EXAMPLE_MODEL, ListEnvelope, RequestModel
+from app.schemas.jobs import (
+    FILE_REFERENCE,
+    AdapterIn,
+    HyperparametersIn,
+    Metadata,
+    check_metadata,
+)
 
 MAX_DOMAINS = 16
 
 
 class DomainIn(RequestModel):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$",
-                      examples=["medical"])
-    training_file: str
-    validation_file: str = Field(description="Holdout file: drift is measured on it.")
+                      examples=["cooking"])
+    training_file: str = Field(description=FILE_REFERENCE)
+    validation_file: str = Field(description="Holdout file (an id or a filename): drift is "
+                                 "measured on it.")
 
 
 class ContinualRunCreate(RequestModel):
-    model: str = Field(examples=["tinyllama-1.1b-chat"])
+    model: str = Field(examples=[EXAMPLE_MODEL])
     mode: Literal["modular", "frozen", "naive"] = Field(
         "modular", description="modular: one adapter per domain over a frozen shared base; "
         "frozen: earlier adapters frozen; naive: one adapter trained on every domain in turn."
@@ -48,14 +55,16 @@ class ContinualRunCreate(RequestModel):
     model_config = RequestModel.model_config | {
         "json_schema_extra": {
             "examples": [{
-                "model": "tinyllama-1.1b-chat",
+                "model": EXAMPLE_MODEL,
                 "mode": "modular",
+                # The README's continual example files (examples/continual/).
                 "domains": [
-                    {"name": "medical", "training_file": "file-MED_TRAIN",
-                     "validation_file": "file-MED_HOLDOUT"},
-                    {"name": "legal", "training_file": "file-LEGAL_TRAIN",
-                     "validation_file": "file-LEGAL_HOLDOUT"},
+                    {"name": "cooking", "training_file": "cooking_train.jsonl",
+                     "validation_file": "cooking_valid.jsonl"},
+                    {"name": "astronomy", "training_file": "astronomy_train.jsonl",
+                     "validation_file": "astronomy_valid.jsonl"},
                 ],
+                "hyperparameters": {"n_epochs": 1, "batch_size": 4},
             }]
         }
     }

@@ -13,7 +13,13 @@ from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
 from app.domain.hyperparameters import MAX_EPOCHS
 from app.domain.job_settings import DEFAULT_ADAPTER
-from app.schemas.common import ListEnvelope, RequestModel
+from app.schemas.common import (
+    EXAMPLE_MODEL,
+    EXAMPLE_TRAINING_FILE,
+    EXAMPLE_VALIDATION_FILE,
+    ListEnvelope,
+    RequestModel,
+)
 
 Auto = Literal["auto"]
 
@@ -22,6 +28,9 @@ def _whole_or_auto(name: str, low: int, high: int):  # noqa: ANN202 - a validato
     def check(value: object) -> object:
         if value is None or value == "auto":
             return "auto"
+        # JSON Schema's `integer` is any number with no fractional part: 223.0 is 223.
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{name} must be an integer or 'auto'")
         if not low <= value <= high:
@@ -43,7 +52,8 @@ def _multiplier_or_auto(value: object) -> object:
 
 class HyperparametersIn(RequestModel):
     """Each value may be "auto" (or null): resolved from the training file at creation.
-    Numbers are strict: `true` or `"3"` is a 422, not silently 1 or 3."""
+    Numbers are strict: `true`, `"3"` or `2.5` is a 422, not silently 1, 3 or 2 (`3.0` is the
+    integer 3, as JSON Schema has it)."""
 
     n_epochs: Annotated[Annotated[int, Field(ge=1, le=MAX_EPOCHS)] | Auto,
                         _whole_or_auto("n_epochs", 1, MAX_EPOCHS)] = Field(
@@ -74,6 +84,10 @@ class AdapterIn(RequestModel):
 
 Metadata = dict[str, str]
 
+FILE_REFERENCE = ("Id of an uploaded, processed file (`file-...`), or its filename: your newest "
+                  "processed file of that name (so the example works once the README's "
+                  "example files are uploaded).")
+
 
 def check_metadata(value: Metadata | None) -> Metadata | None:
     if value is None:
@@ -88,9 +102,10 @@ def check_metadata(value: Metadata | None) -> Metadata | None:
 
 class JobCreate(RequestModel):
     model: str = Field(description="A base model id from GET /v1/models.",
-                       examples=["tinyllama-1.1b-chat"])
-    training_file: str = Field(description="Id of an uploaded, processed file.")
-    validation_file: str | None = Field(None, description="Optional held-out file.")
+                       examples=[EXAMPLE_MODEL])
+    training_file: str = Field(description=FILE_REFERENCE)
+    validation_file: str | None = Field(None, description="Optional held-out file (an id, or "
+                                        "a filename as for training_file).")
     hyperparameters: HyperparametersIn | None = None
     suffix: str | None = Field(
         None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
@@ -113,11 +128,12 @@ class JobCreate(RequestModel):
     model_config = RequestModel.model_config | {
         "json_schema_extra": {
             "examples": [{
-                "model": "tinyllama-1.1b-chat",
-                "training_file": "file-REPLACE_WITH_YOUR_FILE_ID",
-                "hyperparameters": {"n_epochs": 3},
+                "model": EXAMPLE_MODEL,
+                "training_file": EXAMPLE_TRAINING_FILE,
+                "validation_file": EXAMPLE_VALIDATION_FILE,
+                "hyperparameters": {"n_epochs": 1, "batch_size": 4},
                 "adapter": {"crma": True, "n_streams": 4, "rank": 1},
-                "suffix": "support-bot",
+                "suffix": "capitals",
             }]
         }
     }

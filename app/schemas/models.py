@@ -6,11 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from app.schemas.common import ListEnvelope
+from app.schemas.common import EXAMPLE_MODEL, ListEnvelope
 
 
 class ModelPublic(BaseModel):
-    id: str = Field(examples=["tinyllama-1.1b-chat"])
+    id: str = Field(examples=[EXAMPLE_MODEL])
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "crma"

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
+from pydantic import BaseModel
 from sqlalchemy import Row, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
@@ -157,3 +158,31 @@ def require_usable_file(
             param=param, code="invalid_training_file",
         )
     return row
+
+
+FILE_FIELDS = ("training_file", "validation_file")
+Spec = TypeVar("Spec", bound=BaseModel)
+
+
+def with_file_ids(session: Session, *, account_id: str, spec: Spec) -> Spec:
+    """`spec` (a job or run body) with each training/validation file given by filename
+    replaced by the id of the caller's newest file of that name, in nested domains too. An id,
+    or a name that matches none, is left as it is (the usual 400 then names it). So the
+    OpenAPI example, which names the README's example files, works once they are uploaded."""
+    update: dict[str, Any] = {}
+    for name in FILE_FIELDS:
+        value = getattr(spec, name, None)
+        if isinstance(value, str) and not is_id(value):
+            update[name] = _newest_named(session, account_id=account_id, filename=value) or value
+    domains = getattr(spec, "domains", None)
+    if isinstance(domains, list):
+        update["domains"] = [with_file_ids(session, account_id=account_id, spec=d)
+                             for d in domains]
+    return spec.model_copy(update=update) if update else spec
+
+
+def _newest_named(session: Session, *, account_id: str, filename: str) -> str | None:
+    return session.scalar(
+        select(File.id).where(File.account_id == account_id, File.filename == filename,
+                              File.deleted_at.is_(None), File.status == USABLE_STATUS)
+        .order_by(File.created_at.desc(), File.id.desc()).limit(1))

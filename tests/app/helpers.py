@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from app.db.session import session_scope
 from app.settings import Settings
 from tests.conftest import free_port
-from tests.factories import create_account, insert_file, insert_job  # noqa: F401 - re-exported
+from tests.factories import create_account
 
 
 @dataclass

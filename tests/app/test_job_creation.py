@@ -13,8 +13,7 @@ from app.db.session import session_scope
 from app.domain.id_format import is_id
 from app.domain.ids import PREFIXES, new_id
 from app.services import accounts, billing, job_creation
-from tests.app.helpers import insert_file
-from tests.factories import TEST_SETTINGS
+from tests.factories import TEST_SETTINGS, insert_file
 
 MODEL = "tinyllama-1.1b-chat"
 

@@ -22,7 +22,8 @@ from app.db.session import session_scope
 from app.domain.errors import InvalidRequest, NotFound
 from app.services import events, job_reads, jobs
 from app.services.pagination import page, scoped_select
-from tests.app.helpers import create_tenant, insert_job, make_settings
+from tests.app.helpers import create_tenant, make_settings
+from tests.factories import insert_job
 from tests.conftest import free_port
 
 

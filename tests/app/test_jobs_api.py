@@ -9,7 +9,8 @@ from sqlalchemy import select
 
 from app.db.models import Account, Job, JobEvent, OutboxMessage
 from app.db.session import session_scope
-from tests.app.helpers import Tenant, create_tenant, insert_job, jsonl, upload_id
+from tests.app.helpers import Tenant, create_tenant, jsonl, upload_id
+from tests.factories import insert_job
 
 pytestmark = pytest.mark.integration
 

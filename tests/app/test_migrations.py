@@ -29,7 +29,7 @@ from app.db.models import (
 from app.db.session import normalize_url, session_scope
 from app.domain.ids import new_id
 from app.services import accounts, billing, events
-from tests.app.helpers import insert_file, insert_job
+from tests.factories import insert_file, insert_job
 
 pytestmark = pytest.mark.integration
 

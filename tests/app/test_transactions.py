@@ -19,9 +19,9 @@ from app.db.session import session_scope
 from app.db.transactions import AsyncpgTransactions, ThreadTransactions, open_transactions
 from app.schemas.jobs import JobCreate
 from app.services import job_creation
-from tests.app.helpers import create_tenant, insert_file, make_settings
+from tests.app.helpers import create_tenant, make_settings
+from tests.factories import TEST_SETTINGS, insert_file
 from tests.conftest import free_port
-from tests.factories import TEST_SETTINGS
 
 
 def create_job_work(account_id: str, file_id: str, *, fail_after: bool = False):  # noqa: ANN201

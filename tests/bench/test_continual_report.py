@@ -1,6 +1,7 @@
-"""The continual benchmark's report on hand-made run records: the figures it derives (drift,
-modular vs frozen, own-domain improvement, timings) and the wording that depends on their
-sign. No training: the records are what `bench/continual.py run` would have cached."""
+"""The continual benchmark's harness and report on a tiny random-weight model: a run goes
+through run_stage with the product config builder, the audit loads served pairs from the
+exported bundle, and the report derives frozen from the baseline, the per-order summaries,
+modular vs frozen with its noise floor, the pilots' choice, the targets and the write-up."""
 
 from __future__ import annotations
 
@@ -9,95 +10,136 @@ from pathlib import Path
 
 import pytest
 
-from bench.continual_report import build_report, markdown_section, write_markdown_section
-from crma_core.drift import drift_pct
+import bench.continual as harness
+from bench.continual_markdown import markdown_section
+from bench.continual_report import (DOMAIN_ORDER, ORDERS, analyse_pilots, build_report,
+                                    write_markdown_section)
+from crma_core.testing import make_tiny_model_dir, write_jsonl
 
-BASE = [4.0, 4.0, 3.0, 4.0]
-
-
-def _matrix(own: list[float], final_scale: float) -> list[list[float]]:
-    """Lower-triangular L[t][i]: domain i scores own[i] right after its stage, and
-    own[i] * final_scale after the last stage (intermediate rows in between)."""
-    rows = []
-    for t in range(4):
-        row = []
-        for i in range(t + 1):
-            scale = 1.0 if i == t else 1.0 + (final_scale - 1.0) * t / 3
-            row.append(own[i] * scale)
-        rows.append(row)
-    return rows
+TEMPLATES = {
+    "medical": "the patient has a mild fever number {i}",
+    "legal": "the licensee shall keep notice {i} intact",
+    "code": "def f{i}(x): return x + {i}",
+    "finance": "the account balance grew by {i} dollars",
+}
 
 
-def _record(work: Path, mode: str, seed: int, matrix: list[list[float]], *,
-            base: bool = False) -> None:
-    drift = drift_pct(matrix)
-    record = {"mode": mode, "seed": seed, "matrix": matrix, "drift_pct": drift,
-              "drift_mean_pct": sum(drift) / len(drift), "bwt": 0.0, "stages": [],
-              "seconds": 100.0 + seed, "finished_at": 1_800_000_000.0 + 200 * seed}
-    if base:
-        record["base_losses"] = BASE
-    (work / f"{mode}-seed{seed}.json").write_text(json.dumps(record))
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench-cl")
+    data = root / "data"
+    for name, template in TEMPLATES.items():
+        (data / name).mkdir(parents=True)
+        write_jsonl(data / name / "train.jsonl",
+                    [{"text": template.format(i=i)} for i in range(16)])
+        write_jsonl(data / name / "holdout.jsonl",
+                    [{"text": template.format(i=i)} for i in range(100, 106)])
+    general = write_jsonl(root / "general.jsonl", [{"text": "a stitch in time saves nine"},
+                                                   {"text": "all that glitters is not gold"}])
+    model = make_tiny_model_dir(root / "model", "llama", num_layers=2)
+    return root, data, general, model
 
 
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    work = tmp_path / "abc123"
-    work.mkdir()
-    own = [3.2, 3.4, 2.6, 3.5]
-    for seed, frozen_noise in ((0, 1.0), (1, 1.01)):
-        _record(work, "frozen", seed, _matrix([x * frozen_noise for x in own], 1.0),
-                base=seed == 0)
-        _record(work, "modular", seed, _matrix(own, 1.05 + 0.01 * seed))
-        _record(work, "naive", seed, _matrix(own, 1.20))
-    (work / "wall-1.json").write_text(json.dumps(
-        {"jobs": ["modular-seed0", "modular-seed1"], "parallel": 2, "wall_seconds": 300.0}))
-    return work
+def _run(setup, monkeypatch, *, mode: str, seed: int, order: str, split: str = "report"):
+    root, data, general, model = setup
+    monkeypatch.setattr(harness, "HOLDOUT_EXAMPLES", 3)
+    monkeypatch.setattr(harness, "DEV_EXAMPLES", 4)
+    request = harness.api_request(mode=mode, seed=seed, baseline=mode == "modular",
+                                  max_steps=2, max_seq_len=24)
+    request["score_base"] = seed == 0
+    job = {"tag": f"{'bench' if split == 'report' else 'pilot'}-{order}-{mode}-seed{seed}",
+           "request": request, "order": order, "split": split, "work": str(root / "work"),
+           "data_dir": str(data), "model_dir": str(model), "general": str(general)}
+    return harness.run_one(job)
 
 
-def _report(work: Path, tmp_path: Path) -> dict:
-    pilots = tmp_path / "pilots.json"
-    pilots.write_text(json.dumps([{
-        "settings_hash": "abc123", "seconds": 100.0, "at": "2027-01-15T08:00:00Z",
-        "own_improvement_pct": {"medical": 20.0, "legal": 15.0, "code": 13.3, "finance": 12.5},
-    }]))
-    return build_report(work, {"steps": 40, "batch_size": 4, "seq_len": 64, "lr_main": 4e-3,
-                               "lr_mix": 1e-2, "lr_gate": 1e-3, "warmup_steps": 1, "lora_r": 8,
-                               "lora_alpha": 16, "holdout_examples": 48},
-                        "abc123", pilots, {"cpus": 2, "torch_threads_per_run": 1})
+@pytest.fixture(scope="module")
+def work(setup):
+    monkeypatch = pytest.MonkeyPatch()
+    try:
+        for order in ORDERS:
+            for seed in (0, 1):
+                for mode in ("modular", "naive"):
+                    _run(setup, monkeypatch, mode=mode, seed=seed, order=order)
+        _run(setup, monkeypatch, mode="frozen", seed=0, order="forward")
+        pilots = []
+        for mode in ("frozen", "modular"):
+            record = _run(setup, monkeypatch, mode=mode, seed=0, order="forward", split="dev")
+            pilots.append({"tag": record["tag"], "mode": mode, "order": "forward",
+                           "lr_rw_base": 1e-5 if mode == "modular" else None,
+                           "config": record["config"], "domains": record["domains"],
+                           "matrix": record["matrix"], "base_losses": record["base_losses"],
+                           "seconds": 1.0, "started_at": "t", "parallel": 1})
+        (setup[0] / "work" / "pilots.json").write_text(json.dumps(pilots))
+    finally:
+        monkeypatch.undo()
+    return setup[0] / "work"
 
 
-def test_figures_follow_from_the_matrices(work: Path, tmp_path: Path) -> None:
-    report = _report(work, tmp_path)
-    summary = report["summary"]
-    assert summary["frozen"]["drift_mean_pct"] == 0.0
-    assert summary["modular"]["drift_mean_pct"] == pytest.approx(5.5)
-    assert summary["naive"]["drift_mean_pct"] == pytest.approx(20.0)
-    # Modular ends at own*1.05 (seed 0) against frozen's own*1.0: 5% worse.
-    versus = report["modular_vs_frozen_pct"]
-    assert versus["per_seed"][0] == pytest.approx(-5.0)
-    assert versus["mean"] < 0 and not versus["within_noise"]
-    assert versus["frozen_seed_to_seed_abs_pct"] == pytest.approx(100 * 0.01 / 1.0, rel=1e-6)
-    assert report["runs"][0]["own_improvement_pct"][0] == pytest.approx(100 * (4.0 - 3.2) / 4.0)
-    assert report["chosen_pilot"]["meets_rule"] and report["chosen_pilot"]["short_of_rule"] == []
-    assert report["timings"]["runs_in_parallel"] == [2]
+def test_a_run_goes_through_run_stage_with_the_product_config(work):
+    record = json.loads((work / "runs" / "bench-reverse-modular-seed1.json").read_text())
+    assert record["domains"] == list(reversed(DOMAIN_ORDER))
+    config = record["config"]
+    assert config["drift_budget_pct"] == 0.5 and config["baseline"] is True
+    assert config["lora"]["r"] == 16 and config["train"]["batch_size"] == 1
+    # Rates are the defaults times the multiplier (10): lr_rw included.
+    assert config["train"]["lr_main"] == pytest.approx(2e-3)
+    assert config["train"]["lr_rw"] == pytest.approx(10 * 1e-5)
+    assert [s["baseline_trained_tokens"] for s in record["stages"]] == \
+        [s["trained_tokens"] for s in record["stages"]]
+    assert set(record["audit"]["served"]) == set(record["audit"]["baseline"]) == set(TEMPLATES)
+    assert "base_losses" not in record  # seed 1: scored once per order, in seed 0
 
 
-def test_the_write_up_says_what_the_signs_mean(work: Path, tmp_path: Path) -> None:
-    text = markdown_section(_report(work, tmp_path))
-    assert "| modular | +5.50% ± 0.71 |" in text
-    assert "here CRMA makes the earlier domains worse than frozen per-domain LoRAs" in text
-    assert "20× the recipe's" in text
-    assert "then 2 runs at a time" in text and "2 vs 3 seeds" in text
-    assert "So the shared CRMA is what forgets here." in text
+def test_report_derives_frozen_and_compares_within_orders(work):
+    report = build_report(work, {"config": harness.settings_meta(), "notes": ["n"]})
+    assert report["orders_run"] == ["forward", "reverse"]
+    frozen = [r for r in report["runs"] if r["mode"] == "frozen"]
+    assert len(frozen) == 4 and all(r["drift_mean_pct"] == 0.0 for r in frozen)
+    # The frozen-mode run equals the baseline trained inside the modular run.
+    assert report["frozen_check"] == [{"order": "forward", "seed": 0, "max_abs_diff": 0.0,
+                                       "seconds": pytest.approx(report["frozen_check"][0][
+                                           "seconds"])}]
+    for order, o in report["orders"].items():
+        v = o["modular_vs_frozen_pct"]
+        modular = [r for r in report["runs"] if r["mode"] == "modular" and r["order"] == order]
+        assert v["per_seed"] == [r["versus_baseline"]["backward_mean_pct"] for r in modular]
+        assert v["noise_floor_pct"] is not None and "audit_mean" in v
+        assert o["summary"]["modular"]["drift_mean_pct"] <= 0.5
+        assert "general_change_mean_pct" in o["summary"]["naive"]
+        t = report["targets"][order]
+        assert t["modular_drift_le_0.5"]["met"]
+        assert t["general_retention_every_mode"]["met"]
+    assert report["summary"]["modular"]["seeds"] == [0, 1, 0, 1]  # today's key, both orders
+    assert set(report["runs"][0]) >= {"seed", "mode", "order", "matrix", "drift_mean_pct"}
+    assert report["pilot"]["chosen_lr_rw_base"] == 1e-5
+    text = markdown_section(report)
+    assert text.startswith("## Continual learning")
+    assert "| forward |" in text and "| reverse |" in text and "Note: n" in text
+    for name in ("max_steps", "max_seq_len", "learning_rate_multiplier"):
+        assert f"`{name}`" in text
 
 
-def test_modular_drift_within_noise_is_called_so(work: Path, tmp_path: Path) -> None:
-    own = [3.2, 3.4, 2.6, 3.5]
-    _record(work, "modular", 0, _matrix(own, 1.002))
-    _record(work, "modular", 1, _matrix(own, 0.996))
-    text = markdown_section(_report(work, tmp_path))
-    assert "within two seed standard deviations of 0" in text
-    assert "is what forgets" not in text
+def test_pilot_rule_prefers_the_best_served_score_then_the_smaller_rate():
+    def pilot(tag, mode, lr, matrix, base=None):
+        return {"tag": tag, "mode": mode, "order": "forward", "lr_rw_base": lr,
+                "domains": list(DOMAIN_ORDER), "matrix": matrix, "base_losses": base,
+                "config": {}, "seconds": 1.0, "started_at": "t", "parallel": 1}
+
+    def lower(own, final):
+        return [[own[i] if i == t else final[i] for i in range(t + 1)] for t in range(4)]
+
+    frozen = pilot("f", "frozen", None, lower([2.0] * 4, [2.0] * 4), base=[2.5] * 4)
+    good = pilot("a", "modular", 1e-5, lower([1.98] * 4, [1.98] * 4))
+    same = pilot("b", "modular", 1e-6, lower([1.9801] * 4, [1.9801] * 4))
+    # Forgets: served by its own states (the budget), so its score is its forward transfer.
+    drifting = pilot("c", "modular", 1e-4, lower([1.99] * 4, [2.2] * 4))
+    result = analyse_pilots([frozen, good, same, drifting])
+    assert result["chosen_lr_rw_base"] == 1e-6  # within 0.05 points of the best: smaller
+    by_tag = {a["tag"]: a for a in result["attempts"]}
+    assert by_tag["c"]["score"] == pytest.approx(0.5)
+    assert by_tag["f"]["meets_settings_rule"] and by_tag["f"]["own_improvement_pct"][
+        "medical"] == pytest.approx(20.0)
 
 
 def test_the_section_replaces_only_its_own_part(tmp_path: Path) -> None:

@@ -27,7 +27,8 @@ import httpx
 import pytest
 
 from app.db.session import session_scope
-from tests.app.helpers import create_tenant, insert_job, jsonl
+from tests.app.helpers import create_tenant, jsonl
+from tests.factories import insert_job
 from tests.conftest import free_port, wait_until_healthy
 
 pytestmark = [pytest.mark.contract, pytest.mark.integration]

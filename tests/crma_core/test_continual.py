@@ -136,11 +136,11 @@ def test_naive_trains_one_lora_throughout(runs):
 
 
 def test_evaluating_a_domain_activates_only_its_lora(model_dir, domains, monkeypatch, tmp_path):
-    import crma_core.continual as continual
+    import crma_core.continual_scoring as scoring
     from crma_core.model import get_crma
 
     seen = []
-    real = continual.evaluate_loss
+    real = scoring.evaluate_loss
 
     def spy(model, batches):
         crma = get_crma(model)
@@ -149,7 +149,7 @@ def test_evaluating_a_domain_activates_only_its_lora(model_dir, domains, monkeyp
         seen.append((list(model.active_adapters), crma is not None and crma.enabled, trainable))
         return real(model, batches)
 
-    monkeypatch.setattr(continual, "evaluate_loss", spy)
+    monkeypatch.setattr(scoring, "evaluate_loss", spy)
     config = ContinualConfig(mode="modular", lora=LoraSettings(r=4, alpha=8),
                              train=_config("modular").train, score_base=True)
     run_continual(domains[:2], model_dir=model_dir, config=config, state_root=tmp_path)
@@ -265,11 +265,19 @@ def test_exported_bundle_has_one_lora_per_domain_and_the_crma(runs, tmp_path):
     manifest = export_bundle(runs["modular"][1] / "stage-2", tmp_path / "bundle")
     names = {f["name"] for f in manifest["files"]}
     assert {"loras/0-alpha/adapter_model.safetensors", "loras/1-beta/adapter_config.json",
-            "loras/2-gamma/adapter_model.safetensors", "crma.safetensors", "crma_config.json",
-            "continual_report.json", "plots/loss_matrix.png"} <= names
+            "loras/2-gamma/adapter_model.safetensors", "crma/after-2/crma.safetensors",
+            "crma/after-2/crma_config.json", "continual_report.json",
+            "plots/loss_matrix.png"} <= names
+    # Every domain names its served pair; the newest domain is served by the shared CRMA.
+    assert [d["lora"] for d in manifest["domains"]] == ["loras/0-alpha", "loras/1-beta",
+                                                        "loras/2-gamma"]
+    assert manifest["domains"][2]["crma"] == "crma/after-2"
+    assert all(d["crma"] and f"{d['crma']}/crma.safetensors" in names
+               for d in manifest["domains"])
     report = json.loads((tmp_path / "bundle" / "continual_report.json").read_text())
     assert report["mode"] == "modular" and len(report["matrix"]) == 3
     naive = export_bundle(runs["naive"][1] / "stage-2", tmp_path / "naive")
     assert {"lora/adapter_model.safetensors", "lora/adapter_config.json"} <= {
         f["name"] for f in naive["files"]}
     assert not any(f["name"].startswith("crma") for f in naive["files"])
+    assert {d["lora"] for d in naive["domains"]} == {"lora"}

@@ -58,3 +58,43 @@ def test_report_and_validation(tmp_path):
         continual_report(matrix, ["medical"])
     png = plot_loss_matrix(matrix, ["medical", "legal"], tmp_path / "m.png", title="t")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_serving_takes_the_shared_crma_only_within_budget():
+    from crma_core.serving import choose_serving, explain, served_matrix, serving_history
+
+    # Domain 0: the shared CRMA drifts +0.4% after stage 1 (within 0.5%), +2% after stage 2
+    # (over: keeps the stage-1 state). Domain 1: +1% after stage 2 (over: its own state).
+    matrix = [[1.0], [1.004, 2.0], [1.02, 2.02, 3.0]]
+    history = serving_history(matrix, 0.5)
+    assert history == [[0], [1, 1], [1, 1, 2]]
+    assert choose_serving(matrix, history[1], 0.5) == [1, 1, 2]
+    assert served_matrix(matrix, history) == [[1.0], [1.004, 2.0], [1.004, 2.0, 3.0]]
+    assert drift_pct(served_matrix(matrix, history)) == pytest.approx([0.4, 0.0])
+    why = explain(matrix, history, 0.5, ["a", "b", "c"])
+    assert [w["crma_state"] for w in why] == ["earlier", "own", "shared"]
+    assert "kept the CRMA after stage 1 (b)" in why[0]["reason"]
+    assert why[1]["shared_drift_pct"] == pytest.approx(1.0) and why[1]["drift_pct"] == 0.0
+    # Budget 0: only a shared state that is no worse is taken; a better one always is.
+    assert serving_history([[1.0], [0.99, 2.0]], 0.0)[-1] == [1, 1]
+    assert serving_history([[1.0], [1.0001, 2.0]], 0.0)[-1] == [0, 1]
+    with pytest.raises(ValueError, match="earlier domains"):
+        choose_serving(matrix, None, 0.5)
+
+
+def test_report_with_serving_baseline_and_general():
+    from crma_core.serving import serving_history
+
+    matrix = [[1.0], [1.1, 2.0]]
+    report = continual_report(matrix, ["a", "b"], serving=serving_history(matrix, 0.5),
+                              budget_pct=0.5, baseline_losses=[1.02, 1.9],
+                              general={"base_loss": 3.0, "served": [3.3, 3.0],
+                                       "baseline": [3.6, 3.3]})
+    assert report["matrix"] == [[1.0], [1.0, 2.0]] and report["drift_mean_pct"] == 0.0
+    assert report["shared_drift_mean_pct"] == pytest.approx(10.0)
+    versus = report["versus_baseline"]
+    assert versus["backward_pct"] == {"a": pytest.approx(100 * 0.02 / 1.02)}
+    assert versus["forward_pct"]["b"] == pytest.approx(-100 * 0.1 / 1.9)
+    general = report["general_retention"]
+    assert general["served"]["a"]["change_pct"] == pytest.approx(10.0)
+    assert general["baseline_mean_change_pct"] == pytest.approx(15.0)

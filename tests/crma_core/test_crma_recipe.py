@@ -30,7 +30,8 @@ def _recipe(model_dir, chat_files, *, crma=CRMAConfig(), lora=LoraSettings(r=4, 
 
 
 def test_t9_optimizer_groups(tiny_model_dirs, chat_files):
-    recipe = _recipe(tiny_model_dirs["llama"], chat_files, lr_mix=5e-3, lr_gate=5e-5)
+    recipe = _recipe(tiny_model_dirs["llama"], chat_files, lr_rw=2e-5, lr_mix=5e-3,
+                     lr_gate=5e-5)
     recipe.setup()
     try:
         groups = {g["name"]: g for g in recipe.optimizer.param_groups}
@@ -45,9 +46,11 @@ def test_t9_optimizer_groups(tiny_model_dirs, chat_files):
         main_model = [names[i] for i in ids["main"] if i in names]
         assert main_model and all("lora_" in n for n in main_model)
         crma_rw = {id(layer.read) for layer in handle.layers} | {id(layer.write) for layer in handle.layers}
-        assert crma_rw <= ids["main"]
+        # CRMA read/write have their own group and rate, apart from the LoRA's.
+        assert ids["rw"] == crma_rw and not crma_rw & ids["main"]
+        assert groups["rw"]["lr"] == 2e-5 and groups["rw"]["weight_decay"] == 0.01
         trainable = {id(p) for p in recipe.built.model.parameters() if p.requires_grad}
-        assert ids["main"] - crma_rw == trainable  # every LoRA param, no base param
+        assert ids["main"] == trainable  # every LoRA param, no base param
         base = [p for n, p in recipe.built.model.named_parameters() if "lora_" not in n]
         assert base and not any(p.requires_grad for p in base)
     finally:
@@ -87,8 +90,11 @@ def test_training_lowers_loss_and_logs_everything(tiny_model_dirs, chat_files, f
             "crma_config.json", "metrics.jsonl", "plots/loss.png", "plots/grad_norm.png"} <= names
     assert verify_bundle(tmp_path / "bundle") == manifest
     assert (tmp_path / "bundle" / "plots" / "loss.png").read_bytes()[:4] == b"\x89PNG"
-    lines = (tmp_path / "bundle" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 18 + 3
+    records = [json.loads(line) for line in
+               (tmp_path / "bundle" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["type"] for r in records].count("step") == 18
+    assert [r["type"] for r in records].count("eval") == 3
+    assert records[-1]["type"] == "summary" and len(records) == 18 + 3 + 1
 
 
 def test_t15_fifty_step_smoke(tiny_model_dirs, chat_files):
@@ -118,35 +124,41 @@ def test_resume_reproduces_uninterrupted_run(tiny_model_dirs, chat_files, tmp_pa
     full.setup()
     full_result = full.train()
     full_losses = _losses_of(full)
+    full_best = full.best
     full.cleanup()
 
     saved = tmp_path / "ckpt"
 
-    def keep_first(step, directory):
-        if step == 4:
+    def keep_second(step, directory):
+        if step == 8:  # after the evaluation at step 5: the best weights so far go along
             shutil.copytree(directory, saved)
 
     first = _recipe(tiny_model_dirs["llama"], chat_files, **settings,
-                    callbacks=TrainCallbacks(on_checkpoint=keep_first,
+                    callbacks=TrainCallbacks(on_checkpoint=keep_second,
                                              should_stop=lambda: "cancelled" if saved.exists() else None))
     first.setup()
     assert first.train().stop_reason == "cancelled"
-    assert first.state.step == 4
+    assert first.state.step == 8
     first.cleanup()
     assert sorted(p.name for p in saved.iterdir()) == sorted([
         "trainable.safetensors", "crma.safetensors", "crma_config.json", "optimizer.safetensors",
-        "optimizer.json", "rng.safetensors", "trainer.json", "metrics.jsonl"])
+        "optimizer.json", "rng.safetensors", "trainer.json", "metrics.jsonl",
+        "checkpoint_metrics.json", "best.safetensors"])
 
     resumed = _recipe(tiny_model_dirs["llama"], chat_files, **settings)
     resumed.setup(resume_from=saved)
     result = resumed.train()
     losses = _losses_of(resumed)
+    resumed_best = resumed.best
     resumed.cleanup()
     assert result.steps == full_result.steps == 12
     assert result.trained_tokens == full_result.trained_tokens
     assert len(losses) == len(full_losses)
     assert max(abs(a - b) for a, b in zip(losses, full_losses)) <= 1e-6
     assert result.final_val_loss == pytest.approx(full_result.final_val_loss, abs=1e-6)
+    assert (result.best_step, resumed_best.step) == (full_result.best_step, full_best.step)
+    for name, tensor in full_best.tensors.items():
+        torch.testing.assert_close(resumed_best.tensors[name], tensor, rtol=0, atol=1e-6)
 
 
 def test_resume_refuses_other_settings(tiny_model_dirs, chat_files, tmp_path):

@@ -86,20 +86,24 @@ def list_ledger(
 def get_usage(
     principal: PrincipalDep,
     session: SessionDep,
-    start_date: Annotated[IsoDate | None, Query(description="First UTC day (YYYY-MM-DD); "
-                                                "default 29 days before end_date.")] = None,
+    start_date: Annotated[IsoDate | None, Query(description=(
+        f"First UTC day (YYYY-MM-DD); default 29 days before end_date. A request covers at "
+        f"most {MAX_USAGE_DAYS} days: a start_date more than {MAX_USAGE_DAYS - 1} days before "
+        f"end_date is a 400."))] = None,
     end_date: Annotated[IsoDate | None, Query(description="Last UTC day, inclusive; "
                                            "default today.")] = None,
 ) -> UsageList:
     """Trained tokens and cost per UTC day and model (jobs and continual-run stages, counted
-    on the day they finished)."""
+    on the day they finished). At most 366 days per request (400 `invalid_request_error`
+    naming `start_date` beyond that, or when start_date is after end_date)."""
     end = end_date or datetime.now(UTC).date()
     # Near date.min the default window would start before year 1 (OverflowError, a 500).
     start = start_date or end - timedelta(days=min(DEFAULT_USAGE_DAYS - 1, (end - date.min).days))
     if start > end:
         raise InvalidRequest("start_date must not be after end_date.", param="start_date")
     if (end - start).days >= MAX_USAGE_DAYS:
-        raise InvalidRequest(f"At most {MAX_USAGE_DAYS} days per request.", param="start_date")
+        raise InvalidRequest(f"start_date to end_date spans {(end - start).days + 1} days; at "
+                             f"most {MAX_USAGE_DAYS} per request.", param="start_date")
     rows = billing.usage(session, account_id=principal.account_id, start=start, end=end)
     total_cost = sum(r.cost_micros for r in rows)
     return UsageList(

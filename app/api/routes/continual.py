@@ -19,7 +19,7 @@ from app.schemas.continual import (
     ContinualRunPublic,
     DomainsAppend,
 )
-from app.services import continual_runs
+from app.services import continual_runs, files
 from app.services.quotas import quota_headers
 
 router = APIRouter(prefix="/v1/continual/runs", tags=["continual"])
@@ -34,8 +34,9 @@ async def create_run(
     """Start a continual run: one stage per domain, trained in order."""
 
     def create(session: Session) -> tuple[ContinualRunPublic, dict[str, str]]:
+        spec = files.with_file_ids(session, account_id=principal.account_id, spec=body)
         view, admitted = continual_runs.create_run(session, account_id=principal.account_id,
-                                                   spec=body, settings=request.app.state.settings)
+                                                   spec=spec, settings=request.app.state.settings)
         return run_public(view), quota_headers(admitted.quota if admitted else None)
 
     return await respond_idempotently(
@@ -55,8 +56,9 @@ async def append_domains(
     """Add domains to a run whose stages all succeeded."""
 
     def create(session: Session) -> tuple[ContinualRunPublic, dict[str, str]]:
+        spec = files.with_file_ids(session, account_id=principal.account_id, spec=body)
         view, admitted = continual_runs.append_domains(
-            session, account_id=principal.account_id, run_id=run_id, domains=body.domains,
+            session, account_id=principal.account_id, run_id=run_id, domains=spec.domains,
             settings=request.app.state.settings)
         return run_public(view), quota_headers(admitted.quota if admitted else None)
 

@@ -15,7 +15,7 @@ from app.schemas.billing import ContinualEstimatePublic, JobEstimatePublic, Stag
 from app.schemas.common import error_responses
 from app.schemas.continual import ContinualRunCreate
 from app.schemas.jobs import JobCreate
-from app.services import admission, job_creation
+from app.services import admission, files, job_creation
 
 router = APIRouter()
 
@@ -26,6 +26,7 @@ def estimate_job(
     spec: JobCreate, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
 ) -> JobEstimatePublic:
     """Trained tokens, price, expected duration and whether this job would be accepted."""
+    spec = files.with_file_ids(session, account_id=principal.account_id, spec=spec)
     draft = job_creation.draft_job(
         session, account_id=principal.account_id, model=spec.model,
         training_file=spec.training_file, validation_file=spec.validation_file,
@@ -51,6 +52,7 @@ def estimate_continual_run(
     spec: ContinualRunCreate, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
 ) -> ContinualEstimatePublic:
     """Per stage and in total: trained tokens, price and duration; a stage is a free-tier run."""
+    spec = files.with_file_ids(session, account_id=principal.account_id, spec=spec)
     hyperparameters = spec.hyperparameters.model_dump() if spec.hyperparameters else None
     adapter = spec.adapter.model_dump() if spec.adapter else None
     stages = []

@@ -31,7 +31,7 @@ from app.schemas.jobs import (
     JobList,
     JobPublic,
 )
-from app.services import checkpoints, event_stream, job_creation, job_reads, jobs
+from app.services import checkpoints, event_stream, files, job_creation, job_reads, jobs
 from app.services.quotas import quota_headers
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -51,8 +51,9 @@ async def create_job(
     state = request.app.state
 
     def create(session: Session) -> tuple[JobPublic, dict[str, str]]:
+        spec = files.with_file_ids(session, account_id=principal.account_id, spec=body)
         job, admitted = job_creation.create_job(session, account_id=principal.account_id,
-                                                spec=body, settings=state.settings)
+                                                spec=spec, settings=state.settings)
         public = job_public(job, throughput=state.settings.throughput_tokens_per_s)
         return public, quota_headers(admitted.quota)
 

@@ -1,0 +1,61 @@
+// The fields of the job and continual-run forms, one entry per request field (the names
+// are the paths of JobCreate / ContinualRunCreate in the API). A new hyperparameter or
+// adapter option is one more entry in HYPERPARAMETERS or ADAPTER.
+
+import { bytes, count, usd } from "../format.js";
+import * as api from "../api.js";
+
+export const HYPERPARAMETERS = [
+  { name: "hyperparameters.n_epochs", label: "Epochs", type: "number", min: 1, max: 50, step: 1,
+    placeholder: "auto", help: "Passes over the training file (1–50). Empty: chosen from the file size." },
+  { name: "hyperparameters.batch_size", label: "Batch size", type: "number", min: 1, max: 256, step: 1,
+    placeholder: "auto", help: "Examples per optimizer step (1–256)." },
+  { name: "hyperparameters.learning_rate_multiplier", label: "Learning-rate multiplier", type: "number",
+    min: 0, max: 10, step: "any", placeholder: "auto",
+    help: "Scales the base rates (2e-4 for LoRA, 1e-3 for CRMA's mixing matrix)." },
+];
+
+export const ADAPTER = [
+  { name: "adapter.crma", label: "Attach CRMA next to LoRA", type: "checkbox", value: true,
+    help: "Off: a plain LoRA." },
+  { name: "adapter.n_streams", label: "CRMA streams", type: "number", min: 2, max: 16, step: 1, placeholder: "4",
+    help: "n: the mixing matrix is n × n." },
+  { name: "adapter.rank", label: "CRMA rank", type: "number", min: 1, max: 8, step: 1, placeholder: "1" },
+  { name: "adapter.lora_r", label: "LoRA rank", type: "number", min: 1, max: 256, step: 1, placeholder: "16" },
+  { name: "adapter.lora_alpha", label: "LoRA alpha", type: "number", min: 1, max: 1024, step: 1, placeholder: "32" },
+  { name: "adapter.quantization", label: "Quantization", type: "select", placeholder: "none (full precision)",
+    options: [{ value: "nf4", label: "NF4 (QLoRA, CUDA workers)" }] },
+];
+
+export const ADVANCED = [
+  { name: "seed", label: "Seed", type: "number", min: 0, max: 2147483647, step: 1, placeholder: "random",
+    help: "Same seed and data: the same run." },
+  { name: "metadata", label: "Metadata", type: "metadata", placeholder: "team=search\nticket=42",
+    help: "Up to 16 key=value lines, kept with the job." },
+];
+
+/** Select options for the base models (available ones first) and processed files. */
+export async function loadChoices(signal) {
+  const [models, files] = await Promise.all([
+    api.get("/v1/models", { signal }),
+    api.listAll("/v1/files", { signal, query: { purpose: "fine-tune" } }),
+  ]);
+  const modelOptions = [...models.data]
+    .sort((a, b) => Number(b.available) - Number(a.available))
+    .map((m) => ({
+      value: m.id,
+      label: `${m.display_name || m.id} · ${usd(m.price_per_1m_tokens)}/1M${m.available ? "" : " (not installed)"}`,
+    }));
+  const fileOptions = files.filter((f) => f.status === "processed").map((f) => ({
+    value: f.id,
+    label: `${f.filename} · ${count(f.example_count)} examples · ${bytes(f.bytes)}`,
+  }));
+  return { models: models.data, modelOptions, files, fileOptions };
+}
+
+/** The `adapter` object is sent only when a field differs from the form's defaults. */
+export function pruneAdapter(body) {
+  const adapter = body.adapter;
+  if (adapter && adapter.crma === true && Object.keys(adapter).length === 1) delete body.adapter;
+  return body;
+}

@@ -1,0 +1,177 @@
+// One fine-tuning job: status and cost, live loss / learning-rate / gradient-norm charts
+// from the events stream, the event log, checkpoints, the adapter's files (sha256-checked
+// downloads) and cancel.
+
+import * as api from "../api.js";
+import { artifactsTable } from "../artifacts.js";
+import { badge, button, card, confirmDialog, facts, h, link, mono, pageHeader, replace, spinner, table, toast } from "../dom.js";
+import { errorView, showingErrors } from "../errors.js";
+import { EventLog } from "../event-log.js";
+import { count, dateTime, decimal, duration, relative, usd } from "../format.js";
+import { JobCharts } from "../job-charts.js";
+import { isTerminal } from "../status.js";
+
+const REFRESH_MS = 4000;
+
+function progressBar(job, metrics) {
+  const total = metrics.totalSteps;
+  const step = metrics.latest?.step ?? 0;
+  const done = job.status === "succeeded" ? 1 : total ? Math.min(1, step / total) : 0;
+  const label = job.status === "succeeded" ? "Finished"
+    : total ? `Step ${step} of ${total}` : isTerminal(job.status) ? "Stopped" : job.status === "running" ? "Starting…" : "Waiting for a worker";
+  const bar = h("progress", { max: 100, value: Math.round(done * 100), "aria-label": "Training progress" });
+  return h("div", { class: "progress", dataset: { status: job.status } }, bar,
+    h("span", { class: "progress-label" }, label, done > 0 && done < 1 ? ` · ${Math.round(done * 100)}%` : ""));
+}
+
+function summary(job) {
+  const hp = job.hyperparameters || {};
+  const elapsed = job.finished_at ? job.finished_at - job.created_at : null;
+  return facts([
+    ["Base model", job.model],
+    ["Created", h("time", { title: dateTime(job.created_at) }, relative(job.created_at))],
+    job.finished_at ? ["Finished", h("span", {}, dateTime(job.finished_at), elapsed !== null ? ` · took ${duration(elapsed)}` : "")]
+      : ["Estimated finish", job.estimated_finish ? relative(job.estimated_finish) : null],
+    ["Trained tokens", job.trained_tokens === null ? `${count(job.usage.estimated_tokens)} estimated` : count(job.trained_tokens)],
+    ["Cost", h("span", { dataset: { field: "cost" } }, usd(job.cost), isTerminal(job.status) ? "" : ` so far · ${usd(job.usage.hold)} held`)],
+    ["Budget", job.max_cost ? usd(job.max_cost) : "no cap"],
+    ["Epochs · batch · LR ×", `${hp.n_epochs ?? "—"} · ${hp.batch_size ?? "—"} · ${hp.learning_rate_multiplier ?? "—"}`],
+  ]);
+}
+
+function details(job) {
+  const adapter = job.adapter || {};
+  return facts([
+    ["Training file", mono(job.training_file)],
+    ["Validation file", job.validation_file ? mono(job.validation_file) : "none"],
+    ["Adapter", adapter.crma === false ? "LoRA" : `CRMA (${adapter.n_streams ?? "—"} streams, rank ${adapter.rank ?? "—"}) + LoRA`],
+    ["LoRA rank · alpha", `${adapter.lora_r ?? "—"} · ${adapter.lora_alpha ?? "—"}`],
+    ["Seed", String(job.seed)],
+    ["Suffix", job.suffix],
+    ["Attempt", String(job.attempt)],
+    job.continual_run_id ? ["Continual run", link(`#/runs/${encodeURIComponent(job.continual_run_id)}`, mono(job.continual_run_id), ` · stage ${job.stage_index + 1}`)] : null,
+    ["Metadata", job.metadata && Object.keys(job.metadata).length
+      ? h("ul", { class: "kv" }, Object.entries(job.metadata).map(([k, v]) => h("li", {}, h("code", {}, k), " = ", v))) : null],
+  ]);
+}
+
+function checkpointsTable(rows, job) {
+  return table({
+    caption: "Checkpoints",
+    rows,
+    empty: isTerminal(job.status) ? "No checkpoint was saved during this job." : "No checkpoint yet.",
+    columns: [
+      { label: "Step", class: "num", cell: (c) => count(c.step_number) },
+      { label: "Train loss", class: "num", cell: (c) => decimal(c.metrics.train_loss, 4) },
+      { label: "Valid loss", class: "num", cell: (c) => decimal(c.metrics.valid_loss, 4) },
+      { label: "Saved", cell: (c) => h("time", { title: dateTime(c.created_at) }, relative(c.created_at)) },
+      { label: "Checkpoint", cell: (c) => mono(c.fine_tuned_model_checkpoint) },
+    ],
+  });
+}
+
+export default {
+  path: "/jobs/:id",
+  title: "Job",
+  async render({ main, params, signal }) {
+    const id = params.id;
+    const path = `/v1/fine_tuning/jobs/${encodeURIComponent(id)}`;
+    let job = await api.get(path, { signal });
+    const charts = new JobCharts();
+    const log = new EventLog();
+    signal.addEventListener("abort", () => charts.destroy(), { once: true });
+
+    const header = h("div");
+    const progress = h("div");
+    const summaryCard = card(null);
+    const alerts = h("div");
+    const checkpoints = h("div", {}, spinner());
+    const artifacts = h("div", {}, spinner());
+    const detailsCard = h("div");
+    const streamState = h("span", { class: "stream-state muted small", "aria-live": "polite" });
+
+    function drawJob() {
+      const cancel = isTerminal(job.status) ? null : button("Cancel job", { kind: "danger-outline", onClick: onCancel });
+      replace(header, pageHeader({
+        title: h("span", { class: "title-with-badge" }, mono(job.id), badge(job.status)),
+        subtitle: job.fine_tuned_model || job.model,
+        back: job.continual_run_id ? { href: `#/runs/${encodeURIComponent(job.continual_run_id)}`, label: "Continual run" } : { href: "#/jobs", label: "Jobs" },
+        actions: [streamState, cancel].filter(Boolean),
+      }));
+      replace(progress, progressBar(job, charts.metrics));
+      replace(summaryCard, summary(job));
+      replace(alerts, job.error ? errorView({ message: job.error.message, param: job.error.param },
+        { title: `Failed: ${job.error.code}` }) : null,
+      job.cancel_requested && !isTerminal(job.status) ? h("div", { class: "alert tone-warning" }, "Cancellation requested: the worker stops at its next heartbeat.") : null);
+      replace(detailsCard, details(job));
+    }
+
+    async function onCancel() {
+      const ok = await confirmDialog({
+        title: "Cancel this job?",
+        message: job.status === "running" ? "Training stops at the next heartbeat. You pay for the tokens trained so far." : "It has not started: nothing is charged.",
+        confirmLabel: "Cancel job", cancelLabel: "Keep it",
+      });
+      if (!ok) return;
+      const updated = await showingErrors(alerts, () => api.post(`${path}/cancel`, undefined, { signal }), { title: "Not cancelled" });
+      if (updated) {
+        job = updated;
+        drawJob();
+        toast(job.status === "cancelled" ? "Job cancelled." : "Cancellation requested.");
+      }
+    }
+
+    async function refreshLists() {
+      const [ckpts, files] = await Promise.all([
+        api.get(`${path}/checkpoints`, { signal, query: { limit: 100 } }).catch((e) => e),
+        api.get(`${path}/artifacts`, { signal }).catch((e) => e),
+      ]);
+      replace(checkpoints, ckpts instanceof Error ? errorView(ckpts) : checkpointsTable(ckpts.data, job));
+      replace(artifacts, files instanceof Error ? errorView(files) : artifactsTable(files.data, { signal }));
+    }
+
+    async function refreshJob() {
+      try {
+        job = await api.get(path, { signal });
+        drawJob();
+      } catch (error) {
+        if (error.name !== "AbortError") streamState.textContent = error.message;
+      }
+    }
+
+    drawJob();
+    replace(main, header, progress, alerts, summaryCard,
+      h("h2", { class: "section-title" }, "Training"), charts.element,
+      h("div", { class: "columns" }, card("Events", log.element), card("Checkpoints", checkpoints)),
+      card("Adapter files", artifacts),
+      card("Configuration", detailsCard));
+    refreshLists();
+
+    // Live: the events stream feeds the log and the charts; the job itself is re-read on a
+    // timer (cost, tokens, status) until the stream says it is finished.
+    streamState.textContent = isTerminal(job.status) ? "" : "● live";
+    api.followJobEvents(id, {
+      signal,
+      onEvent: (event) => {
+        log.add(event);
+        charts.add(event);
+        if (event.type === "metrics") replace(progress, progressBar(job, charts.metrics));
+      },
+      onDone: async () => {
+        streamState.textContent = "";
+        await refreshJob();
+        await refreshLists();
+      },
+      onError: (error) => { streamState.textContent = `reconnecting… (${error.message})`; },
+    });
+    (async () => {
+      while (!signal.aborted && !isTerminal(job.status)) {
+        await api.sleep(REFRESH_MS, signal);
+        if (signal.aborted) return;
+        const before = job.status;
+        await refreshJob();
+        if (job.status !== before || job.status === "running") refreshLists();
+      }
+    })();
+  },
+};

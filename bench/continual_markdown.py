@@ -1,0 +1,176 @@
+"""The `## Continual learning` section of docs/benchmarks.md, written from continual.json
+(``bench.continual_report.build_report``). Wording that depends on a sign or on the noise
+floor is chosen from the numbers, never fixed in advance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.continual_report import BUDGET_PCT, MIN_OWN_IMPROVEMENT_PCT, MODES, _fmt
+
+
+def _verdict(mean: float | None, floor: float | None) -> str:
+    if mean is None:
+        return "not measured"
+    side = "better" if mean > 0 else "worse"
+    if floor is not None and abs(mean) <= floor:
+        return f"{side}, but within the noise floor ({floor:.2f}%)"
+    return f"{side}, beyond the noise floor ({floor:.2f}%)" if floor is not None else side
+
+
+def _pilot_lines(pilot: dict[str, Any]) -> list[str]:
+    lines = ["| pilot | lr_rw (base) | mean served vs frozen | forward vs frozen (per domain) "
+             "| shared CRMA drift (per earlier domain) | own improvement (frozen) | wall s |",
+             "|---|---|---|---|---|---|---|"]
+    for a in pilot["attempts"]:
+        fwd = ", ".join(f"{v:+.2f}" for v in (a.get("forward_vs_frozen_pct") or {}).values())
+        shared = ", ".join(f"{v:+.2f}" for v in a.get("shared_drift_pct") or [])
+        own = ", ".join(f"{k} {v:.1f}%" for k, v in (a.get("own_improvement_pct") or {}).items())
+        score = f"{a['score']:+.3f}%" if "score" in a else ""
+        lines.append(f"| {a['tag']} | {a['lr_rw_base'] if a['lr_rw_base'] is not None else ''}"
+                     f" | {score} | {fwd} | {shared} | {own} | {a['seconds']:.0f} |")
+    return lines
+
+
+def markdown_section(report: dict[str, Any]) -> str:
+    orders, cfg = report["orders"], report["config"]
+    names = list(orders)
+    seeds = len(next(iter(orders.values()))["summary"]["modular"]["seeds"]) if orders else 0
+    request, overrides = cfg["request"], cfg["overrides"]
+    lines = [
+        "## Continual learning", "",
+        "SmolLM2-135M-Instruct (real pretrained weights, fp32, CPU), four text domains "
+        "(`bench/data`) in two orders — " + "; ".join(
+            f"{o}: {' → '.join(orders[o]['domains'])}" for o in names)
+        + f" — {seeds} seeds each. Every run goes stage by stage through "
+        "`crma_core.continual.run_stage` (what a `/v1/continual/runs` stage job calls) with a "
+        "config built by `bench/continual.py:product_config` from an API request: the "
+        "product's defaults (LoRA r 16/α 32, CRMA n 4 r 1, auto epochs and batch size, the "
+        "default learning rates, ZClip, linear decay, drift budget "
+        f"{request['drift_budget_pct']}%) except the overrides the CPU forces, listed below. "
+        "Modular runs train the frozen baseline alongside (`baseline: true`): frozen mode's "
+        "figures are that baseline (the same computation as a frozen-mode run, checked bit "
+        "for bit in tests/crma_core/test_continual_budget.py). Raw numbers: "
+        "`docs/benchmarks/continual.json`; plots: `docs/benchmarks/continual_<order>_"
+        "<mode>_seed0.png` (served loss matrices) and `continual_<order>_vs_baseline.png`.",
+        "", "### What CRMA adds over one LoRA per domain", "",
+        "Positive = modular (CRMA) has the lower holdout loss than frozen (one plain LoRA per "
+        "domain, same init and batches); mean ± sd over seeds. *Backward*: earlier domains' "
+        "final served loss; *forward*: each domain's own loss right after its stage; "
+        "*audit*: all four domains' final served pairs, loaded from the exported bundle, on "
+        "holdout examples that no run and no decision read. *Noise floor*: how far frozen "
+        "seeds differ from each other on the same losses.", "",
+        "| order | backward (the headline) | forward | audit split | noise floor | verdict |",
+        "|---|---|---|---|---|---|"]
+    for o in names:
+        v = orders[o]["modular_vs_frozen_pct"]
+        lines.append(f"| {o} | {_fmt(v['mean'], v['std'])} | "
+                     f"{_fmt(v['forward_mean'], v['forward_std'])} | "
+                     f"{_fmt(v.get('audit_mean'), v.get('audit_std'))} | "
+                     f"{v['noise_floor_pct']:.2f}% | {_verdict(v['mean'], v['noise_floor_pct'])} |")
+    lines += ["", "Per domain (mean over seeds; forward / backward):", "",
+              "| order | " + " | ".join(f"d{i}" for i in range(4)) + " |", "|---|" + "---|" * 4]
+    for o in names:
+        v = orders[o]["modular_vs_frozen_pct"]
+        cells = []
+        for d in orders[o]["domains"]:
+            back = v["per_domain"].get(d)
+            cells.append(f"{d}: {v['forward_per_domain'][d]:+.2f}% / "
+                         + (f"{back:+.2f}%" if back is not None else "—"))
+        lines.append(f"| {o} | " + " | ".join(cells) + " |")
+    lines += ["", "### Drift and general-capability retention", "",
+              "Drift: mean over earlier domains of 100·(L[T][i] − L[i][i]) / L[i][i] with each "
+              "domain's served pair. General retention: change of the loss on a general-text "
+              "holdout (BSD fortune cookies of no domain; `bench/data/general.py`) under each "
+              "domain's served adapter vs the untrained base model (mean over domains and "
+              "seeds; positive = general text got worse).", "",
+              "| mode | " + " | ".join(f"drift, {o}" for o in names) + " | "
+              + " | ".join(f"general, {o}" for o in names) + " | paper drift |",
+              "|---|" + "---|" * (2 * len(names) + 1)]
+    paper = report["paper"]
+    paper_cells = {"modular": f"{paper['modular_drift_mean_pct']:+.2f}% ± "
+                              f"{paper['modular_drift_std_pct']}",
+                   "frozen": "0 by construction",
+                   "naive": f"{paper['naive_drift_mean_pct']:+.2f}% ± "
+                            f"{paper['naive_drift_std_pct']}"}
+    for m in MODES:
+        s = {o: orders[o]["summary"][m] for o in names}
+        lines.append(f"| {m} | " + " | ".join(
+            _fmt(s[o]["drift_mean_pct"], s[o]["drift_std_pct"]) for o in names) + " | "
+            + " | ".join(_fmt(s[o].get("general_change_mean_pct"),
+                              s[o].get("general_change_std_pct")) for o in names)
+            + f" | {paper_cells[m]} |")
+    for o in names:
+        s = orders[o]["summary"]["modular"]
+        counts = s.get("earlier_domains_served_by") or {}
+        lines.append(f"| modular's shared CRMA without the guard, {o} | "
+                     f"{_fmt(s.get('shared_drift_mean_pct'), s.get('shared_drift_std_pct'))} "
+                     f"| earlier domains served by: shared {counts.get('shared', 0)}, an "
+                     f"earlier state {counts.get('earlier', 0)}, their own state "
+                     f"{counts.get('own', 0)} (of {3 * seeds}) |" + " |" * (2 * len(names) - 1))
+    lines += ["", "### Targets (issue 22; mean of the seeds, per order)", "",
+              "| order | modular drift ≤ +0.5% | modular not worse than frozen beyond the "
+              "noise floor on any earlier domain | naive drift ≥ +10% | general retention "
+              "for every mode | modular vs frozen |", "|---|---|---|---|---|---|"]
+    for o, t in report["targets"].items():
+        beats = t["modular_beats_frozen"]
+        lines.append(
+            f"| {o} | {t['modular_drift_le_0.5']['value']:+.2f}% "
+            f"({'met' if t['modular_drift_le_0.5']['met'] else 'NOT met'}) | worst "
+            f"{t['modular_not_worse_than_frozen_beyond_noise']['worst_domain_pct']:+.2f}% vs "
+            f"floor {t['modular_not_worse_than_frozen_beyond_noise']['noise_floor_pct']:.2f}% "
+            f"({'met' if t['modular_not_worse_than_frozen_beyond_noise']['met'] else 'NOT met'})"
+            f" | {t['naive_drift_ge_10']['value']:+.2f}% "
+            f"({'met' if t['naive_drift_ge_10']['met'] else 'NOT met'}) | "
+            f"{'met' if t['general_retention_every_mode']['met'] else 'NOT met'} | "
+            f"{beats['value']:+.2f}% ({'beyond' if beats['beyond_noise'] else 'within'} the "
+            "noise floor) |")
+    pilot = report["pilot"]
+    lines += ["", "### The method and how its defaults were chosen", "",
+              "- CRMA has its own learning rates: LoRA `lr_main` 2e-4, CRMA read/write "
+              f"`lr_rw` {cfg['resolved']['train']['lr_rw'] / overrides['learning_rate_multiplier']['value']:g}, "
+              "mixing logits `lr_mix` 1e-3, gate `lr_gate` 1e-4 (four AdamW groups; "
+              "`learning_rate_multiplier` scales all four). Before, read/write trained in the "
+              "LoRA group at `lr_main`.",
+              f"- Drift budget (`drift_budget_pct`, default {BUDGET_PCT}): after every stage an "
+              "earlier domain is served with the newest shared CRMA only if its holdout loss "
+              "stays within the budget of the loss its own stage ended with; otherwise it "
+              "keeps the CRMA state it had (at first its own stage's, drift 0). The decision "
+              "reads the same holdout losses the report shows, so the guard is exact on them "
+              "but they are also what it selected on; the audit column above is the check "
+              "on examples no decision read.",
+              f"- {pilot['rule']}", "",
+              f"Pilots (development split: the last {cfg['dev_examples']} training examples of "
+              "each domain as its holdout, the rest to train; the reported holdouts were never "
+              f"read). Chosen: lr_rw = {pilot['chosen_lr_rw_base']} "
+              f"({pilot['chosen_tag']}); reversed-order confirmation on the development split: "
+              + (f"{pilot['reverse_order_confirmation']:+.3f}%"
+                 if pilot["reverse_order_confirmation"] is not None
+                 else "not run (the benchmark's reversed order is the confirmation)") + ".", ""]
+    lines += _pilot_lines(pilot)
+    frozen_pilot = next((a for a in pilot["attempts"] if "meets_settings_rule" in a), None)
+    lines += ["", "Settings (a user can send the same request; only these differ from the "
+              "product's defaults):", ""]
+    for name, o in overrides.items():
+        lines.append(f"- `{name}` = {o['value']}: {o['reason']}.")
+    harness = cfg["harness"]
+    lines.append(f"- Harness settings that change nothing computed: eval batch "
+                 f"{harness['eval_batch_size']}, no periodic evaluation, "
+                 f"{harness['threads_per_run']} torch thread per run, base losses scored in "
+                 f"{harness['score_base']}.")
+    lines.append(f"- Holdout: the first {cfg['holdout_examples']} holdout examples per domain "
+                 f"(audit: the next {cfg['audit_examples']}); rows cut to "
+                 f"{overrides['max_seq_len']['value']} tokens; text format, every token "
+                 "scored.")
+    if frozen_pilot is not None and not frozen_pilot["meets_settings_rule"]:
+        short = [d for d, v in frozen_pilot["own_improvement_pct"].items()
+                 if v < MIN_OWN_IMPROVEMENT_PCT]
+        lines.append(f"- The frozen pilot falls short of the {MIN_OWN_IMPROVEMENT_PCT:.0f}% "
+                     f"own-improvement rule on {', '.join(short)}; the settings were kept "
+                     "(see the notes).")
+    timings = report["timings"]
+    lines += ["", f"Wall time: pilots {sum(timings['pilots_seconds']) / 60:.0f} min of compute, "
+              f"benchmark {timings.get('wall_seconds', 0) / 60:.0f} min wall (2 runs at a time, "
+              "1 torch thread each, niced, on a shared 2-core machine).", ""]
+    lines += [f"Note: {note}" for note in report.get("notes") or []]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,90 @@
+"""Routing a continual run's request to one of its domains: the domain whose adapter gives
+the prompt the lowest mean negative log-likelihood.
+
+All candidates are scored in one forward pass: the prompt is repeated once per candidate
+and hooks add, row by row, that candidate's LoRA delta and CRMA residual to the base model
+(S-LoRA style). Whatever adapter is merged into the weights at the time is taken out of
+every row by subtracting its delta, so routing never has to switch the merged weights.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from serving.adapters import LoadedAdapter
+from serving.requests import Routing
+from serving.residual import CRMAResidual, install_layer_hooks, per_row_crma, remove_hooks
+
+# Longer prompts are scored on their last tokens: the cost stays bounded and the tail is
+# where a chat prompt's own words are (the template's system text comes first).
+MAX_ROUTE_TOKENS = 256
+
+
+def _lora_hooks(model: nn.Module, rows: Sequence[LoadedAdapter], merged: LoadedAdapter | None):
+    """Forward hooks adding row i's LoRA delta (minus the merged adapter's) to each layer."""
+    plan: dict[str, list[tuple[int | None, Any]]] = {}
+    for row, adapter in enumerate(rows):
+        for factor in adapter.factors:
+            plan.setdefault(factor.module, []).append((row, factor))
+    if merged is not None:
+        for factor in merged.factors:
+            plan.setdefault(factor.module, []).append((None, factor))
+    handles = []
+    for module_name, entries in plan.items():
+        def hook(module, args, output, entries=entries):  # noqa: ANN001
+            x = args[0]
+            output = output.clone()
+            for row, factor in entries:
+                if row is None:  # the merged adapter: out of every row
+                    output -= (x @ factor.a.T @ factor.b.T) * factor.scale
+                else:
+                    output[row] += (x[row] @ factor.a.T @ factor.b.T) * factor.scale
+            return output
+        handles.append(model.get_submodule(module_name).register_forward_hook(hook))
+    return handles
+
+
+@torch.inference_mode()
+def prompt_losses(model: nn.Module, residual: CRMAResidual, prompt_ids: list[int],
+                  adapters: Sequence[LoadedAdapter], merged: LoadedAdapter | None,
+                  num_layers: int) -> list[float]:
+    """Mean next-token NLL of the prompt under each adapter (LoRA + CRMA), one pass."""
+    ids = prompt_ids[-MAX_ROUTE_TOKENS:]
+    if len(ids) < 2:
+        return [0.0] * len(adapters)
+    device = next(model.parameters()).device
+    batch = torch.tensor([ids] * len(adapters), device=device)
+    active = residual.active
+    residual.activate(None)  # CRMA per row below, not the merged adapter's
+    handles = _lora_hooks(model, adapters, merged)
+    crma = per_row_crma(list(adapters), num_layers)
+    attach = next((a.crma_attach for a in adapters if a.has_crma), "output")
+    if crma is not None:
+        handles += install_layer_hooks(residual.decoder, attach, crma)
+    try:
+        logits = model(input_ids=batch, use_cache=False).logits
+    finally:
+        remove_hooks(handles)
+        residual.activate(active)
+    losses = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), batch[:, 1:],
+                             reduction="none").mean(dim=1)
+    return [float(v) for v in losses]
+
+
+def choose_domain(model: nn.Module, residual: CRMAResidual, prompt_ids: list[int],
+                  candidates: Sequence[tuple[str, LoadedAdapter]], merged: LoadedAdapter | None,
+                  num_layers: int) -> tuple[int, Routing]:
+    """(index of the chosen candidate, the decision with every domain's score)."""
+    started = time.perf_counter()
+    losses = prompt_losses(model, residual, prompt_ids, [a for _, a in candidates], merged,
+                           num_layers)
+    best = min(range(len(candidates)), key=losses.__getitem__)
+    scores = {name: round(loss, 6) for (name, _), loss in zip(candidates, losses, strict=True)}
+    return best, Routing(domain=candidates[best][0], scores=scores,
+                         ms=(time.perf_counter() - started) * 1000)
