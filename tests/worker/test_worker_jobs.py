@@ -77,7 +77,8 @@ def test_the_same_task_delivered_twice_runs_once(worker_stack) -> None:
     stack = worker_stack
     stack.ensure_workers(2)
     _, job_id = stack.submit()
-    from worker.celery_app import RUN_JOB, create_app
+    from worker.celery_app import create_app
+    from worker.routing import RUN_JOB
 
     create_app(stack.settings).send_task(RUN_JOB, kwargs={"job_id": job_id}, queue="small")
     job = stack.wait_status(job_id, TERMINAL, 120)

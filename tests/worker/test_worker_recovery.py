@@ -175,7 +175,8 @@ def test_the_soft_time_limit_checkpoints_and_the_next_attempt_resumes(worker_sta
     """A message carrying a short soft limit (the relay sends per-queue limits): the runner
     stops before it, checkpoints, hands the job back; the next delivery (normal limits)
     resumes from that checkpoint."""
-    from worker.celery_app import RUN_JOB, create_app
+    from worker.celery_app import create_app
+    from worker.routing import RUN_JOB
 
     stack = worker_stack
     stack.ensure_workers(1)
