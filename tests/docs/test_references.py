@@ -29,9 +29,11 @@ def repository_files() -> list[Path]:
 
 
 def texts() -> list[tuple[Path, str]]:
+    """Our own text files (vendored third-party code is not ours to cite from)."""
     this = Path(__file__).resolve()
     return [(path, path.read_text(errors="replace")) for path in repository_files()
-            if (path.suffix in TEXT or path.name in NAMED) and path.resolve() != this]
+            if (path.suffix in TEXT or path.name in NAMED) and path.resolve() != this
+            and "vendor" not in path.relative_to(ROOT).parts]
 
 
 def foreign_references(text: str) -> list[str]:
@@ -39,14 +41,21 @@ def foreign_references(text: str) -> list[str]:
 
 
 def missing_markdown(path: Path, text: str, names: set[str], files: set[Path]) -> list[str]:
+    """`*.md` names in `text` that point into the repository but find nothing: a bare file
+    name no file of the repository has, or a path from one of its top-level folders that
+    does not exist. (Other paths, like `lora/README.md` inside an adapter bundle, are not
+    files of the repository.)"""
+    top = {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")}
     missing = []
     for match in MARKDOWN.finditer(text):
         cited = match.group(1)
         word_start = max(text.rfind(c, 0, match.start()) for c in " \n\t(\"'<`[") + 1
-        if "://" in text[word_start:match.end()]:
-            continue  # a URL
-        candidates = {(ROOT / cited).resolve(), (path.parent / cited).resolve()}
-        if not (candidates & files or (("/" not in cited) and cited in names)):
+        if "://" in text[word_start:match.end()] or not cited.strip(".").removesuffix("md"):
+            continue  # a URL, or no name at all
+        if "/" not in cited:
+            if cited not in names:
+                missing.append(cited)
+        elif cited.split("/")[0] in top and (ROOT / cited).resolve() not in files:
             missing.append(cited)
     return missing
 
@@ -73,4 +82,5 @@ def test_the_checks_catch_what_they_look_for() -> None:
     files = {path.resolve() for path in repository_files()}
     names = {path.name for path in files}
     assert missing_markdown(ROOT / "docs" / "x.md", "docs/architecture.md, nowhere.md, "
-                            "https://example.com/a/README.md", names, files) == ["nowhere.md"]
+                            "docs/gone.md, lora/README.md, https://example.com/a/README.md",
+                            names, files) == ["nowhere.md", "docs/gone.md"]
