@@ -10,7 +10,7 @@ PORT    ?= 8000
 CI      ?=
 PYTEST_MARKERS := $(if $(CI),not slow and not load and not gpu,not slow and not chaos and not contract and not load and not gpu)
 
-.PHONY: run test venv test-slow bench openapi clean
+.PHONY: run test venv browser test-slow bench openapi clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,7 +25,19 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/crma dev --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+# The dashboard tests (tests/web) drive a headless Chromium. CI installs Debian's package
+# when none is found; elsewhere those tests skip and say why. $CRMA_CHROMIUM picks another.
+browser:
+	@if [ -n "$$CRMA_CHROMIUM" ] || command -v chromium >/dev/null 2>&1 \
+	    || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && { [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then \
+	    as_root=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	    echo "installing Chromium for the browser tests (apt-get install chromium)"; \
+	    $$as_root apt-get install -y -q chromium >/dev/null 2>&1 \
+	    || { $$as_root apt-get update -q >/dev/null && $$as_root apt-get install -y -q chromium >/dev/null; }; \
+	else echo "no Chromium and no usable apt-get: the browser tests will be skipped"; fi
+
+test: $(STAMP) $(if $(CI),browser)
 	CRMA_REQUIRE_SERVICES=$(if $(CI),1,0) $(BIN)/python -m pytest -m "$(PYTEST_MARKERS)" $(ARGS)
 
 test-slow: $(STAMP)

@@ -2,24 +2,29 @@
 
 SQLite database, local-directory object store and a SQLite Celery broker, all under
 --data-dir. Starts the API (this process), one CPU worker, the outbox relay and the reaper
-(child processes), installs SmolLM2-135M into the model store in the background, creates a
-dev account on first start and prints its key. Ctrl-C stops everything."""
+(child processes, supervised: restarted when they die, crma_cli/supervisor.py), installs
+SmolLM2-135M into the model store in the background, creates a dev account on first start and
+prints its key. Ctrl-C stops everything; no child outlives this process, however it ends."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
-import subprocess
+import socket
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
+
+from crma_cli.supervisor import ChildSpec, Supervisor
 
 DEV_ACCOUNT_FILE = "dev-account.json"
 DEV_CREDIT_MICROS = 25_000_000  # $25 of play money for the dev account
+# Every worker `crma dev` starts is named with this prefix (liveness rows it may retire).
+WORKER_NAME_PREFIX = "crma-dev-"
+# On top of the worker's own shutdown window: the step in progress and the hand-back.
+STOP_MARGIN_S = 30.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,26 +51,26 @@ def run_dev(args: argparse.Namespace) -> int:
     settings = get_settings()
     upgrade(settings.resolved_database_url)
     account = ensure_dev_account(settings.resolved_database_url, data_dir)
-    # Children first: they are forked with a preexec_fn, which can deadlock on an import
-    # lock held by another thread at fork time (the model installer imports a lot).
-    children = start_children(data_dir)
-    if not args.no_model_install:
-        threading.Thread(
-            target=install_default_model, args=(settings.resolved_model_store_dir, data_dir),
-            name="model-install", daemon=True,
-        ).start()
-    print_banner(args.host, args.port, data_dir, account)
+    supervisor = supervise_children(data_dir, database_url=settings.resolved_database_url,
+                                    grace_s=settings.worker_shutdown_grace_s + STOP_MARGIN_S)
     # uvicorn restores the previous SIGTERM handler and re-raises the signal after its own
     # shutdown: with the default handler this process would die before `finally` stops the
     # children; this one turns it into SystemExit so they are stopped in order.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
+        supervisor.start()
+        if not args.no_model_install:
+            threading.Thread(
+                target=install_default_model, args=(settings.resolved_model_store_dir, data_dir),
+                name="model-install", daemon=True,
+            ).start()
+        print_banner(args.host, args.port, data_dir, account)
         import uvicorn
 
         uvicorn.run("app.main:create_server_app", factory=True, host=args.host, port=args.port,
                     access_log=False)
     finally:
-        stop_children(children)
+        supervisor.stop()
     return 0
 
 
@@ -110,47 +115,30 @@ def install_default_model(store_root: Path, data_dir: Path) -> None:
     print(f"[crma dev] {SMOLLM2_ID} installed", file=sys.stderr, flush=True)
 
 
-def start_children(data_dir: Path) -> list[subprocess.Popen[bytes]]:
+def supervise_children(data_dir: Path, *, database_url: str, grace_s: float) -> Supervisor:
+    """The worker (solo pool: one job per process, and a shutdown that cannot hang in a pool
+    join), the relay and the reaper, each restarted when it dies and ended with this process."""
+    from app.services.health import retire_workers
+
     crma = [sys.executable, "-m", "crma_cli.main"]
-    common = ["--data-dir", str(data_dir)]
-    commands = [
-        [*crma, "worker", *common, "--queues", "small,large,maintenance", "--loglevel", "warning"],
-        [*crma, "relay", *common],
-        [*crma, "reaper", *common],
-    ]
-    # Own process groups: Ctrl-C reaches this process, which then stops the children in order
-    # (a worker mid-job gets SIGTERM and checkpoints, instead of a SIGINT race). uvicorn
-    # re-raises the signal that stopped it, so this process may die before `finally` runs:
-    # the kernel's parent-death signal stops the children in that case (Linux).
-    preexec = _parent_death_signal(signal.SIGTERM)
-    return [subprocess.Popen(command, start_new_session=True, preexec_fn=preexec)
-            for command in commands]
+    common = ["--data-dir", str(data_dir), "--exit-with-parent", str(os.getpid()),
+              "--exit-grace", str(grace_s)]
+    host = socket.gethostname()
 
+    def worker_name(generation: int) -> str:
+        return f"{WORKER_NAME_PREFIX}{os.getpid()}-{generation}@{host}"
 
-def _parent_death_signal(signum: int) -> Callable[[], None] | None:
-    """A preexec_fn asking the kernel to send `signum` when this process dies (Linux only).
-    libc is loaded here, in the parent: the forked child must not import anything."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    pr_set_pdeathsig = 1
-    return lambda: prctl(pr_set_pdeathsig, signum)
-
-
-def stop_children(children: list[subprocess.Popen[bytes]], timeout_s: float = 30) -> None:
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    for child in children:
-        try:
-            child.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            # The whole group: a Celery worker stuck in warm shutdown leaves pool processes.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
+    # Rows of the workers of an earlier `crma dev` here, killed before it could retire them.
+    retire_workers(database_url, prefix=WORKER_NAME_PREFIX)
+    return Supervisor([
+        ChildSpec("worker", lambda generation: [
+            *crma, "worker", *common, "--queues", "small,large,maintenance", "--pool", "solo",
+            "--name", worker_name(generation), "--loglevel", "warning"],
+            on_exit=lambda generation: retire_workers(database_url,
+                                                      worker_ids=[worker_name(generation)])),
+        ChildSpec("relay", lambda _: [*crma, "relay", *common]),
+        ChildSpec("reaper", lambda _: [*crma, "reaper", *common]),
+    ], grace_s=grace_s)
 
 
 def print_banner(host: str, port: int, data_dir: Path, account: dict[str, str]) -> None:
@@ -160,11 +148,12 @@ def print_banner(host: str, port: int, data_dir: Path, account: dict[str, str]) 
             "",
             f"CRMA fine-tuner (dev) on {base}",
             f"  Swagger UI : {base}/docs",
+            f"  Dashboard  : {base}/dashboard/",
             f"  data dir   : {data_dir}",
             f"  account    : {account['account_id']}",
             f"  API key    : {account['api_key']}",
             f"  export CRMA_API_KEY={account['api_key']}",
-            "Ctrl-C stops the API, the worker, the relay and the reaper.",
+            "The worker, relay and reaper are restarted if they die; Ctrl-C stops them all.",
             "",
         ]),
         flush=True,

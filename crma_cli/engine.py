@@ -31,8 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="store: adapter locations are object-store prefixes "
                              "(CRMA_STORAGE_URL); local: directories under --adapter-root")
     engine.add_argument("--adapter-root", default=None, help="root of local adapter directories")
-    engine.add_argument("--cache-dir", default=None,
-                        help="local copies of store adapters (default <worker cache>/engine-adapters)")
+    engine.add_argument("--cache-dir", default=None, help="local copies of store adapters "
+                        "(default <worker cache>/engine-adapters)")
     engine.add_argument("--max-batch", type=int, default=4, help="generations decoding at once")
     engine.add_argument("--max-waiting", type=int, default=32,
                         help="queued generations beyond max-batch before answering 503")

@@ -217,6 +217,7 @@ def run_train(args: argparse.Namespace) -> int:
                         on_step=on_step, on_eval=on_eval, on_memory=on_memory,
                         on_checkpoint=on_checkpoint if args.checkpoint_dir else None))
     seconds: dict[str, float] = {}
+    cpu_seconds: dict[str, float] = {}
     try:
         with progress:
             recipe.setup(resume_from=args.resume)
@@ -230,16 +231,19 @@ def run_train(args: argparse.Namespace) -> int:
             seconds["setup"] = time.perf_counter() - started
             result = recipe.train()
             seconds["train"] = result.train_seconds
-        exported = time.perf_counter()
+            cpu_seconds["train"] = result.train_cpu_seconds
+        exported, exported_cpu = time.perf_counter(), time.process_time()
         manifest = recipe.export_artifacts(args.out)
         seconds["export"] = time.perf_counter() - exported
+        cpu_seconds["export"] = time.process_time() - exported_cpu
     except CRMAError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
     finally:
         recipe.cleanup()
     _report(console, result, args.out, manifest)
-    print(json.dumps({**result.to_dict(), "memory_plan": plan.to_dict(), "seconds": seconds}))
+    print(json.dumps({**result.to_dict(), "memory_plan": plan.to_dict(), "seconds": seconds,
+                      "cpu_seconds": cpu_seconds}))
     return 0 if result.stop_reason in ("completed", "max_steps") else 1
 
 

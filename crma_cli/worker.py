@@ -28,23 +28,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     worker.add_argument("--concurrency", type=int, default=1,
                         help="processes; keep 1 (one job per GPU)")
     worker.add_argument("--pool", default="prefork", choices=("prefork", "solo", "threads"),
-                        help="prefork (default: a fresh child per job) or solo")
+                        help="prefork (default: a fresh child per job) or solo (the job runs "
+                             "in the worker process; what `crma dev` uses)")
     worker.add_argument("--name", default=None, help="Celery node name (default: unique)")
     worker.add_argument("--loglevel", default="info")
+    _add_supervision_arguments(worker)
     worker.set_defaults(func=run_worker)
 
     reaper = subparsers.add_parser("reaper", help="requeue or fail jobs whose worker died")
     reaper.add_argument("--data-dir", default=None)
     reaper.add_argument("--once", action="store_true", help="one pass, then exit")
+    _add_supervision_arguments(reaper)
     reaper.set_defaults(func=run_reaper)
 
     relay = subparsers.add_parser("relay", help="publish the outbox to the broker")
     relay.add_argument("--data-dir", default=None)
     relay.add_argument("--once", action="store_true", help="one pass, then exit")
+    _add_supervision_arguments(relay)
     relay.set_defaults(func=run_relay)
 
 
+def _add_supervision_arguments(parser: argparse.ArgumentParser) -> None:
+    # Set by `crma dev` (crma_cli/supervisor.py) for the processes it supervises.
+    parser.add_argument("--exit-with-parent", type=int, default=None, metavar="PID",
+                        help="end (SIGTERM, then SIGKILL after --exit-grace) when PID dies")
+    parser.add_argument("--exit-grace", type=float, default=90.0, metavar="S",
+                        help="seconds between the parent's death and SIGKILL (default 90)")
+
+
 def _prepare_environment(args: argparse.Namespace) -> None:
+    if getattr(args, "exit_with_parent", None) is not None:
+        from crma_cli.parent_watch import follow_parent
+
+        follow_parent(args.exit_with_parent, grace_s=args.exit_grace)
     # crma_cli may set environment defaults before Settings is built (docs/dev/contracts.md).
     if args.data_dir:
         os.environ["CRMA_DATA_DIR"] = os.path.abspath(args.data_dir)
@@ -85,6 +101,10 @@ def run_worker(args: argparse.Namespace) -> int:
 
     from worker.celery_app import app
 
+    if args.pool == "solo":
+        from crma_cli.hard_limit import enforce_hard_time_limits
+
+        enforce_hard_time_limits(app)
     argv = ["worker", "--queues", queues, "--concurrency", str(args.concurrency),
             "--pool", args.pool, "--hostname", name, "--loglevel", args.loglevel,
             "--without-gossip", "--without-mingle"]

@@ -122,7 +122,8 @@ class TrainResult:
     full_valid_loss_lora_only: the same with CRMA switched off, i.e. what loading the LoRA
     alone in peft gives (None without CRMA). best_*: the evaluation with the lowest
     validation loss (``Recipe.export_artifacts`` writes those weights under ``best/`` when
-    they are not the final ones). train_seconds: wall time of the training loop.
+    they are not the final ones). train_seconds / train_cpu_seconds: wall time and process
+    CPU time (all threads) of the training loop.
     """
 
     stop_reason: str
@@ -140,6 +141,7 @@ class TrainResult:
     best_valid_loss: float | None = None
     micro_batch_size: int | None = None
     train_seconds: float = 0.0
+    train_cpu_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -298,6 +298,9 @@ class ContinualRunner(StageScoring, StageOutput):
         if self.config.baseline:
             baseline = self._train_baseline(index, rows, holdout, callbacks, result)
             if baseline is None:
+                # The checkpoint holds the trainable LoRA: make it the domain's own again (its
+                # finished phase), so the resumed stage skips to scoring and the baseline.
+                self._activate(adapter, trainable=True)
                 return self._stopped(result, result.stop_reason, state, checkpoint, callbacks,
                                      checkpoint_on_stop)
         del optimizer

@@ -10,7 +10,10 @@ training through domain t. With T the last row:
 - loss-based backward transfer BWT = mean_{i<T} (L[i][i] − L[T][i]) in nats: the
   accuracy-style BWT of Lopez-Paz & Ranzato with loss in place of accuracy and the sign
   flipped, so it has the opposite sign to drift (positive = earlier domains got better);
-- mean ± sample standard deviation (ddof = 1) across seeds.
+- mean ± sample standard deviation (ddof = 1) across seeds;
+- against a per-domain LoRA baseline B (frozen mode, or the baseline a run trains alongside):
+  backward 100·(B_i − L[T][i]) / B_i (i < T), forward 100·(B_i − L[i][i]) / B_i; positive =
+  CRMA better; general retention 100·(G_adapter − G_base) / G_base on text of no domain.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from crma_core.serving import DECISION_BASIS, explain, served_matrix
 
 Matrix = Sequence[Sequence[float]]
 
@@ -165,8 +170,6 @@ def continual_report(matrix: Matrix, domains: Sequence[str],
     ``base_losses`` (the untrained base model's loss per holdout) are given, base_losses and
     own_improvement_pct = 100·(base_i − L[i][i]) / base_i.
     """
-    from crma_core.serving import DECISION_BASIS, explain, served_matrix
-
     check_matrix(matrix)
     if len(domains) != len(matrix):
         raise ValueError(f"{len(domains)} domain names for {len(matrix)} matrix rows")
@@ -235,6 +238,12 @@ def plot_loss_matrix(matrix: Matrix, domains: Sequence[str], path: Path, *,
     ax.set_ylabel("trained through domain")
     if title:
         ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -270,9 +279,4 @@ def plot_versus_baseline(report: dict[str, Any], path: Path, *, title: str | Non
     ax.set_ylabel("vs per-domain LoRA (%; > 0 = CRMA better)")
     ax.legend(fontsize=8)
     ax.set_title(title or "CRMA vs the per-domain LoRA baseline", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -96,6 +96,53 @@ def detect_and_validate(obj: object) -> tuple[str | None, list[FieldIssue]]:
     return fmt, issues
 
 
+def clean_format(obj: object) -> str | None:
+    """The format of ``obj`` if it is a usable example, else None: the same answer as
+    ``detect_and_validate(obj) == (format, [])``, without building the issues (a fast path
+    for valid lines; when it says None, ask ``detect_and_validate`` what is wrong)."""
+    if type(obj) is not dict:
+        return None
+    if len(obj) == 1:
+        if "text" in obj:
+            text = obj["text"]
+            return TEXT if type(text) is str and text.strip() else None
+        if "messages" in obj:
+            return CHAT if _clean_messages(obj["messages"]) else None
+        return None
+    if len(obj) == 2 and "prompt" in obj and "completion" in obj:
+        prompt, completion = obj["prompt"], obj["completion"]
+        if type(prompt) is str and type(completion) is str and completion.strip():
+            return PROMPT_COMPLETION
+    return None
+
+
+def _clean_messages(messages: object) -> bool:
+    if type(messages) is not list or not messages:
+        return False
+    assistant = False
+    for message in messages:
+        if type(message) is not dict or len(message) != 2:
+            return False
+        role, content = message.get("role"), message.get("content")
+        if type(content) is not str or role not in ROLES:
+            return False  # also when either key is missing (then the other is unknown)
+        if role == "assistant":
+            if not content.strip():
+                return False
+            assistant = True
+    return assistant
+
+
+def clean_text(obj: dict, fmt: str) -> str:
+    """``example_text`` of an example ``clean_format`` accepted as ``fmt`` (the same string,
+    without the checks its shape no longer needs)."""
+    if fmt == CHAT:
+        return "\n".join([m["content"] for m in obj["messages"]])
+    if fmt == PROMPT_COMPLETION:
+        return obj["prompt"] + obj["completion"]
+    return obj["text"]
+
+
 def example_text(obj: dict, fmt: str) -> str:
     """The text whose tokens approximate the example's size (for token estimates).
 

@@ -308,7 +308,7 @@ class Recipe:
         built = self._require_setup()
         crma_stats = built.crma.stats if built.crma is not None else None
         has_val = self.val_batches is not None
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         reason = train_loop(
             model=built.model, rows=self.rows, optimizer=self.optimizer, clipper=self.clipper,
             state=self.state, plan=self.plan, callbacks=self.callbacks, crma_stats=crma_stats,
@@ -317,6 +317,7 @@ class Recipe:
             on_best=self._keep_best,
         )
         train_seconds = time.perf_counter() - started
+        train_cpu_seconds = time.process_time() - started_cpu
         state = self.state
         if has_val and state.step and state.last_eval_step != state.step:
             run_evaluation(self.evaluate_metrics, state, self.callbacks, on_best=self._keep_best)
@@ -337,7 +338,7 @@ class Recipe:
             full_valid_mean_token_accuracy=state.last_val_accuracy if full else None,
             full_valid_loss_lora_only=lora_only, best_step=state.best_step,
             best_valid_loss=state.best_val_loss, micro_batch_size=state.micro_batch_size,
-            train_seconds=train_seconds,
+            train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds,
         )
         state.history.append({"type": "summary", **self.metrics()})
         return self.result

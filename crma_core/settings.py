@@ -118,7 +118,7 @@ class TrainConfig:
     epochs: int = 3
     batch_size: int = 4
     lr_main: float = 2e-4
-    lr_rw: float = 1e-5
+    lr_rw: float = 5e-6
     lr_mix: float = 1e-3
     lr_gate: float = 1e-4
     weight_decay: float = 0.01

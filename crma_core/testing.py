@@ -136,3 +136,28 @@ def write_jsonl(path: Path, rows: list) -> Path:
         for row in rows:
             fh.write(json.dumps(row) + "\n")
     return path
+
+
+# Three small, distinct text domains for continual-learning tests.
+TEXT_DOMAINS = {
+    "alpha": "the quick brown fox jumps over the lazy dog number {i}",
+    "beta": "def add(a, b): return a + b  # case {i}",
+    "gamma": "question: what is {i} plus {i}? answer: {j}",
+}
+
+
+def write_text_domains(root: Path, templates: dict[str, str] = TEXT_DOMAINS, *,
+                       train: int = 12, holdout: int = 4) -> list:
+    """One ``crma_core.continual_state.DomainSpec`` per template ({"text"} rows; ``{i}`` is
+    the row number, ``{j}`` twice it; holdout rows are numbered from 100)."""
+    from crma_core.continual_state import DomainSpec
+
+    def rows(template: str, start: int, count: int) -> list[dict]:
+        return [{"text": template.format(i=i, j=2 * i)} for i in range(start, start + count)]
+
+    root = Path(root)
+    return [DomainSpec(name=name,
+                       train_file=write_jsonl(root / f"{name}-train.jsonl", rows(t, 0, train)),
+                       holdout_file=write_jsonl(root / f"{name}-holdout.jsonl",
+                                                rows(t, 100, holdout)))
+            for name, t in templates.items()]

@@ -35,10 +35,10 @@ class DecodeBatch:
         """Pad a single-row cache (batch 1, ``length`` tokens) into the batch."""
         width = max(self.width, length)
         for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
-            keys = [_left_pad(mine.keys, width - self.width), _left_pad(theirs.keys, width - length)]
-            values = [_left_pad(mine.values, width - self.width),
-                      _left_pad(theirs.values, width - length)]
-            mine.keys, mine.values = torch.cat(keys), torch.cat(values)
+            mine.keys = torch.cat([_left_pad(mine.keys, width - self.width),
+                                   _left_pad(theirs.keys, width - length)])
+            mine.values = torch.cat([_left_pad(mine.values, width - self.width),
+                                     _left_pad(theirs.values, width - length)])
         self.rows.append(row)
         self.lengths.append(length)
         self.width = width
@@ -58,8 +58,9 @@ class DecodeBatch:
         trim = self.width - max(self.lengths)
         index = torch.tensor(keep, dtype=torch.long)
         for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, index.to(layer.keys.device))[..., trim:, :]
-            layer.values = layer.values.index_select(0, index.to(layer.values.device))[..., trim:, :]
+            index = index.to(layer.keys.device)
+            layer.keys = layer.keys.index_select(0, index)[..., trim:, :]
+            layer.values = layer.values.index_select(0, index)[..., trim:, :]
         self.width -= trim
 
     def step_inputs(self, device: torch.device) -> dict[str, torch.Tensor | None]:

@@ -77,15 +77,30 @@ class Scheduler:
     def start(self) -> None:
         self._thread.start()
 
+    def _refusal(self) -> EngineBusy | None:
+        """Why a submit would be refused now (called under the lock), or None."""
+        if self._closing:
+            return EngineUnavailable("the engine is shutting down", retry_after_s=5)
+        if len(self._waiting) >= self.max_waiting:
+            return EngineBusy(f"{len(self._waiting)} requests are already waiting; retry "
+                              "shortly", retry_after_s=self._retry_after())
+        return None
+
+    def check_room(self) -> None:
+        """Raise what ``submit`` would raise now (before paying for a cold adapter)."""
+        with self._cond:
+            refusal = self._refusal()
+        if refusal is not None:
+            raise refusal
+
     def submit(self, seq: Sequence) -> None:
         with self._cond:
-            if self._closing:
-                raise EngineUnavailable("the engine is shutting down", retry_after_s=5)
-            if len(self._waiting) >= self.max_waiting:
-                raise EngineBusy(f"{len(self._waiting)} requests are already waiting; retry "
-                                 "shortly", retry_after_s=self._retry_after())
-            self._waiting.append(seq)
-            self._cond.notify_all()
+            refusal = self._refusal()
+            if refusal is None:
+                self._waiting.append(seq)
+                self._cond.notify_all()
+        if refusal is not None:
+            raise refusal
 
     def call(self, fn: Callable[[], Any]) -> Future:
         """Run ``fn`` on the engine thread between two steps (the model is idle then)."""
@@ -105,21 +120,23 @@ class Scheduler:
             self._thread.join(timeout)
 
     def stats(self) -> dict[str, Any]:
+        # _groups changes on the engine thread only; list() copies it in one step.
+        sizes = [group.size() for group in list(self._groups.values())]
         with self._cond:
-            groups = {key: group.size() for key, group in self._groups.items()}
             waiting = len(self._waiting)
-        return {"active": sum(groups.values()), "waiting": waiting, "max_batch": self.max_batch,
-                "max_waiting": self.max_waiting, "groups": len(groups), "steps": self.steps,
+        return {"active": sum(sizes), "waiting": waiting, "max_batch": self.max_batch,
+                "max_waiting": self.max_waiting, "groups": len(sizes), "steps": self.steps,
                 "peak_batch": self.peak_batch, "finished": dict(self.finished),
                 "kv_cache_bytes": self.kv_bytes()}
 
     def kv_bytes(self) -> int:
         return sum(b.nbytes() for g in list(self._groups.values()) for b in list(g.batches))
 
+
     def _retry_after(self) -> int:
         return max(1, len(self._waiting) // max(1, self.max_batch))
 
-    # -- the engine thread --------------------------------------------------------------------------
+    # -- the engine thread ---------------------------------------------------------------------
     def _run(self) -> None:
         torch.set_grad_enabled(False)
         while True:

@@ -99,7 +99,8 @@ class Sequence:
             ms["ttft_ms"] = (t["first_token"] - t["submitted"]) * 1000
             if "done" in t and len(self.generated) > 1:
                 decode = t["done"] - t["first_token"]
-                ms["decode_tokens_per_s"] = (len(self.generated) - 1) / decode if decode > 0 else 0.0
+                rate = (len(self.generated) - 1) / decode if decode > 0 else 0.0
+                ms["decode_tokens_per_s"] = rate
         if self.switch_ms:
             ms["adapter_switch_ms"] = self.switch_ms
         if self.routing is not None:

@@ -1,6 +1,7 @@
 """The engine's own HTTP server (what ``crma engine`` runs): no authentication, bound to
 loopback by default, meant for the API process to call on a private network.
 
+  GET    /healthz              liveness: 200 {"status": "ok"} while the process serves
   GET    /health               model, adapters, scheduler, memory
   GET    /adapters             the adapter LRU, most recently used first
   POST   /adapters             load an AdapterSpec (200 with its info and "cold")
@@ -56,6 +57,9 @@ async def _until_disconnected(request: Request) -> None:
 
 
 def create_app(engine: Engine) -> Starlette:
+    async def alive(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
     async def health(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(engine.health))
 
@@ -82,7 +86,8 @@ def create_app(engine: Engine) -> Starlette:
         return await _complete(request, stream)
 
     return Starlette(
-        routes=[Route("/health", health, methods=["GET"]),
+        routes=[Route("/healthz", alive, methods=["GET"]),
+                Route("/health", health, methods=["GET"]),
                 Route("/adapters", list_adapters, methods=["GET"]),
                 Route("/adapters", load_adapter, methods=["POST"]),
                 Route("/adapters/{adapter_id:str}", unload_adapter, methods=["DELETE"]),

@@ -84,33 +84,29 @@ class GenerationStream:
         return collect(iter(self))
 
     async def aresult(self) -> Completion:
-        parts, start = [], None
+        parts: list[str] = []
         async for event in self:
-            start = _fold(event, parts, start)
-            if event.type == "done":
-                return _completion(event, parts, start)
+            if (done := _fold(event, parts)) is not None:
+                return done
         raise EngineError("the generation ended without a result")
 
 
-def _fold(event: StreamEvent, parts: list[str], start: StreamEvent | None) -> StreamEvent | None:
+def _fold(event: StreamEvent, parts: list[str]) -> Completion | None:
+    """Add one event to the text so far; the Completion once the "done" event arrives."""
     if event.type == "error":
         raise event.error if isinstance(event.error, Exception) else EngineError(str(event.error))
     if event.type == "delta":
         parts.append(event.text)
-    return event if event.type == "start" else start
-
-
-def _completion(done: StreamEvent, parts: list[str], start: StreamEvent | None) -> Completion:
-    return Completion(text="".join(parts), finish_reason=done.finish_reason or "stop",
-                      usage=done.usage, adapter=done.adapter, domain=done.domain,
-                      routing=done.routing, timing=done.timing)
+    if event.type != "done":
+        return None
+    return Completion(text="".join(parts), finish_reason=event.finish_reason or "stop",
+                      usage=event.usage, adapter=event.adapter, domain=event.domain,
+                      routing=event.routing, timing=event.timing)
 
 
 def collect(events: Iterator[StreamEvent]) -> Completion:
     parts: list[str] = []
-    start = None
     for event in events:
-        start = _fold(event, parts, start)
-        if event.type == "done":
-            return _completion(event, parts, start)
+        if (done := _fold(event, parts)) is not None:
+            return done
     raise EngineError("the generation ended without a result")

@@ -123,6 +123,7 @@ class TransformersEngine:
 
     def submit(self, request: GenerationRequest | dict) -> GenerationStream:
         request, prompt = self._prepare(request)
+        self.scheduler.check_room()  # refuse before paying for a cold adapter
         adapter = None
         candidates = None
         if request.adapter is not None:

@@ -1,40 +1,181 @@
-"""Reading a multipart upload after authentication (FastAPI would parse a declared form
-before any dependency runs). Starlette spools the file part to disk past 1 MiB, and the body
-limit middleware has already capped the bytes, so nothing here holds the file in memory."""
+"""Receiving a multipart upload after authentication, validated while it streams in.
+
+FastAPI would parse a declared form before any dependency runs, and Starlette's form parser
+spools the whole file before anyone may look at it. Here the body is read chunk by chunk: the
+`file` part's bytes go to a temporary file on disk and through the JSONL validator
+(app/services/uploads.py) as they arrive, so receiving and validating overlap and nothing
+holds the file in memory. The validator runs on the event loop, SLICE_BYTES at a time with a
+yield between slices: another request waits at most one slice (about a millisecond), whereas a
+validating thread would contend with the loop for the GIL for the whole upload. The body limit
+middleware has already capped the bytes that can be read."""
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
 from fastapi import Request
-from starlette.datastructures import UploadFile
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
 
 from app.domain.errors import InvalidRequest
 from app.services import files
+from app.services.uploads import JsonlValidator, ValidationReport
+
+SLICE_BYTES = 64 * 1024
+MAX_FIELDS = 8
+MAX_FIELD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
 class Upload:
-    file: UploadFile
+    file: BinaryIO  # the received bytes, positioned at the start
+    filename: str | None
     purpose: str
+    report: ValidationReport
 
 
 @asynccontextmanager
-async def read_upload(request: Request) -> AsyncIterator[Upload]:
-    """The form's `file` and `purpose`; the spooled file is closed (deleted) on exit."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+async def receive_upload(request: Request, *, max_bytes: int, max_line_bytes: int,
+                         model_store_dir: Path) -> AsyncIterator[Upload]:
+    """The form's `file` (received, validated) and `purpose`; the temporary file is deleted
+    on exit. 400 for a request that is not a usable multipart form."""
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    boundary = options.get(b"boundary")
+    if content_type != b"multipart/form-data" or not boundary:
         raise InvalidRequest("Send the file as multipart/form-data with fields 'purpose' "
                              "and 'file'.", param="file", code="invalid_content_type")
-    form = await request.form(max_files=1, max_fields=8)
+    spool = tempfile.TemporaryFile(prefix="crma-upload-")
+    form = _Form(boundary)
+    validator: JsonlValidator | None = None
     try:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
+        async for chunk in request.stream():
+            for event in form.write(chunk):
+                if isinstance(event, _FileStarts):
+                    # In a thread: the first one in a process loads the tokenizer (~1 s).
+                    validator = await run_in_threadpool(
+                        JsonlValidator, max_line_bytes=max_line_bytes,
+                        model_store_dir=model_store_dir, max_bytes=max_bytes)
+                else:
+                    await _take(event, spool, validator)
+        form.finalize()
+        if validator is None:
             raise InvalidRequest("The form has no 'file' part.", param="file",
                                  code="missing_file")
-        purpose = form.get("purpose")
-        yield Upload(file=upload, purpose=files.check_purpose(
-            purpose if isinstance(purpose, str) else None))
+        purpose = files.check_purpose(form.fields.get("purpose"))
+        for pending in validator.end():
+            await asyncio.wrap_future(pending)
+        report = validator.finish()
+        spool.seek(0)
+        yield Upload(file=spool, filename=form.filename, purpose=purpose, report=report)
     finally:
-        await form.close()
+        if validator is not None:
+            validator.close()
+        spool.close()
+
+
+async def _take(data: bytes, spool: BinaryIO, validator: JsonlValidator | None) -> None:
+    """File bytes: to disk, and through the validator a slice at a time."""
+    spool.write(data)
+    for start in range(0, len(data), SLICE_BYTES):
+        validator.feed(data[start:start + SLICE_BYTES])
+        while (busy := validator.waiting()) is not None:
+            await asyncio.wrap_future(busy)
+        await asyncio.sleep(0)  # let other requests in between slices
+
+
+class _FileStarts:
+    pass
+
+
+class _Form:
+    """python-multipart's push parser, collecting the text fields and passing on the one
+    file part's bytes: `write(chunk)` returns a _FileStarts marker when the file part begins
+    and then its bytes, in order."""
+
+    def __init__(self, boundary: bytes) -> None:
+        self.fields: dict[str, str] = {}
+        self.filename: str | None = None
+        self._events: list[bytes | _FileStarts] = []
+        self._header_name = b""
+        self._header_value = b""
+        self._disposition = b""
+        self._field: str | None = None  # the text field being read
+        self._in_file = False
+        self._value = bytearray()
+        self._parser = MultipartParser(boundary, {
+            "on_part_begin": self._part_begins, "on_part_data": self._data,
+            "on_part_end": self._part_ends, "on_header_field": self._header_field,
+            "on_header_value": self._header_piece, "on_header_end": self._header_ends,
+            "on_headers_finished": self._headers_finished,
+        })
+
+    def write(self, chunk: bytes) -> list[bytes | _FileStarts]:
+        try:
+            self._parser.write(chunk)
+        except FormParserError as error:
+            raise _invalid(f"Invalid multipart data: {error}") from error
+        events, self._events = self._events, []
+        return events
+
+    def finalize(self) -> None:
+        try:
+            self._parser.finalize()
+        except FormParserError as error:
+            raise _invalid(f"Invalid multipart data: {error}") from error
+
+    def _part_begins(self) -> None:
+        self._disposition, self._field, self._in_file = b"", None, False
+        self._value.clear()
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _header_piece(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+        if len(self._header_value) > MAX_FIELD_BYTES:
+            raise _invalid("A part header is too long.")
+
+    def _header_ends(self) -> None:
+        if self._header_name.lower() == b"content-disposition":
+            self._disposition = self._header_value
+        self._header_name, self._header_value = b"", b""
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        if b"name" not in options:
+            raise _invalid('Each part needs a Content-Disposition header with a "name".')
+        name = options[b"name"].decode("utf-8", "replace")
+        if b"filename" in options and name == "file":
+            if self.filename is not None:
+                raise _invalid("Send one file per upload.")
+            self.filename = options[b"filename"].decode("utf-8", "replace")
+            self._in_file = True
+            self._events.append(_FileStarts())
+        elif len(self.fields) >= MAX_FIELDS:
+            raise _invalid(f"Too many form fields: at most {MAX_FIELDS}.")
+        else:
+            self._field = name  # another file part is read as a (bounded) field, unused
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if self._in_file:
+            self._events.append(data[start:end])
+            return
+        self._value += data[start:end]
+        if len(self._value) > MAX_FIELD_BYTES:
+            raise _invalid(f"Form field {self._field!r} is longer than {MAX_FIELD_BYTES} bytes.")
+
+    def _part_ends(self) -> None:
+        if self._field is not None:
+            self.fields[self._field] = self._value.decode("utf-8", "replace")
+        self._in_file = False
+
+
+def _invalid(message: str) -> InvalidRequest:
+    return InvalidRequest(message, param="file", code="invalid_multipart")

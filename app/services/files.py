@@ -7,7 +7,6 @@ file is `processed` and usable by a job."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from pydantic import BaseModel
@@ -22,7 +21,7 @@ from app.domain.id_format import is_id
 from app.domain.ids import new_id
 from app.domain.job_state import TERMINAL
 from app.services.pagination import find_owned, page, scoped_select
-from app.services.uploads import FILE_TOO_LARGE, ValidationReport, summarize_errors, validate_jsonl
+from app.services.uploads import FILE_TOO_LARGE, ValidationReport, summarize_errors
 from app.storage import keys
 from app.storage.base import ObjectStore
 
@@ -36,20 +35,14 @@ def check_purpose(purpose: str | None) -> str:
     return purpose
 
 
-def validate_upload(
-    stream: BinaryIO, *, max_bytes: int, max_line_bytes: int, model_store_dir: Path
-) -> ValidationReport:
-    """Validate the uploaded bytes; raises InvalidFile (400) or PayloadTooLarge (413)."""
-    stream.seek(0)
-    report = validate_jsonl(stream, max_line_bytes=max_line_bytes,
-                            model_store_dir=model_store_dir, max_bytes=max_bytes)
+def check_report(report: ValidationReport, *, max_bytes: int) -> None:
+    """Raise InvalidFile (400) or PayloadTooLarge (413) for what validation found."""
     if any(e["code"] == FILE_TOO_LARGE for e in report.errors):
         raise PayloadTooLarge(f"The file is larger than the limit of {max_bytes} bytes.",
                               param="file")
     if not report.ok:
         raise InvalidFile(summarize_errors(report), errors=report.errors,
                           error_count=report.error_count)
-    return report
 
 
 def create_file(

@@ -1,7 +1,7 @@
 """The general-text holdout of the continual benchmark: English text of none of its domains,
 for measuring how much a domain's adapter costs the model's general capability.
 
-    python bench/data/general.py [--out bench/data/cache/general] [--examples 32] [--seed 0]
+    python bench/data/general.py [--out bench/data/cache/general] [--examples 16] [--seed 0]
 
 Source: the BSD fortune cookie collection (Debian bookworm package `fortunes`, pinned by
 sha256, fetched with `apt-get download` like the domain corpora; nothing installed). Only
@@ -83,7 +83,7 @@ def select(docs: list[str], *, examples: int, seed: int) -> list[str]:
 
 
 def build_general(*, out_dir: Path = DEFAULT_OUT, cache: Path = DEFAULT_CACHE,
-                  examples: int = 32, seed: int = 0, log=print) -> Path:
+                  examples: int = 16, seed: int = 0, log=print) -> Path:
     deb = fetch.ensure_deb(FORTUNES, cache / "downloads", log)
     root = fetch.unpack_deb(deb, cache / "extracted" / "fortunes",
                             [f"usr/share/games/fortunes/{name}" for name in GENERAL_FILES])
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--examples", type=int, default=32)
+    parser.add_argument("--examples", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     print(build_general(out_dir=args.out, cache=args.cache, examples=args.examples,

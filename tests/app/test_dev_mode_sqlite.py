@@ -57,7 +57,9 @@ def test_full_flow_on_sqlite(tmp_path: Path, sqlite_url: str) -> None:
             for _ in range(4)]
         assert statuses == [201, 201, 201, 429]
         assert client.get("/readyz").json()["checks"] == {
-            "database": "ok", "broker": "ok", "storage": "ok"}
+            "database": "ok", "broker": "ok", "storage": "ok",
+            "workers": "error: no live worker consumes queue small, large (none seen in the "
+                       "last 180 s); jobs there wait until one does"}
     with session_scope(sqlite_url) as session:
         queued = [o.payload["job_id"] for o in session.scalars(select(OutboxMessage))]
     assert job_id in queued and second["id"] in queued

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from app.db.models import WorkerHeartbeat
 from app.db.session import session_scope
 from app.services import accounts
+from app.services.health import retire_workers
 from tests.app.helpers import Tenant, create_tenant, make_settings
 from tests.conftest import free_port
 
@@ -110,11 +112,17 @@ def test_readiness_and_broker_checks(tmp_path: Path, pg_url: str, redis_url: str
     from app.main import create_app
 
     good = make_settings(tmp_path, pg_url, broker_url=redis_url)
-    with TestClient(create_app(good)) as client:
-        response = client.get("/readyz")
-        assert response.status_code == 200
-        assert response.json() == {"status": "ok", "checks": {
-            "database": "ok", "broker": "ok", "storage": "ok"}}
+    worker = f"ready-test-{free_port()}@here"
+    with session_scope(pg_url) as session:  # a worker consuming the training queues
+        session.add(WorkerHeartbeat(worker_id=worker, queues="large,small", device="cpu"))
+    try:
+        with TestClient(create_app(good)) as client:
+            response = client.get("/readyz")
+            assert response.status_code == 200
+            assert response.json() == {"status": "ok", "checks": {
+                "database": "ok", "broker": "ok", "storage": "ok", "workers": "ok"}}
+    finally:
+        retire_workers(pg_url, worker_ids=[worker])
     bad = make_settings(tmp_path, pg_url, broker_url=f"redis://127.0.0.1:{free_port()}/0")
     with TestClient(create_app(bad)) as client:
         response = client.get("/readyz")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import json
 import random
-import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.domain.files import safe_filename
-from app.services import tokens
+from app.services import tokens, uploads
 from app.services.uploads import validate_jsonl
 from tests.app.helpers import CHAT_LINE
 
@@ -101,27 +102,30 @@ def test_tokenizer_sample_extrapolates_past_the_exact_budget(
     assert report.token_counts["llama"] == 100 * (20 + tokens.EXAMPLE_OVERHEAD_TOKENS)
 
 
-def test_validator_throughput_is_at_least_20_mb_per_second() -> None:
+def test_valid_lines_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The validator's speed comes from valid lines never reaching the reference path (json +
+    detect_and_validate) after the first line; bench/uploads.py measures the MB/s."""
     rng = random.Random(0)
     words = "the model learns a short answer for every question in this domain".split()
     lines = []
-    for _ in range(12_000):
+    for _ in range(2_000):
         user = " ".join(rng.choices(words, k=rng.randint(20, 120)))
         answer = " ".join(rng.choices(words, k=rng.randint(20, 120)))
         lines.append(json.dumps({"messages": [
             {"role": "system", "content": "Answer briefly."},
             {"role": "user", "content": user}, {"role": "assistant", "content": answer}]}))
-    data = ("\n".join(lines) + "\n").encode()
-    best = 0.0
-    # CPU time of this thread, best of three: other processes share the two cores, and a
-    # wall-clock figure would measure them rather than the validator.
-    for _ in range(3):
-        started = time.thread_time()
-        report = _validate(data)
-        best = max(best, len(data) / (time.thread_time() - started) / 1e6)
-    assert report.ok and report.example_count == 12_000
-    print(f"validator: {best:.1f} MB per CPU-second on {len(data) / 1e6:.1f} MB of chat JSONL")
-    assert best >= 20
+    data = ("\n".join(lines) + "\n{broken\n").encode()
+    reference_lines = []
+    original = uploads.JsonlValidator._reference_line
+
+    def spy(self, raw: bytes, line_no: int) -> None:  # noqa: ANN001
+        reference_lines.append(line_no)
+        original(self, raw, line_no)
+
+    monkeypatch.setattr(uploads.JsonlValidator, "_reference_line", spy)
+    report = _validate(data)
+    assert report.example_count == 2_000 and report.error_count == 1
+    assert reference_lines == [1, 2_001]  # the first line (it may carry a BOM), the broken one
 
 
 @pytest.mark.parametrize(
@@ -132,3 +136,63 @@ def test_validator_throughput_is_at_least_20_mb_per_second() -> None:
 )
 def test_safe_filename(raw: str | None, expected: str) -> None:
     assert safe_filename(raw) == expected
+
+
+# -- the fast path and chunked feeding give the reference answer --------------------------
+
+_EXAMPLES = [
+    CHAT_LINE,
+    '{"prompt": "Capital of Peru?", "completion": " Lima."}',
+    '{"text": "A plain training text."}',
+    '{"text": "dup", "text": ""}', '{"text": "", "text": "dup"}',
+    '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}]}',
+    '{"messages": [{"role": "assistant", "content": "a", "name": "x"}]}',
+    '{"messages": [{"role": "tool", "content": "a"}]}', '{"messages": []}',
+    '{"messages": [{"role": "user", "content": "only a question"}]}',
+    '{"prompt": 1, "completion": "x"}', '{"prompt": "p", "completion": ""}',
+    '{"prompt": "p"}', '{"text": 123456789012345678901234567890}',
+    '{"text": "x", "extra": 1}', '{"text": NaN}', '{"text": "a\\ud800"}',
+    '{"text": "pair \\ud83d\\ude00"}', '{"text": "nul \\u0000 escaped"}', '  {"text": "padded"}  ',
+    "[1, 2]", '"just a string"', "{broken", "", "   ", "\x0c", '{"text": "caf\xc3\xa9"}',
+    '{"text": "bad \udcff byte"}',  # \xff on the wire (surrogateescape)
+    '{"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]}',
+]
+
+
+@st.composite
+def _jsonl_files(draw) -> bytes:  # noqa: ANN001 - hypothesis' draw
+    lines = draw(st.lists(st.sampled_from(_EXAMPLES), min_size=1, max_size=40))
+    newline = draw(st.sampled_from(["\n", "\r\n"]))
+    data = newline.join(lines) + (newline if draw(st.booleans()) else "")
+    return ((b"\xef\xbb\xbf" if draw(st.booleans()) else b"")
+            + data.encode("utf-8", "surrogateescape"))
+
+
+def _reference(data: bytes, max_line_bytes: int):  # noqa: ANN202
+    """Every line through json + detect_and_validate (clean_format never answers)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(uploads.formats, "clean_format", lambda obj: None)
+        return _validate(data, max_line_bytes=max_line_bytes)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_jsonl_files(), st.lists(st.integers(1, 200), max_size=12), st.sampled_from([40, 4096]))
+def test_chunked_fast_validation_equals_the_reference(data: bytes, cuts: list[int],
+                                                      max_line_bytes: int) -> None:
+    validator = uploads.JsonlValidator(max_line_bytes=max_line_bytes, model_store_dir=NO_STORE)
+    position = 0
+    for cut in cuts:  # arbitrary chunk boundaries, inside lines and newlines alike
+        validator.feed(data[position:position + cut])
+        position += cut
+    validator.feed(data[position:])
+    assert vars(validator.finish()) == vars(_reference(data, max_line_bytes))
+
+
+def test_a_line_too_long_across_many_chunks_is_one_error() -> None:
+    data = b'{"text": "ok"}\n' + b"x" * 5000 + b'\n{"text": "after"}\n'
+    validator = uploads.JsonlValidator(max_line_bytes=1000, model_store_dir=NO_STORE)
+    for start in range(0, len(data), 7):
+        validator.feed(data[start:start + 7])
+    report = validator.finish()
+    assert [(e["line"], e["code"]) for e in report.errors] == [(2, "line_too_long")]
+    assert report.example_count == 2 and report.line_count == 3

@@ -84,7 +84,7 @@ def test_a_run_goes_through_run_stage_with_the_product_config(work):
     assert config["lora"]["r"] == 16 and config["train"]["batch_size"] == 1
     # Rates are the defaults times the multiplier (10): lr_rw included.
     assert config["train"]["lr_main"] == pytest.approx(2e-3)
-    assert config["train"]["lr_rw"] == pytest.approx(10 * 1e-5)
+    assert config["train"]["lr_rw"] == pytest.approx(10 * 5e-6)
     assert [s["baseline_trained_tokens"] for s in record["stages"]] == \
         [s["trained_tokens"] for s in record["stages"]]
     assert set(record["audit"]["served"]) == set(record["audit"]["baseline"]) == set(TEMPLATES)

@@ -1,5 +1,6 @@
-"""`crma dev` and its child processes (worker, relay, reaper): however the dev process is
-stopped, no child outlives it. Real processes throughout."""
+"""`crma dev`'s supervision of its child processes (crma_cli/supervisor.py,
+crma_cli/parent_watch.py): a child that dies is restarted with backoff and a log line; however
+the dev process stops or dies, no child outlives it. Real processes throughout."""
 
 from __future__ import annotations
 
@@ -8,37 +9,190 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from crma_cli.embedded import stop_children
+from crma_cli.supervisor import ChildSpec, Supervisor
 from tests.conftest import free_port, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
+# Ignores SIGTERM (like a Celery worker stuck in warm shutdown) and has a child of its own.
+STUBBORN = [sys.executable, "-c",
+            "import signal, subprocess, sys, time\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "pool = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+            "time.sleep(600)\n"]
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     # A zombie still answers kill(0); it has exited for every purpose here.
-    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
-def _wait_gone(pids: list[int], timeout: float) -> list[int]:
+def wait_gone(pids: list[int], timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        left = [pid for pid in pids if _alive(pid)]
+        left = [pid for pid in pids if alive(pid)]
         if not left:
             return []
         time.sleep(0.2)
-    return [pid for pid in pids if _alive(pid)]
+    return [pid for pid in pids if alive(pid)]
 
 
-def _processes_mentioning(text: str) -> list[int]:
+def wait_for(condition, timeout: float, what: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def descendants(pid: int) -> list[int]:
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                ppid = int((entry / "stat").read_text().split(")")[-1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == parent:
+                found.append(int(entry.name))
+                frontier.append(int(entry.name))
+    return found
+
+
+class Said:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, text: str) -> None:
+        with self.lock:
+            self.lines.append(text)
+
+    def matching(self, fragment: str) -> list[str]:
+        with self.lock:
+            return [line for line in self.lines if fragment in line]
+
+
+def test_a_child_that_dies_is_restarted_with_a_log_line() -> None:
+    said, exited = Said(), []
+    specs = [ChildSpec("sleeper", lambda _: SLEEPER, on_exit=exited.append)]
+    supervisor = Supervisor(specs, grace_s=5, say=said)
+    supervisor.start()
+    try:
+        first = supervisor.pids()["sleeper"]
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: supervisor.pids()["sleeper"] not in (None, first), 30, "a restart")
+        assert alive(supervisor.pids()["sleeper"])
+        assert said.matching(f"sleeper (pid {first}) was killed by SIGKILL")
+        assert said.matching("sleeper restarted")
+        assert exited == [0]  # the first start's bookkeeping ran once
+        assert supervisor.restarts("sleeper") == 1
+    finally:
+        supervisor.stop()
+    assert exited == [0, 1]
+    assert not alive(first)
+
+
+def test_a_crash_loop_backs_off_doubling() -> None:
+    said = Said()
+    crasher = [sys.executable, "-c", "raise SystemExit(3)"]
+    supervisor = Supervisor([ChildSpec("crasher", lambda _: crasher)], grace_s=5,
+                            backoff_first_s=0.1, say=said)
+    supervisor.start()
+    try:
+        wait_for(lambda: len(said.matching("exited with code 3")) >= 4, 60, "four exits")
+    finally:
+        supervisor.stop()
+    delays = [float(line.rsplit("restarting in ", 1)[1].split()[0])
+              for line in said.matching("exited with code 3")]
+    assert delays[:4] == [0.1, 0.2, 0.4, 0.8]
+
+
+def test_stop_ends_children_and_escalates_to_sigkill_for_the_whole_group() -> None:
+    said = Said()
+    supervisor = Supervisor([ChildSpec("polite", lambda _: SLEEPER),
+                             ChildSpec("stubborn", lambda _: STUBBORN)], grace_s=2, say=said)
+    supervisor.start()
+    stubborn = supervisor.pids()["stubborn"]
+    wait_for(lambda: descendants(stubborn), 30, "the stubborn child's own child")
+    pool = descendants(stubborn)
+    supervisor.stop()
+    assert wait_gone([*supervisor.pids().values(), *pool], 10) == []
+    assert said.matching("stubborn") and said.matching("SIGKILL")
+    assert not said.matching("polite")  # it ended on SIGTERM
+    assert not said.matching("restart")  # stopping is not dying
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux")
+def test_children_end_when_the_supervising_process_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of the parent: a child that honours SIGTERM ends (parent-death signal); one
+    that ignores it is SIGKILLed with its group once the grace period is over."""
+    follow = ("import os, sys\n"
+              "from crma_cli.parent_watch import follow_parent\n"
+              "follow_parent(int(sys.argv[1]), grace_s=float(sys.argv[2]))\n"
+              "print('following', os.getpid(), flush=True)\n")
+    script = (
+        "import os, sys, time\n"
+        "from crma_cli.supervisor import ChildSpec, Supervisor\n"
+        f"follow = {follow!r}\n"
+        f"stubborn = {STUBBORN[2]!r}\n"
+        "me = str(os.getpid())\n"
+        "sup = Supervisor([\n"
+        "    ChildSpec('polite', lambda _: [sys.executable, '-c', follow + 'time.sleep(600)',"
+        " me, '3']),\n"
+        "    ChildSpec('stubborn', lambda _: [sys.executable, '-c',"
+        " 'import time\\n' + follow + stubborn, me, '3']),\n"
+        "], grace_s=3)\n"
+        "sup.start()\n"
+        "print('pids', *sup.pids().values(), flush=True)\n"
+        "time.sleep(600)\n")
+    stderr = tmp_path / "stderr.log"
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=stderr.open("wb"), text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    polite = stubborn = None
+    try:
+        following = set()
+        while polite is None or len(following) < 2:  # both past their startup checks
+            words = parent.stdout.readline().split()
+            assert words, stderr.read_text()
+            if words[0] == "pids":
+                polite, stubborn = int(words[1]), int(words[2])
+            else:
+                following.add(int(words[1]))
+        assert following == {polite, stubborn}
+        wait_for(lambda: descendants(stubborn), 30, "the stubborn child's own child")
+        pool = descendants(stubborn)
+        parent.kill()
+        parent.wait()
+        assert wait_gone([polite, stubborn, *pool], 60) == []
+        # It ignored SIGTERM: only its watcher's SIGKILL, after the grace period, ended it.
+        assert f"[{stubborn}] still running 3 s after the parent died: SIGKILL" in \
+            stderr.read_text()
+    finally:
+        for pid in (polite, stubborn):
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+
+
+def dev_processes(data_dir: Path) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
@@ -46,50 +200,9 @@ def _processes_mentioning(text: str) -> list[int]:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if text in cmdline and _alive(int(entry.name)):
+            if str(data_dir) in cmdline and alive(int(entry.name)):
                 found.append(int(entry.name))
     return found
-
-
-def test_a_child_that_ignores_sigterm_is_killed_with_its_whole_group() -> None:
-    # Like a Celery worker stuck in warm shutdown: it ignores SIGTERM and has a pool child.
-    script = ("import signal, subprocess, sys, time\n"
-              "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-              "pool = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
-              "print(pool.pid, flush=True)\n"
-              "time.sleep(600)\n")
-    child = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        pool_pid = int(child.stdout.readline())
-        started = time.monotonic()
-        stop_children([child], timeout_s=1)
-        assert child.returncode == -signal.SIGKILL
-        assert time.monotonic() - started < 10
-        assert _wait_gone([pool_pid], 10) == []
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux")
-def test_children_get_sigterm_when_the_dev_process_dies_abruptly(tmp_path: Path) -> None:
-    script = ("import subprocess, sys, signal, os\n"
-              "from crma_cli.embedded import _parent_death_signal\n"
-              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'],\n"
-              "                         start_new_session=True,\n"
-              "                         preexec_fn=_parent_death_signal(signal.SIGTERM))\n"
-              "print(child.pid, flush=True)\n"
-              "sys.stdin.readline()\n"
-              "os._exit(0)\n")
-    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    child_pid = int(parent.stdout.readline())
-    assert _alive(child_pid)
-    parent.stdin.write("\n")
-    parent.stdin.flush()
-    parent.wait(10)
-    assert _wait_gone([child_pid], 10) == []
 
 
 @pytest.mark.integration
@@ -107,17 +220,18 @@ def test_sigterm_to_crma_dev_stops_every_child(tmp_path: Path) -> None:
     try:
         wait_until_healthy(f"http://127.0.0.1:{port}", dev, 120,
                            describe=lambda: (tmp_path / "dev.log").read_text()[-3000:])
-        children = [pid for pid in _processes_mentioning(str(data_dir)) if pid != dev.pid]
-        assert len(children) >= 3, children  # worker, relay, reaper (+ the worker's pool)
+        children = [pid for pid in dev_processes(data_dir) if pid != dev.pid]
+        assert len(children) >= 3, children  # worker, relay, reaper
         dev.send_signal(signal.SIGTERM)
         # 143 = SystemExit from dev's own handler, after `finally` stopped the children in
         # order (uvicorn's re-raised SIGTERM would otherwise kill it at once: -15).
-        assert dev.wait(60) == 128 + signal.SIGTERM
-        assert _wait_gone(children, 10) == []
-        assert _processes_mentioning(str(data_dir)) == []
+        assert dev.wait(120) == 128 + signal.SIGTERM
+        assert wait_gone(children, 10) == []
+        assert dev_processes(data_dir) == []
+        assert "restarting in" not in (tmp_path / "dev.log").read_text()  # stopped, not died
     finally:
         if dev.poll() is None:
             dev.kill()
-        for pid in _processes_mentioning(str(data_dir)):
+        for pid in dev_processes(data_dir):
             os.kill(pid, signal.SIGKILL)
         log.close()

@@ -18,28 +18,13 @@ from crma_core.continual_state import (ContinualConfig, DomainSpec, export_bundl
 from crma_core.errors import CheckpointError, ConfigError
 from crma_core.io import load_tensors
 from crma_core.settings import LoraSettings, TrainConfig
-from crma_core.testing import write_jsonl
+from crma_core.testing import write_text_domains
 
-TEMPLATES = {
-    "alpha": "the quick brown fox jumps over the lazy dog number {i}",
-    "beta": "def add(a, b): return a + b  # case {i}",
-    "gamma": "question: what is {i} plus {i}? answer: {j}",
-}
-
-
-def _rows(template: str, start: int, count: int) -> list[dict]:
-    return [{"text": template.format(i=i, j=2 * i)} for i in range(start, start + count)]
 
 
 @pytest.fixture(scope="module")
 def domains(tmp_path_factory) -> list[DomainSpec]:
-    root = tmp_path_factory.mktemp("cl-domains")
-    specs = []
-    for name, template in TEMPLATES.items():
-        train = write_jsonl(root / f"{name}-train.jsonl", _rows(template, 0, 12))
-        holdout = write_jsonl(root / f"{name}-holdout.jsonl", _rows(template, 100, 4))
-        specs.append(DomainSpec(name=name, train_file=train, holdout_file=holdout))
-    return specs
+    return write_text_domains(tmp_path_factory.mktemp("cl-domains"))
 
 
 def _config(mode: str, **train) -> ContinualConfig:

@@ -20,30 +20,15 @@ from crma_core.loader import load_for_generation
 from crma_core.loop import evaluate_loss
 from crma_core.model import get_crma
 from crma_core.settings import LoraSettings, TrainConfig
-from crma_core.testing import write_jsonl
+from crma_core.testing import TEXT_DOMAINS, write_jsonl, write_text_domains
 
-TEMPLATES = {
-    "alpha": "the quick brown fox jumps over the lazy dog number {i}",
-    "beta": "def add(a, b): return a + b  # case {i}",
-    "gamma": "question: what is {i} plus {i}? answer: {j}",
-}
 BUDGET = 0.5
 SEQ = 32
 
 
-def _rows(template: str, start: int, count: int) -> list[dict]:
-    return [{"text": template.format(i=i, j=2 * i)} for i in range(start, start + count)]
-
-
 @pytest.fixture(scope="module")
 def domains(tmp_path_factory) -> list[DomainSpec]:
-    root = tmp_path_factory.mktemp("budget-domains")
-    specs = []
-    for name, template in TEMPLATES.items():
-        train = write_jsonl(root / f"{name}-train.jsonl", _rows(template, 0, 12))
-        holdout = write_jsonl(root / f"{name}-holdout.jsonl", _rows(template, 100, 4))
-        specs.append(DomainSpec(name=name, train_file=train, holdout_file=holdout))
-    return specs
+    return write_text_domains(tmp_path_factory.mktemp("budget-domains"))
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +110,7 @@ def test_the_report_leads_with_what_crma_adds_over_the_baseline(modular):
     assert set(versus["backward_pct"]) == {"alpha", "beta"}
     general = report["general_retention"]
     assert general["base_loss"] > 0
-    assert set(general["served"]) == set(general["baseline"]) == set(TEMPLATES)
+    assert set(general["served"]) == set(general["baseline"]) == set(TEXT_DOMAINS)
     for row in list(general["served"].values()) + list(general["baseline"].values()):
         assert row["change_pct"] == pytest.approx(
             100 * (row["loss"] - general["base_loss"]) / general["base_loss"])
@@ -212,3 +197,34 @@ def test_budget_zero_and_validation():
         ContinualConfig(mode="frozen", baseline=True)
     config = ContinualConfig(drift_budget_pct=1.5, baseline=True)
     assert ContinualConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_a_stop_during_the_baseline_resumes_to_the_same_stage(modular, model_dir, domains,
+                                                              tmp_path):
+    """Stopped while the baseline LoRA trains (a worker's warm shutdown): the checkpoint
+    holds the finished main phase, and the resumed stage equals the uninterrupted one."""
+    import shutil
+
+    from crma_core.callbacks import TrainCallbacks
+
+    results, root = modular
+    saved, calls = tmp_path / "ckpt", []
+
+    def keep(step, directory):
+        shutil.rmtree(saved, ignore_errors=True)
+        shutil.copytree(directory, saved)
+
+    def stop():
+        calls.append(1)  # 3 main steps, then the baseline's: stop before its 2nd step
+        return "shutdown" if len(calls) == 5 else None
+
+    stopped = run_stage(root / "stage-0", domains[1], tmp_path / "never", model_dir=model_dir,
+                        callbacks=TrainCallbacks(on_checkpoint=keep, should_stop=stop),
+                        checkpoint_on_stop=("shutdown",))
+    assert stopped.stop_reason == "shutdown" and stopped.state_dir is None
+    assert stopped.steps == 3 and stopped.baseline_trained_tokens > 0
+    resumed = run_stage(root / "stage-0", domains[1], tmp_path / "out", model_dir=model_dir,
+                        resume_from=saved)
+    assert resumed.row == results[1].row
+    assert resumed.baseline_loss == results[1].baseline_loss
+    assert resumed.report == results[1].report

@@ -99,3 +99,22 @@ def test_dockerfile_is_a_cuda_worker_image() -> None:
     for directory in re.findall(r"^COPY (\w+) ", text, re.M):
         assert (ROOT / directory).is_dir(), f"Dockerfile copies missing {directory}/"
     assert (ROOT / "migrations" / "env.py").is_file()
+
+
+def test_long_running_services_are_restarted_and_one_shot_ones_are_not(compose: dict) -> None:
+    """A dead worker, relay, reaper or API comes back (docker's restart policy is the
+    supervisor in production, as crma_cli/supervisor.py is under `crma dev`)."""
+    one_shot = {"migrate", "minio-init"}
+    for name, service in compose["services"].items():
+        policy = service.get("restart")
+        if name in one_shot:
+            assert policy == "no", name
+        else:
+            assert policy in ("always", "unless-stopped"), f"{name} has restart: {policy}"
+
+
+def test_a_stopped_worker_has_time_for_its_shutdown_window(compose: dict) -> None:
+    # SIGTERM starts the warm shutdown (checkpoint, lease handed back); docker's SIGKILL must
+    # not come before the worker's own shutdown window has passed.
+    grace = int(re.match(r"(\d+)s", compose["services"]["worker"]["stop_grace_period"]).group(1))
+    assert grace > Settings().worker_shutdown_grace_s

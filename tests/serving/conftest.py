@@ -23,32 +23,10 @@ def _quiet_and_one_thread():
 
 def write_adapter(model_dir: Path, out_dir: Path, *, seed: int, crma: bool = True,
                   rank: int = 4, target_modules="all-linear") -> Path:
-    """A bundle-shaped adapter (lora/ + crma.safetensors, crma_config.json) with random
-    non-zero LoRA B and CRMA write weights, saved the way the trainer saves them."""
-    from peft import LoraConfig, get_peft_model
+    from serving.testing import write_random_adapter
 
-    from crma_core.io import save_crma
-    from crma_core.model import attach_crma
-    from crma_core.recipe import load_base_model
-
-    base = load_base_model(model_dir)
-    model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank,
-                                            target_modules=target_modules))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    model.save_pretrained(str(out_dir / "lora"), safe_serialization=True,
-                          save_embedding_layers=False)
-    if crma:
-        handle = attach_crma(model, seed=seed)
-        with torch.no_grad():
-            for layer in handle.layers:
-                layer.write.copy_(torch.randn(layer.write.shape, generator=generator) * 0.5)
-                layer.log_mix.add_(torch.randn(layer.log_mix.shape, generator=generator))
-        save_crma(handle, out_dir)
-    return out_dir
+    return write_random_adapter(model_dir, out_dir, seed=seed, crma=crma, rank=rank,
+                                target_modules=target_modules)
 
 
 @pytest.fixture(scope="session")

@@ -107,3 +107,13 @@ def test_a_damaged_crma_state_is_refused(engine, adapter_root, tmp_path):
     with pytest.raises(AdapterIncompatible) as info:
         engine.submit({"prompt": PROMPT, "adapter": spec("damaged")})
     assert "layers.1.write" in info.value.message and info.value.status_code == 400
+
+
+def test_bfloat16_weights_are_restored_exactly(make_engine, tiny_dir):
+    """Merging rounds once in bfloat16; unmerging must not leave that rounding behind."""
+    engine = make_engine(dtype="bfloat16")
+    before = _engine_text(engine, None)
+    assert _engine_text(engine, "a1") != before
+    assert _engine_text(engine, None) == before
+    fresh = load_base_model(tiny_dir, dtype="bfloat16").state_dict()
+    assert all(torch.equal(t, fresh[k]) for k, t in engine.model.state_dict().items())

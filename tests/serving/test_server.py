@@ -16,7 +16,7 @@ import pytest
 
 from serving.client import EngineClient
 from serving.errors import AdapterNotFound, EngineUnavailable, InvalidRequest
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until_healthy
 from tests.serving.conftest import spec
 
 LONG = {"prompt": "one two three", "max_tokens": 1000, "temperature": 0}  # no eos in 1000
@@ -35,17 +35,11 @@ def server(tiny_dir, adapter_root, tmp_path_factory):
     with open(log, "wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"engine did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
+    try:
+        wait_until_healthy(url, process, 120, lambda: log.read_text()[-3000:])
+    except AssertionError:
+        process.kill()
+        raise
     yield url
     process.terminate()
     try:
@@ -66,6 +60,7 @@ def _idle(url, timeout=20.0):
 
 
 def test_health_describes_model_adapters_and_memory(server):
+    assert httpx.get(server + "/healthz").json() == {"status": "ok"}
     health = httpx.get(server + "/health").json()
     assert health["status"] == "ok" and health["model"]["id"] == "tiny-llama"
     assert health["model"]["context_length"] == 1024

@@ -7,12 +7,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import PrincipalDep, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from app.api.idempotent import IdempotencyKey, respond_idempotently
 from app.api.presenters import file_public
-from app.api.uploads import read_upload
+from app.api.uploads import receive_upload
 from app.db.transactions import ThreadTransactions
 from app.schemas.common import AfterParam, error_responses
 from app.schemas.files import FileDeleted, FileList, FilePublic
@@ -61,17 +60,18 @@ async def create_file(
     `error.errors` = the first 100 `{line, field, code, message}` plus `error.error_count`.
     So a stored file can always start a job. Too large: 413.
     """
-    async with read_upload(request) as upload:  # read only now: authentication ran first
-        report = await run_in_threadpool(
-            files.validate_upload, upload.file.file, max_bytes=settings.max_upload_bytes,
-            max_line_bytes=settings.max_line_bytes,
-            model_store_dir=settings.resolved_model_store_dir,
-        )
+    # Read only now (authentication ran first), and validated while it is received.
+    async with receive_upload(
+        request, max_bytes=settings.max_upload_bytes, max_line_bytes=settings.max_line_bytes,
+        model_store_dir=settings.resolved_model_store_dir,
+    ) as upload:
+        report = upload.report
+        files.check_report(report, max_bytes=settings.max_upload_bytes)
 
         def create(session: Session) -> tuple[FilePublic, dict[str, str]]:
             row = files.create_file(session, account_id=principal.account_id, store=store,
-                                    stream=upload.file.file, report=report,
-                                    filename=upload.file.filename, purpose=upload.purpose)
+                                    stream=upload.file, report=report,
+                                    filename=upload.filename, purpose=upload.purpose)
             return file_public(row), {}
 
         # Storing the upload is blocking I/O, so this transaction runs in a worker thread
@@ -80,7 +80,7 @@ async def create_file(
         return await respond_idempotently(
             request, transactions=in_thread, principal=principal,
             key=idempotency_key, create=create, location=lambda file_id: f"/v1/files/{file_id}",
-            body={"purpose": upload.purpose, "filename": upload.file.filename,
+            body={"purpose": upload.purpose, "filename": upload.filename,
                   "sha256": report.sha256},
         )
 

@@ -30,9 +30,12 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Readiness,
-            responses={503: {"model": Readiness, "description": "A dependency is unreachable"}})
+            responses={503: {"model": Readiness, "description": "A dependency is unreachable, "
+                             "or no live worker consumes a training queue (`checks` says which "
+                             "and why)"}})
 def readyz(settings: SettingsDep, store: StoreDep) -> JSONResponse:
-    """Database, broker and object storage are reachable."""
+    """The service can run a job end to end: database, broker and object storage reachable,
+    and a live worker consuming each training queue (`small`, `large`)."""
     checks = readiness(settings, store)
     ready = all(v == "ok" for v in checks.values())
     body = Readiness(status="ok" if ready else "unavailable", checks=checks)

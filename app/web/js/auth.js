@@ -3,16 +3,15 @@
 
 const KEY = "crma.apiKey";
 const listeners = new Set();
+let memoryKey = null; // where sessionStorage is unavailable (storage disabled)
 
 export function apiKey() {
   try {
     return sessionStorage.getItem(KEY);
   } catch {
-    return memoryKey; // storage disabled: keep it in memory for this page only
+    return memoryKey;
   }
 }
-
-let memoryKey = null;
 
 export function signIn(key) {
   memoryKey = key;

@@ -33,10 +33,16 @@ export class StepChart {
     this.height = height;
     this.data = [[], ...series.map(() => [])];
     this.host = h("div", { class: "chart-host" });
-    this.summary = h("span", { class: "chart-summary" });
+    this.summary = h("span", { class: "chart-summary", "aria-live": "off" });
+    this.summaryText = "";
+    const legend = h("span", { class: "chart-legend" }, series.map((s) => {
+      const swatch = h("span", { class: "chart-swatch", "aria-hidden": "true" });
+      swatch.style.background = `var(${s.color})`;
+      return h("span", { class: "chart-key" }, swatch, s.label);
+    }));
     this.empty = h("p", { class: "chart-empty" }, "Waiting for the first training step…");
     this.element = h("figure", { class: "chart", dataset: { points: "0" }, "aria-label": `${title} chart` },
-      h("figcaption", {}, h("span", { class: "chart-title" }, title), this.summary),
+      h("figcaption", {}, h("span", { class: "chart-title" }, title), legend, this.summary),
       description ? h("p", { class: "visually-hidden" }, description) : null,
       this.empty, this.host);
     this.resizer = new ResizeObserver(() => this.resize());
@@ -50,18 +56,19 @@ export class StepChart {
       width, height: this.height,
       scales: { x: { time: false } },
       cursor: { drag: { x: true, y: false }, points: { size: 6 } },
-      legend: { show: true, live: true },
+      // The values under the cursor go to the caption (onCursor), not to uPlot's legend.
+      legend: { show: false },
+      hooks: { setCursor: [(plot) => this.onCursor(plot)] },
       axes: [{ ...axis(null), label: "step", labelSize: 18, incrs: STEP_INCREMENTS },
         { ...axis(this.yFormat), size: 62 }],
       series: [
-        { label: "step", value: (_, v) => (v === null ? "—" : String(v)) },
+        { label: "step" },
         ...this.series.map((s) => ({
           label: s.label,
           stroke: cssVar(s.color),
           width: 2,
           spanGaps: true,
           points: { show: s.points ?? undefined, size: 5, fill: cssVar(s.color) },
-          value: (_, v) => (v === null || v === undefined ? "—" : (s.format || this.yFormat || String)(v)),
         })),
       ],
     };
@@ -90,7 +97,23 @@ export class StepChart {
   }
 
   setSummary(text) {
-    this.summary.textContent = text;
+    this.summaryText = text;
+    if (!this.hovering) this.summary.textContent = text;
+  }
+
+  onCursor(plot) {
+    const i = plot.cursor.idx;
+    this.hovering = i !== null && i !== undefined;
+    if (!this.hovering) {
+      this.summary.textContent = this.summaryText;
+      return;
+    }
+    const format = this.yFormat || String;
+    const values = this.series.map((s, k) => {
+      const v = plot.data[k + 1][i];
+      return v === null || v === undefined ? null : `${s.label} ${format(v)}`;
+    }).filter(Boolean);
+    this.summary.textContent = `step ${plot.data[0][i]}: ${values.join(" · ")}`;
   }
 
   destroy() {

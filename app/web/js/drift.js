@@ -11,38 +11,56 @@ function extent(values) {
   return finite.length ? [Math.min(...finite), Math.max(...finite)] : [0, 1];
 }
 
-/** 0..1 -> a colour between the theme's --heat-low and --heat-high (CSSOM, allowed by CSP). */
-function heatColour(t) {
-  const pct = Math.round(Math.max(0, Math.min(1, t)) * 100);
-  return `color-mix(in oklab, var(--heat-high) ${pct}%, var(--heat-low))`;
+// A drift of this size or more gets the full colour: the scale is fixed, so a 0.3% change
+// stays faint however small every other change of the run is.
+const FULL_COLOUR_PCT = 10;
+
+/** The colour of a cell below the diagonal: its drift since the domain's own stage, red when
+ * forgotten, green when improved (CSSOM, which the CSP allows). */
+function driftColour(pct) {
+  const strength = Math.round(Math.min(1, Math.abs(pct) / FULL_COLOUR_PCT) * 85) + 8;
+  const tone = pct > 0 ? "--drift-worse" : "--drift-better";
+  return `color-mix(in oklab, var(${tone}) ${strength}%, var(--surface-2))`;
 }
 
+/** The loss matrix L[t][i]: the diagonal is each domain just after its own stage; a cell
+ * below it is that domain's loss after a later stage, coloured by the change since. */
 export function heatmap(report) {
   const domains = report.domains || [];
   const matrix = report.matrix || [];
-  const [low, high] = extent(matrix.flat());
-  const span = high - low || 1;
-  const cell = (value) => {
-    const t = (value - low) / span;
-    const td = h("td", { class: ["heat-cell", t > 0.55 && "is-hot"], dataset: { value: String(value) },
-      title: decimal(value, 4) }, decimal(value, 3));
-    td.style.backgroundColor = heatColour(t);
+  const cell = (t, i) => {
+    const value = matrix[t][i];
+    if (i === t) {
+      return h("td", { class: "heat-cell is-diagonal", dataset: { value: String(value) }, title: decimal(value, 4) },
+        h("span", { class: "heat-value" }, decimal(value, 3)), h("span", { class: "heat-note" }, "just trained"));
+    }
+    const pct = relativeChange(matrix[i][i], value);
+    const td = h("td", { class: "heat-cell", dataset: { value: String(value), drift: String(pct) },
+      title: `${decimal(value, 4)} (${percent(pct, 2)} since its own stage)` },
+    h("span", { class: "heat-value" }, decimal(value, 3)), h("span", { class: "heat-note" }, percent(pct, 1)));
+    td.style.backgroundColor = driftColour(pct);
     return td;
   };
   const head = h("tr", {},
-    h("th", { scope: "col", class: "corner" }, h("span", { class: "muted small" }, "after ↓ · holdout →")),
+    h("th", { scope: "col", class: "corner" }, h("span", { class: "muted small" }, "after stage ↓ · holdout →")),
     domains.map((name) => h("th", { scope: "col" }, name)));
   const rows = matrix.map((row, t) => h("tr", {},
     h("th", { scope: "row" }, h("span", { class: "muted small" }, `${t + 1}. `), domains[t] ?? `stage ${t + 1}`),
     domains.map((_, i) => (i < row.length && row[i] !== null
-      ? cell(row[i]) : h("td", { class: "heat-empty", "aria-label": "not measured" })))));
+      ? cell(t, i) : h("td", { class: "heat-empty", "aria-label": "not trained yet" })))));
   return h("figure", { class: "heatmap", dataset: { rows: String(matrix.length) } },
     h("div", { class: "table-wrap" },
       h("table", { class: "heat-table" },
-        h("caption", {}, "Holdout loss L[t][i] after each stage (lower is better)"),
+        h("caption", {}, "Holdout loss L[t][i] after each stage, lower is better. Below the diagonal: the change since that domain's own stage."),
         h("thead", {}, head), h("tbody", {}, rows))),
     h("div", { class: "heat-legend", "aria-hidden": "true" },
-      h("span", {}, decimal(low, 3)), h("span", { class: "heat-scale" }), h("span", {}, decimal(high, 3))));
+      h("span", { class: "heat-key worse" }), h("span", {}, "forgotten"),
+      h("span", { class: "heat-key better" }), h("span", {}, "improved"),
+      h("span", { class: "muted" }, `(full colour at ±${FULL_COLOUR_PCT}%)`)));
+}
+
+function relativeChange(before, after) {
+  return (100 * (after - before)) / before;
 }
 
 /** Drift per earlier domain and the summary figures. */

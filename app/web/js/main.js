@@ -56,6 +56,11 @@ function start() {
 }
 
 document.getElementById("sign-out").addEventListener("click", () => signOut());
+// The skip link must not touch the hash (it holds the route): move focus instead.
+document.querySelector(".skip-link").addEventListener("click", (event) => {
+  event.preventDefault();
+  main.focus();
+});
 onAuthChange(() => start());
 renderNav();
 start();

@@ -33,12 +33,14 @@ export function createRouter({ pages, main, fallback = "/jobs", onRoute = () => 
     const controller = new AbortController();
     current = { controller };
     const { route, params, path, query } = resolve(location.hash);
+    delete main.dataset.rendered;
     onRoute(path);
     window.scrollTo(0, 0);
     if (!route) {
       document.title = "Not found · CRMA Fine-Tuner";
       replace(main, h("h1", {}, "Page not found"),
         h("p", {}, "Nothing lives at this address. ", h("a", { href: `#${fallback}` }, "Back to the jobs.")));
+      main.dataset.rendered = path;
       return;
     }
     document.title = `${route.page.title} · CRMA Fine-Tuner`;
@@ -48,8 +50,10 @@ export function createRouter({ pages, main, fallback = "/jobs", onRoute = () => 
       await route.page.render({ params, query, main: container, signal: controller.signal, navigate });
     } catch (error) {
       if (controller.signal.aborted || error.name === "AbortError") return;
-      replace(container, errorView(error, { title: "This page could not be loaded" }));
+      replace(container, h("h1", {}, route.page.title), errorView(error, { title: "This page could not be loaded" }));
     }
+    if (controller.signal.aborted) return;
+    main.dataset.rendered = path; // the page has drawn itself (tests wait for this)
     // After a navigation (not the first load), move focus to the new page's heading, as a
     // screen reader or keyboard user expects: the link they used has just disappeared.
     const heading = container.querySelector("h1");

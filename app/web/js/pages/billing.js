@@ -1,9 +1,10 @@
 // Billing: the balance (available and held), usage per UTC day, and the ledger.
 
 import * as api from "../api.js";
-import { button, card, h, link, mono, pageHeader, replace, spinner, table } from "../dom.js";
+import { card, h, link, mono, pageHeader, replace, spinner, table } from "../dom.js";
 import { showingErrors } from "../errors.js";
 import { compact, count, dateTime, usd, usdMicros } from "../format.js";
+import { PagedList } from "../paged-list.js";
 
 function balanceCards(balance) {
   const free = balance.free_runs;
@@ -67,12 +68,10 @@ export default {
     const errors = h("div");
     const balanceBox = h("div", {}, spinner());
     const usageBox = h("div", {}, spinner());
-    const ledgerBox = h("div", {}, spinner());
-    const more = h("div", { class: "list-footer" });
+    const ledger = new PagedList({ path: "/v1/billing/ledger", label: "Ledger", title: "Ledger", pageSize: 25,
+      signal, render: ledgerTable });
     replace(main, pageHeader({ title: "Billing", subtitle: "Prepaid credit, held while jobs run and charged for the tokens they train." }),
-      errors, balanceBox,
-      card("Usage by day", usageBox),
-      h("section", { class: "card flush", "aria-label": "Ledger" }, h("h2", { class: "card-title padded" }, "Ledger"), ledgerBox, more));
+      errors, balanceBox, card("Usage by day", usageBox), ledger.element);
 
     const [balance, usage] = await Promise.all([
       showingErrors(errors, () => api.get("/v1/billing/balance", { signal }), { title: "Balance unavailable" }),
@@ -97,14 +96,6 @@ export default {
         }));
     }
 
-    let ledger = [];
-    async function loadLedger(after = null) {
-      const page = await showingErrors(errors, () => api.get("/v1/billing/ledger", { signal, query: { limit: 25, after } }), { title: "Ledger unavailable" });
-      if (!page) return;
-      ledger = after ? [...ledger, ...page.data] : page.data;
-      replace(ledgerBox, ledgerTable(ledger));
-      replace(more, page.has_more ? button("Load more", { onClick: () => loadLedger(ledger[ledger.length - 1].id) }) : null);
-    }
-    await loadLedger();
+    await ledger.start();
   },
 };

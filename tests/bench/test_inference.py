@@ -1,0 +1,41 @@
+"""bench/inference.py in its tiny mode (a random model, a few tokens): every section runs
+and the JSON carries what docs/benchmarks/inference.json promises."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_inference_bench_runs_end_to_end(tmp_path):
+    out = tmp_path / "inference.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "inference.py"), "--tiny",
+                           "--work", str(tmp_path / "work"), "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["model"] == "tiny-llama"
+    decode = result["decode"]
+    assert set(decode["arms"]) == {"generate_base", "engine_base", "engine_lora",
+                                   "engine_lora_crma", "peft_lora_unmerged",
+                                   "peft_lora_crma_unmerged"}
+    assert all(arm["runs"] == 2 and arm["decode_tps"] > 0 for arm in decode["arms"].values())
+    # Greedy: the engine's base model writes exactly what transformers' generate writes.
+    assert decode["engine_base_text_equals_generate"] is True
+    for target in result["targets"].values():
+        assert target["measured"] > 0 and target["met"] == (target["measured"] >= target["target"])
+    assert set(result["adapter_switch"]["ttft_ms"]) == {"base", "merged", "cached", "cold"}
+    assert result["adapter_switch"]["ttft_ms"]["cold"]["switch_ms"] > 0
+    concurrency = result["concurrency"]["arms"]
+    assert concurrency["base_4"]["tokens"] > concurrency["base_1"]["tokens"]
+    assert result["engine_http_hop"]["added_ms_p50_json"] is not None
+    routing = result["routing"]
+    assert routing["accuracy"]["examples"] == 10 and routing["accuracy"]["accuracy"] is not None
+    assert result["api_hop"]["target_p50_ms"] == 5.0 and result["api_hop"]["added_ms_p50"] is None
+    assert result["overrides"] and result["machine"]["load_average_before"]

@@ -1,0 +1,55 @@
+"""The inference engine's compose service, checked by parsing (Docker cannot run here)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def engine() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["engine"]
+
+
+def _flag(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def test_the_engine_runs_crma_engine_on_its_port(engine):
+    from crma_cli.engine import register
+
+    command = engine["command"]
+    assert command[:2] == ["crma", "engine"]
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(command[1:])  # every flag is one `crma engine` accepts
+    assert args.adapter_source == "store"  # adapters come from the object store
+    port = _flag(command, "--port")
+    assert engine["expose"] == [port]
+    assert f"127.0.0.1:{port}/healthz" in " ".join(engine["healthcheck"]["test"])
+
+
+def test_the_engine_is_not_published(engine):
+    """No authentication: reachable on the compose network only."""
+    assert "ports" not in engine
+
+
+def test_the_engine_reads_the_store_and_models(engine):
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert engine["environment"] == compose["x-app-env"]
+    assert engine["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    assert "models:/models:ro" in engine["volumes"]
+
+
+def test_the_image_holds_every_package():
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())[
+        "tool"]["setuptools"]["packages"]["find"]["include"]
+    copied = set(re.findall(r"^COPY (\w+) ", (ROOT / "Dockerfile.gpu").read_text(), re.M))
+    assert {p.rstrip("*") for p in packages} <= copied
