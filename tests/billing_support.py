@@ -9,7 +9,9 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app.db.models import Job
+from app.services import quotas
 from app.services.admission import Admission, reserve
+from app.services.quotas import QuotaSnapshot
 from app.settings import Settings
 
 
@@ -24,3 +26,8 @@ def admit(session: Session, *, source_id: str, estimated_tokens: int,
             estimated_tokens=estimated_tokens, token_budget=admitted.token_budget,
             hold_micros=admitted.hold_micros))
     return admitted
+
+
+def free_runs(session: Session, **at: Any) -> QuotaSnapshot | None:
+    """`quotas.snapshot` at the settings' daily limit."""
+    return quotas.snapshot(session, runs_per_day=Settings().free_runs_per_day, **at)

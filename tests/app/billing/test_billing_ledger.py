@@ -14,14 +14,10 @@ from app.domain.pricing import price_micros
 from app.domain.job_state import JobStatus
 from app.services import billing
 from app.services.job_status import transition_job
-from tests.billing_support import admit
-from tests.factories import PRICES, RUNS_PER_DAY
+from tests.billing_support import admit, free_runs
+from tests.factories import PRICES
 
 MODEL = "mistral-7b-v0.3"  # 500_000 micros per 1M tokens
-
-
-def free_runs(session, **at):  # noqa: ANN001, ANN201 - quotas.snapshot at the settings' limit
-    return quotas.snapshot(session, runs_per_day=RUNS_PER_DAY, **at)
 
 
 def postings(session: Session, job_id: str) -> dict[str, int]:

@@ -11,14 +11,10 @@ from app.db.models import Account
 from app.db.session import get_sessionmaker
 from app.domain.errors import InvalidRequest, QuotaExceeded
 from app.services import accounts, admission, quotas
-from tests.billing_support import admit
-from tests.factories import RUNS_PER_DAY, TEST_SETTINGS
+from tests.billing_support import admit, free_runs
+from tests.factories import TEST_SETTINGS
 
 NOON = datetime(2031, 5, 6, 12, 0, tzinfo=UTC)
-
-
-def free_runs(session, **at):  # noqa: ANN001, ANN201 - quotas.snapshot at the settings' limit
-    return quotas.snapshot(session, runs_per_day=RUNS_PER_DAY, **at)
 
 
 def admit_free(session: Session, make_job, account_id: str, now: datetime,
