@@ -16,6 +16,7 @@ from app.api.logs import configure_logging
 from app.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.api.openapi_links import add_links
 from app.api.rate_limit import RateLimiter
+from app.api.upload_checks import UploadChecks
 from app.api.routes import ALL_ROUTERS, jobs
 from app.api.routes.dashboard import mount_dashboard
 from app.db.reader import open_reader
@@ -99,6 +100,7 @@ def create_app(
                                                settings.db_timeout_s)
     app.state.store = store or open_store(settings)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    app.state.upload_checks = UploadChecks()  # helper processes validating big uploads
     app.router.routes.extend(jobs.direct_routes())  # first: in front of what they shortcut
     for router in ALL_ROUTERS:
         _summaries_from_docstrings(router)
@@ -131,6 +133,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
     await app.state.reader.close()
     await app.state.transactions.close()
+    await app.state.upload_checks.close()
 
 
 def _summaries_from_docstrings(router: APIRouter) -> None:

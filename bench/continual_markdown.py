@@ -9,6 +9,16 @@ from typing import Any
 from bench.continual_report import BUDGET_PCT, MIN_OWN_IMPROVEMENT_PCT, MODES, _fmt
 
 
+def _pct(value: float | None) -> str:
+    return "n/a (one seed)" if value is None else f"{value:.2f}%"
+
+
+def _naive(target: dict[str, Any]) -> str:
+    if target["value"] is None:
+        return "not run"
+    return f"{target['value']:+.2f}% ({'met' if target['met'] else 'NOT met'})"
+
+
 def _verdict(mean: float | None, floor: float | None) -> str:
     if mean is None:
         return "not measured"
@@ -67,7 +77,8 @@ def markdown_section(report: dict[str, Any]) -> str:
         lines.append(f"| {o} | {_fmt(v['mean'], v['std'])} | "
                      f"{_fmt(v['forward_mean'], v['forward_std'])} | "
                      f"{_fmt(v.get('audit_mean'), v.get('audit_std'))} | "
-                     f"{v['noise_floor_pct']:.2f}% | {_verdict(v['mean'], v['noise_floor_pct'])} |")
+                     f"{_pct(v['noise_floor_pct'])} | "
+                     f"{_verdict(v['mean'], v['noise_floor_pct'])} |")
     lines += ["", "Per domain (mean over seeds; forward / backward):", "",
               "| order | " + " | ".join(f"d{i}" for i in range(4)) + " |", "|---|" + "---|" * 4]
     for o in names:
@@ -94,7 +105,8 @@ def markdown_section(report: dict[str, Any]) -> str:
                    "naive": f"{paper['naive_drift_mean_pct']:+.2f}% ± "
                             f"{paper['naive_drift_std_pct']}"}
     for m in MODES:
-        s = {o: orders[o]["summary"][m] for o in names}
+        s = {o: orders[o]["summary"].get(m, {"drift_mean_pct": None, "drift_std_pct": None})
+             for o in names}
         lines.append(f"| {m} | " + " | ".join(
             _fmt(s[o]["drift_mean_pct"], s[o]["drift_std_pct"]) for o in names) + " | "
             + " | ".join(_fmt(s[o].get("general_change_mean_pct"),
@@ -120,8 +132,7 @@ def markdown_section(report: dict[str, Any]) -> str:
             f"{t['modular_not_worse_than_frozen_beyond_noise']['worst_domain_pct']:+.2f}% vs "
             f"floor {t['modular_not_worse_than_frozen_beyond_noise']['noise_floor_pct']:.2f}% "
             f"({'met' if t['modular_not_worse_than_frozen_beyond_noise']['met'] else 'NOT met'})"
-            f" | {t['naive_drift_ge_10']['value']:+.2f}% "
-            f"({'met' if t['naive_drift_ge_10']['met'] else 'NOT met'}) | "
+            f" | {_naive(t['naive_drift_ge_10'])} | "
             f"{'met' if t['general_retention_every_mode']['met'] else 'NOT met'} | "
             f"{beats['value']:+.2f}% ({'beyond' if beats['beyond_noise'] else 'within'} the "
             "noise floor) |")

@@ -188,6 +188,7 @@ def _targets(orders: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for order, o in orders.items():
         s, v = o["summary"], o["modular_vs_frozen_pct"]
+        # One seed has no seed-to-seed spread: judged against 0 then (said in the write-up).
         floor = v.get("noise_floor_pct") or 0.0
         worst = min(v["per_domain"].values())
         out[order] = {
@@ -196,9 +197,10 @@ def _targets(orders: dict[str, Any]) -> dict[str, Any]:
             "modular_not_worse_than_frozen_beyond_noise": {
                 "worst_domain_pct": worst, "noise_floor_pct": floor, "met": worst >= -floor},
             "naive_drift_ge_10": {"value": s["naive"]["drift_mean_pct"],
-                                  "met": s["naive"]["drift_mean_pct"] >= 10.0},
+                                  "met": s["naive"]["drift_mean_pct"] >= 10.0}
+            if "naive" in s else {"value": None, "met": None},
             "general_retention_every_mode": {
-                "met": all("general_change_mean_pct" in s[m] for m in MODES)},
+                "met": all("general_change_mean_pct" in s.get(m, {}) for m in MODES)},
             "modular_beats_frozen": {"value": v["mean"], "sign": "+" if v["mean"] > 0 else "-",
                                      "beyond_noise": abs(v["mean"]) > floor},
         }
@@ -230,11 +232,11 @@ def build_report(work: Path, meta: dict[str, Any]) -> dict[str, Any]:
     for order in ORDERS:
         by_mode = {m: [r for r in runs if r["mode"] == m and r["order"] == order]
                    for m in MODES}
-        if not all(by_mode.values()):
+        if not by_mode["modular"]:
             continue
         orders[order] = {
             "domains": list(ORDERS[order]),
-            "summary": {m: _summary(rs, base) for m, rs in by_mode.items()},
+            "summary": {m: _summary(rs, base) for m, rs in by_mode.items() if rs},
             "modular_vs_frozen_pct": _versus(by_mode["modular"], by_mode["frozen"]),
         }
     frozen_check = []

@@ -24,6 +24,7 @@ the product's default shapes (LoRA r 16 on all linear layers, CRMA n 4, r 1).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import json
 import os
@@ -41,8 +42,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
-from bench.inference_arms import (alternate, median, paired_ratio, run_concurrent,  # noqa: E402
-                                  run_engine, run_generate, run_http, summarize)
+from bench.inference_arms import (ForwardMeter, alternate, median, paired_ratio,  # noqa: E402
+                                  run_concurrent, run_engine, run_generate, run_http,
+                                  summarize)
 from bench.inference_routing import routing_section  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "Write a short story about a lighthouse keeper who "
@@ -51,14 +53,21 @@ STREAM_PROMPTS = ["Write a short story about a lighthouse keeper.",
                   "Explain how a refrigerator works, step by step.",
                   "Describe a walk through a forest in autumn.",
                   "List some ideas for a birthday party and explain each one."]
-DECODE_KEYS = ("decode_tps", "ttft_ms", "total_ms", "cpu_ms_per_token", "tokens")
+DECODE_KEYS = ("decode_tps", "decode_cpu_ms_per_token", "forward_cpu_ms",
+               "outside_forward_cpu_ms", "ttft_ms", "ttft_cpu_ms", "total_ms", "tokens")
+PAIRS = {"engine_base_vs_generate": ("engine_base", "generate_base"),
+         "engine_lora_vs_engine_base": ("engine_lora", "engine_base"),
+         "engine_lora_crma_vs_engine_base": ("engine_lora_crma", "engine_base"),
+         "peft_lora_unmerged_vs_generate_base": ("peft_lora_unmerged", "generate_base"),
+         "peft_lora_crma_unmerged_vs_generate_base": ("peft_lora_crma_unmerged",
+                                                      "generate_base")}
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--tiny", action="store_true", help="tiny random model, few tokens")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--concurrency-rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1,
@@ -122,44 +131,56 @@ def decode_section(engine, directory: Path, adapters: Path, args) -> dict[str, A
     peft_lora, tokenizer = load_for_generation(directory, adapters / "lora")
     peft_crma, _ = load_for_generation(directory, adapters / "lora_crma")
     n = args.tokens
+    meters = {"plain": ForwardMeter(plain), "engine": ForwardMeter(engine.model),
+              "peft_lora": ForwardMeter(peft_lora.get_base_model()),
+              "peft_crma": ForwardMeter(peft_crma.get_base_model())}
     arms = {
-        "generate_base": lambda: run_generate(plain, tokenizer, MESSAGES, n),
-        "engine_base": lambda: run_engine(engine, body(max_tokens=n)),
-        "engine_lora": lambda: run_engine(engine, body("lora", max_tokens=n)),
-        "engine_lora_crma": lambda: run_engine(engine, body("lora_crma", max_tokens=n)),
-        "peft_lora_unmerged": lambda: run_generate(peft_lora, tokenizer, MESSAGES, n),
-        "peft_lora_crma_unmerged": lambda: run_generate(peft_crma, tokenizer, MESSAGES, n),
+        "generate_base": lambda: meters["plain"].measure(
+            lambda: run_generate(plain, tokenizer, MESSAGES, n)),
+        "engine_base": lambda: meters["engine"].measure(
+            lambda: run_engine(engine, body(max_tokens=n))),
+        "engine_lora": lambda: meters["engine"].measure(
+            lambda: run_engine(engine, body("lora", max_tokens=n))),
+        "engine_lora_crma": lambda: meters["engine"].measure(
+            lambda: run_engine(engine, body("lora_crma", max_tokens=n))),
+        "peft_lora_unmerged": lambda: meters["peft_lora"].measure(
+            lambda: run_generate(peft_lora, tokenizer, MESSAGES, n)),
+        "peft_lora_crma_unmerged": lambda: meters["peft_crma"].measure(
+            lambda: run_generate(peft_crma, tokenizer, MESSAGES, n)),
     }
     for arm in arms.values():  # warm-up: first calls pay for lazy initialisation
         arm()
     samples = alternate(arms, args.rounds)
     same = [a["text"] == b["text"] for a, b in
             zip(samples["engine_base"], samples["generate_base"], strict=True)]
-    ratio = {key: paired_ratio(samples[a], samples[b], "decode_tps") for key, (a, b) in {
-        "engine_base_vs_generate": ("engine_base", "generate_base"),
-        "engine_lora_vs_engine_base": ("engine_lora", "engine_base"),
-        "engine_lora_crma_vs_engine_base": ("engine_lora_crma", "engine_base"),
-        "peft_lora_unmerged_vs_generate_base": ("peft_lora_unmerged", "generate_base"),
-        "peft_lora_crma_unmerged_vs_generate_base": ("peft_lora_crma_unmerged",
-                                                     "generate_base")}.items()}
-    cpu_ratio = {
-        "engine_base_vs_generate": paired_ratio(samples["generate_base"],
-                                                samples["engine_base"], "cpu_ms_per_token"),
-        "engine_lora_crma_vs_engine_base": paired_ratio(
-            samples["engine_base"], samples["engine_lora_crma"], "cpu_ms_per_token")}
+    wall = {key: paired_ratio(samples[a], samples[b], "decode_tps")
+            for key, (a, b) in PAIRS.items()}
+    # Speed from CPU time: the other arm's CPU per decoded token over this arm's.
+    cpu = {key: paired_ratio(samples[b], samples[a], "decode_cpu_ms_per_token")
+           for key, (a, b) in PAIRS.items()}
     del plain, peft_lora, peft_crma
     return {"arms": {name: summarize(s, DECODE_KEYS) for name, s in samples.items()},
-            "ratios_decode_tps": ratio,
-            "ratios_cpu_time_per_token": cpu_ratio,
+            "speed_ratios_cpu_time": cpu,
+            "speed_ratios_wall_clock": wall,
             "engine_base_text_equals_generate": all(same),
             "samples_decode_tps": {name: [round(x["decode_tps"] or 0, 3) for x in s]
-                                   for name, s in samples.items()}}
+                                   for name, s in samples.items()},
+            "samples_decode_cpu_ms_per_token": {
+                name: [round(x["decode_cpu_ms_per_token"] or 0, 3) for x in s]
+                for name, s in samples.items()}}
 
 
 def switch_section(engine, args) -> dict[str, Any]:  # noqa: ANN001
-    """Time to first token (max_tokens 1) when the adapter is merged already, cached but not
-    merged (another adapter was), or cold (unloaded first: read, Sinkhorn, merge)."""
+    """Time to first token (max_tokens 1, a two-token prompt so the prefill is small) when
+    the adapter is merged already, cached but not merged (another adapter was), or cold
+    (unloaded first: read from disk, Sinkhorn, merge)."""
     state = {"turn": 0}
+
+    def body(adapter: str | None = None, **extra: Any) -> dict[str, Any]:
+        data = {"prompt": "Hi", "temperature": 0, **extra}
+        if adapter is not None:
+            data["adapter"] = {"id": adapter, "location": adapter}
+        return data
 
     def merged():
         run_engine(engine, body("lora_crma", max_tokens=1))  # make sure it is the merged one
@@ -183,11 +204,18 @@ def switch_section(engine, args) -> dict[str, Any]:  # noqa: ANN001
     samples = alternate({"base": base, "merged": merged, "cached": cached, "cold": cold},
                         args.rounds)
     load_ms = [a["load_ms"] for a in engine.adapters()["adapters"]]
-    return {"ttft_ms": {k: summarize(v, ("total_ms", "switch_ms")) for k, v in samples.items()},
+    return {"ttft": {k: summarize(v, ("total_ms", "ttft_cpu_ms", "switch_ms"))
+                     for k, v in samples.items()},
             "ratio_cold_vs_merged": paired_ratio(samples["cold"], samples["merged"], "total_ms"),
             "ratio_cached_vs_merged": paired_ratio(samples["cached"], samples["merged"],
                                                    "total_ms"),
-            "adapter_load_ms_last": median(load_ms)}
+            "ratio_cold_vs_merged_cpu": paired_ratio(samples["cold"], samples["merged"],
+                                                     "ttft_cpu_ms"),
+            "ratio_cached_vs_merged_cpu": paired_ratio(samples["cached"], samples["merged"],
+                                                       "ttft_cpu_ms"),
+            "adapter_load_ms_median": median(load_ms),
+            "note": "switch_ms: the engine's restore + merge; cold also reads the adapter "
+                    "(adapter_load_ms: safetensors, checks, one batched Sinkhorn)"}
 
 
 def concurrency_section(engine, args) -> dict[str, Any]:  # noqa: ANN001
@@ -283,6 +311,23 @@ def http_section(engine, directory: Path, model_id: str, adapters: Path,  # noqa
                     "and adapters at its defaults; paired per round"}
 
 
+def tiny_hop_section(args: argparse.Namespace) -> dict[str, Any]:
+    """The HTTP hop again on a tiny random model, where a request computes for a few
+    milliseconds: on the real model, compute swings by ±100 ms on this loaded machine and
+    hides a hop of a few milliseconds."""
+    from crma_core.testing import make_tiny_model_dir
+    from serving.sources import LocalAdapterSource
+    from serving.transformers_engine import TransformersEngine
+
+    directory = make_tiny_model_dir(args.work / "hop-tiny-llama", "llama")
+    engine = TransformersEngine(directory, model_id="tiny-llama",
+                                source=LocalAdapterSource(args.work))
+    try:
+        return http_section(engine, directory, "tiny-llama", args.work, args)
+    finally:
+        engine.close()
+
+
 def main() -> int:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -309,19 +354,22 @@ def main() -> int:
                           ("concurrency", lambda: concurrency_section(engine, args)),
                           ("engine_http_hop", lambda: http_section(engine, directory, model_id,
                                                                    adapters, args)),
+                          ("engine_http_hop_tiny_model", lambda: tiny_hop_section(args)),
                           ("routing", lambda: routing_section(engine, directory, args))):
             print(f"[inference bench] {name} ...", file=sys.stderr, flush=True)
             sections[name] = run()
     finally:
         engine.close()
-    decode = sections["decode"]["ratios_decode_tps"]
+    cpu, wall = (sections["decode"][k] for k in ("speed_ratios_cpu_time",
+                                                  "speed_ratios_wall_clock"))
     result = {
         "benchmark": "inference",
         "model": model_id,
         "settings": {"generation": "greedy (temperature 0)", "new_tokens": args.tokens,
                      "prompt": MESSAGES, "rounds": args.rounds, "http_rounds": args.http_rounds,
                      "concurrency_rounds": args.concurrency_rounds,
-                     "torch_threads": args.threads, "engine_config": EngineConfig().__dict__,
+                     "torch_threads": args.threads,
+                     "engine_config": dataclasses.asdict(EngineConfig()),
                      "adapters": "random weights, LoRA r 16 alpha 32 all-linear (LoraSettings "
                                  "defaults), CRMA n 4 r 1 (CRMAConfig defaults)",
                      "ratios": "median over rounds of the ratio within each round (A B ... "
@@ -339,10 +387,16 @@ def main() -> int:
                     "load_average_after": [round(x, 2) for x in os.getloadavg()],
                     "wall_s": round(time.perf_counter() - started, 1)},
         "targets": {
-            "lora_crma_vs_base_decode": {"target": 0.9,
-                                         "measured": decode["engine_lora_crma_vs_engine_base"]},
-            "engine_base_vs_plain_generate": {"target": 1.0,
-                                              "measured": decode["engine_base_vs_generate"]},
+            "clock": "measured: decode speed from process CPU time per decoded token (after "
+                     "the first), 1 thread; wall clock on this shared 2-core machine (load "
+                     "average 8-11 during runs) swings 2-5x between rounds and is given next "
+                     "to it",
+            "lora_crma_vs_base_decode": {
+                "target": 0.9, "measured": cpu["engine_lora_crma_vs_engine_base"],
+                "measured_wall_clock": wall["engine_lora_crma_vs_engine_base"]},
+            "engine_base_vs_plain_generate": {
+                "target": 1.0, "measured": cpu["engine_base_vs_generate"],
+                "measured_wall_clock": wall["engine_base_vs_generate"]},
         },
         **sections,
         "api_hop": {"status": "not measured here: the API part adds it (its /v1 routes over "
@@ -350,12 +404,16 @@ def main() -> int:
                     "target_p50_ms": 5.0, "added_ms_p50": None},
     }
     for target in result["targets"].values():
-        target["met"] = target["measured"] is not None and target["measured"] >= target["target"]
+        if isinstance(target, dict):
+            target["met"] = target["measured"] is not None and \
+                target["measured"] >= target["target"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"targets": result["targets"],
                       "concurrency": sections["concurrency"]["ratio_aggregate_4_vs_1"],
                       "http_added_ms": sections["engine_http_hop"]["added_ms_p50_json"],
+                      "http_added_ms_tiny": sections["engine_http_hop_tiny_model"][
+                          "added_ms_p50_json"],
                       "routing_accuracy": sections["routing"]["accuracy"]["accuracy"]}, indent=1))
     return 0
 

@@ -22,22 +22,32 @@ def run_engine(engine: Any, body: dict[str, Any]) -> dict[str, Any]:
     """One request through the in-process engine, timed from before ``submit`` (which
     loads a cold adapter) to the last event; decode rate as the engine measured it."""
     cpu, started = time.process_time(), time.perf_counter()
-    first = None
-    done = None
+    first = first_cpu = done = None
     text = []
     for event in engine.submit(body):
         if event.type == "delta":
-            first = first or time.perf_counter()
+            if first is None:
+                first, first_cpu = time.perf_counter(), time.process_time()
             text.append(event.text)
         elif event.type == "done":
             done = event
-    end = time.perf_counter()
+    end, end_cpu = time.perf_counter(), time.process_time()
     tokens = done.usage.completion_tokens
     return {"tokens": tokens, "text": "".join(text),
             "decode_tps": done.timing.get("decode_tokens_per_s"),
+            "decode_cpu_ms_per_token": _per_token(first_cpu, end_cpu, tokens),
             "ttft_ms": ((first or end) - started) * 1000, "total_ms": (end - started) * 1000,
-            "cpu_ms_per_token": (time.process_time() - cpu) * 1000 / max(tokens, 1),
+            "ttft_cpu_ms": ((first_cpu or end_cpu) - cpu) * 1000,
+            "cpu_ms_per_token": (end_cpu - cpu) * 1000 / max(tokens, 1),
             "switch_ms": done.timing.get("adapter_switch_ms", 0.0)}
+
+
+def _per_token(first_cpu: float | None, end_cpu: float, tokens: int) -> float | None:
+    """Process CPU time per decoded token after the first: what the decode loop costs,
+    barely touched by other processes' load (unlike wall-clock time on a shared machine)."""
+    if first_cpu is None or tokens < 2:
+        return None
+    return (end_cpu - first_cpu) * 1000 / (tokens - 1)
 
 
 class _Timing(BaseStreamer):
@@ -45,9 +55,11 @@ class _Timing(BaseStreamer):
 
     def __init__(self) -> None:
         self.calls: list[float] = []
+        self.cpu: list[float] = []
 
     def put(self, value: torch.Tensor) -> None:
         self.calls.append(time.perf_counter())
+        self.cpu.append(time.process_time())
 
     def end(self) -> None:
         pass
@@ -62,14 +74,46 @@ def run_generate(model: Any, tokenizer: Any, messages: list[dict], max_new_token
     with torch.inference_mode():
         out = model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False,
                              streamer=streamer)
-    end = time.perf_counter()
+    end, end_cpu = time.perf_counter(), time.process_time()
     tokens = out.shape[1] - ids.shape[1]
     first = streamer.calls[1] if len(streamer.calls) > 1 else end
+    first_cpu = streamer.cpu[1] if len(streamer.cpu) > 1 else None
     decoded = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     return {"tokens": tokens, "text": decoded,
             "decode_tps": (tokens - 1) / (end - first) if tokens > 1 and end > first else None,
+            "decode_cpu_ms_per_token": _per_token(first_cpu, end_cpu, tokens),
             "ttft_ms": (first - started) * 1000, "total_ms": (end - started) * 1000,
-            "cpu_ms_per_token": (time.process_time() - cpu) * 1000 / max(tokens, 1)}
+            "ttft_cpu_ms": ((first_cpu or end_cpu) - cpu) * 1000,
+            "cpu_ms_per_token": (end_cpu - cpu) * 1000 / max(tokens, 1)}
+
+
+class ForwardMeter:
+    """Thread CPU time of each call of a model's forward (the instance attribute shadows the
+    class method, so every caller, generate or the engine, goes through it). Per-token CPU
+    minus the forward's is what a generation loop adds around the model."""
+
+    def __init__(self, model: Any):
+        self.calls: list[float] = []
+        inner = model.forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            started = time.thread_time()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.calls.append((time.thread_time() - started) * 1000)
+        model.forward = forward
+
+    def measure(self, run: Any) -> dict[str, Any]:
+        """Run one generation; add the decode steps' forward CPU (the prefill excluded)."""
+        self.calls.clear()
+        sample = run()
+        steps = self.calls[1:]
+        sample["forward_cpu_ms"] = sum(steps) / len(steps) if steps else None
+        if sample.get("decode_cpu_ms_per_token") is not None and steps:
+            sample["outside_forward_cpu_ms"] = (sample["decode_cpu_ms_per_token"]
+                                                - sample["forward_cpu_ms"])
+        return sample
 
 
 def run_concurrent(engine: Any, bodies: list[dict[str, Any]]) -> dict[str, Any]:

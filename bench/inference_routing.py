@@ -50,8 +50,10 @@ def routing_section(engine: Any, directory: Path, args: argparse.Namespace) -> d
         if not args.tiny else TrainConfig(epochs=6, batch_size=4, max_seq_len=64,
                                           lr_main=1e-2, seed=0)
     started = time.perf_counter()
+    reused = []
     for name, (train_file, _) in files.items():
-        if (bundles / name / "manifest.json").is_file():
+        if (bundles / name / "manifest.json").is_file():  # trained by an earlier run
+            reused.append(name)
             continue
         recipe = Recipe(model_dir=directory, train_file=train_file, crma=CRMAConfig(),
                         lora=LoraSettings(), train=train)
@@ -77,7 +79,8 @@ def routing_section(engine: Any, directory: Path, args: argparse.Namespace) -> d
             "routed": lambda: run_engine(engine, dict(request, routes=routes))}, args.rounds)
     finally:
         engine.source = previous
-    return {"domains": kind, "training": train.to_dict() | {"wall_s": round(training_s, 1)},
+    return {"domains": kind, "training": train.to_dict() | {
+                "wall_s": round(training_s, 1), "reused_from_an_earlier_run": reused},
             "accuracy": report, "ttft_ms": {k: summarize(v, ("total_ms",))
                                             for k, v in samples.items()},
             "ratio_routed_vs_direct_ttft": paired_ratio(samples["routed"], samples["direct"],

@@ -11,7 +11,8 @@ else none (the bytes-per-token heuristic); the JSON says which.
 - `uploads`: POST /v1/files end to end (receive, validate, store, insert) per file: chat,
   prompt_completion, text, and `short_lines` (2,000,000 lines of `{"text": "..."}`);
 - `api_rss`: the API process's peak RSS during an upload (VmHWM, reset before each) minus
-  its RSS before it, for the big chat file and the short-lines file;
+  its RSS before it, for the big chat file and the short-lines file; and the same for the
+  helper process that validated it (app/api/upload_checks.py), with its peak;
 - `reads`: GET /v1/models and GET /v1/fine_tuning/jobs, 20 per second each from one
   keep-alive connection (a polling client, not a saturating load), with no upload running
   (A) and during an upload of the big chat file (B), alternated A B A B.
@@ -149,11 +150,27 @@ def _status(pid: int, field: str) -> int:
     raise RuntimeError(f"no {field}")
 
 
+def helpers_of(pid: int) -> list[int]:
+    """The API's upload helper processes (app/api/upload_checks.py)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"app.services.upload_helper" in (
+                    entry / "cmdline").read_bytes() and int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
 def upload(url: str, key: str, info: dict, pid: int) -> dict:
     import httpx
 
-    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+    for process in (pid, *helpers_of(pid)):
+        Path(f"/proc/{process}/clear_refs").write_text("5")  # VmHWM := VmRSS
     before = _status(pid, "VmRSS")
+    helpers_before = {h: _status(h, "VmRSS") for h in helpers_of(pid)}
     headers = {"Authorization": f"Bearer {key}",
                "Content-Type": f"multipart/form-data; boundary={BOUNDARY.decode()}"}
     started = time.perf_counter()
@@ -163,8 +180,14 @@ def upload(url: str, key: str, info: dict, pid: int) -> dict:
     body = response.json()
     assert response.status_code == 201, body
     assert body["example_count"] == info["lines"] and body["bytes"] == info["bytes"]
+    helpers = {h: _status(h, "VmHWM") for h in helpers_of(pid)}
     return {"mb_s": round(info["bytes"] / seconds / 1e6, 1), "seconds": round(seconds, 2),
             "rss_growth_mib": round((_status(pid, "VmHWM") - before) / MiB, 1),
+            # The helper that validated it: its peak, and its growth when it already existed.
+            "helper_peak_rss_mib": round(max(helpers.values(), default=0) / MiB, 1),
+            "helper_rss_growth_mib": round(max(
+                (peak - helpers_before[h] for h, peak in helpers.items() if h in helpers_before),
+                default=0) / MiB, 1),
             "token_estimate_method": body["token_estimate_method"]["llama"]}
 
 
@@ -291,6 +314,9 @@ def run(args: argparse.Namespace) -> dict:
         "api_rss_growth_mib": {"chat": uploads["chat"]["rss_growth_mib"],
                                "short_lines": uploads["short_lines"]["rss_growth_mib"],
                                "first_upload_of_the_process": warm_up["rss_growth_mib"]},
+        "helper_rss_mib": {kind: {"peak": uploads[kind]["helper_peak_rss_mib"],
+                                  "growth": uploads[kind]["helper_rss_growth_mib"]}
+                           for kind in ("chat", "short_lines")},
         "reads": reads,
     }
 

@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     engine.add_argument("--no-batching", action="store_true",
                         help="one sequence per forward pass (interleaved, not batched)")
     engine.add_argument("--device", default="cpu")
-    engine.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    engine.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     engine.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     engine.add_argument("--log-level", default="info")
     engine.set_defaults(func=run_engine)

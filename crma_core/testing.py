@@ -156,6 +156,7 @@ def write_text_domains(root: Path, templates: dict[str, str] = TEXT_DOMAINS, *,
         return [{"text": template.format(i=i, j=2 * i)} for i in range(start, start + count)]
 
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     return [DomainSpec(name=name,
                        train_file=write_jsonl(root / f"{name}-train.jsonl", rows(t, 0, train)),
                        holdout_file=write_jsonl(root / f"{name}-holdout.jsonl",

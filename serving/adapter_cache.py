@@ -78,7 +78,7 @@ class AdapterCache:
                 self._bytes() + adapter.nbytes > self.max_bytes:
             victim = next((key for key in self._items if not self._pins.get(key)), None)
             if victim is None:
-                for item in evicted:  # put back what this load would have pushed out
+                for item in reversed(evicted):  # put back what this load pushed out, in order
                     self._items[item.id] = item
                     self._items.move_to_end(item.id, last=False)
                 raise EngineBusy("every cached adapter is in use and another one does not fit; "

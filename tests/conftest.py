@@ -145,3 +145,16 @@ def s3_bucket(s3_endpoint: str) -> str:
         aws_secret_access_key="testing",
     ).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def tiny_model_store(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - a Path
+    """A model store holding a tiny random-weight Llama imported under a catalog id (as
+    `crma models import` does): the SmolLM2 id, so `crma dev` and the workers find it."""
+    from crma_core.model_store import ModelStore
+    from crma_core.testing import make_tiny_model_dir
+
+    source = make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model") / "hf", "llama", seed=0)
+    root = tmp_path_factory.mktemp("model-store")
+    ModelStore(root).import_dir("smollm2-135m-instruct", source)
+    return root

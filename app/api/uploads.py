@@ -2,19 +2,16 @@
 
 FastAPI would parse a declared form before any dependency runs, and Starlette's form parser
 spools the whole file before anyone may look at it. Here the body is read chunk by chunk: the
-`file` part's bytes go to a temporary file on disk and through the JSONL validator
-(app/services/uploads.py) as they arrive, so receiving and validating overlap and nothing
-holds the file in memory. The validator runs on the event loop, SLICE_BYTES at a time with a
-yield between slices: another request waits at most one slice (about a millisecond), whereas a
-validating thread would contend with the loop for the GIL for the whole upload. The body limit
-middleware has already capped the bytes that can be read."""
+`file` part's bytes go to a temporary file on disk and to the JSONL validator as they arrive
+(in a helper process, app/api/upload_checks.py), so receiving and validating overlap and
+nothing holds the file in memory. The body limit middleware has already capped the bytes that
+can be read."""
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -22,13 +19,12 @@ from typing import BinaryIO
 from fastapi import Request
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.concurrency import run_in_threadpool
 
+from app.api.upload_checks import Check, UploadChecks
 from app.domain.errors import InvalidRequest
 from app.services import files
-from app.services.uploads import JsonlValidator, ValidationReport
+from app.services.uploads import ValidationReport
 
-SLICE_BYTES = 64 * 1024
 MAX_FIELDS = 8
 MAX_FIELD_BYTES = 64 * 1024
 
@@ -42,8 +38,8 @@ class Upload:
 
 
 @asynccontextmanager
-async def receive_upload(request: Request, *, max_bytes: int, max_line_bytes: int,
-                         model_store_dir: Path) -> AsyncIterator[Upload]:
+async def receive_upload(request: Request, *, checks: UploadChecks, max_bytes: int,
+                         max_line_bytes: int, model_store_dir: Path) -> AsyncIterator[Upload]:
     """The form's `file` (received, validated) and `purpose`; the temporary file is deleted
     on exit. 400 for a request that is not a usable multipart form."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
@@ -51,43 +47,29 @@ async def receive_upload(request: Request, *, max_bytes: int, max_line_bytes: in
     if content_type != b"multipart/form-data" or not boundary:
         raise InvalidRequest("Send the file as multipart/form-data with fields 'purpose' "
                              "and 'file'.", param="file", code="invalid_content_type")
-    spool = tempfile.TemporaryFile(prefix="crma-upload-")
-    form = _Form(boundary)
-    validator: JsonlValidator | None = None
-    try:
+    declared = request.headers.get("content-length")
+    async with AsyncExitStack() as stack:
+        spool = stack.enter_context(tempfile.TemporaryFile(prefix="crma-upload-"))
+        form = _Form(boundary)
+        check: Check | None = None
         async for chunk in request.stream():
             for event in form.write(chunk):
                 if isinstance(event, _FileStarts):
-                    # In a thread: the first one in a process loads the tokenizer (~1 s).
-                    validator = await run_in_threadpool(
-                        JsonlValidator, max_line_bytes=max_line_bytes,
-                        model_store_dir=model_store_dir, max_bytes=max_bytes)
+                    check = await stack.enter_async_context(checks.check(
+                        declared_bytes=int(declared) if declared and declared.isdigit() else None,
+                        max_line_bytes=max_line_bytes, model_store_dir=model_store_dir,
+                        max_bytes=max_bytes))
                 else:
-                    await _take(event, spool, validator)
+                    spool.write(event)
+                    await check.feed(event)
         form.finalize()
-        if validator is None:
+        if check is None:
             raise InvalidRequest("The form has no 'file' part.", param="file",
                                  code="missing_file")
         purpose = files.check_purpose(form.fields.get("purpose"))
-        for pending in validator.end():
-            await asyncio.wrap_future(pending)
-        report = validator.finish()
+        report = await check.finish()
         spool.seek(0)
         yield Upload(file=spool, filename=form.filename, purpose=purpose, report=report)
-    finally:
-        if validator is not None:
-            validator.close()
-        spool.close()
-
-
-async def _take(data: bytes, spool: BinaryIO, validator: JsonlValidator | None) -> None:
-    """File bytes: to disk, and through the validator a slice at a time."""
-    spool.write(data)
-    for start in range(0, len(data), SLICE_BYTES):
-        validator.feed(data[start:start + SLICE_BYTES])
-        while (busy := validator.waiting()) is not None:
-            await asyncio.wrap_future(busy)
-        await asyncio.sleep(0)  # let other requests in between slices
 
 
 class _FileStarts:

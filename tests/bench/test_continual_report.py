@@ -148,3 +148,22 @@ def test_the_section_replaces_only_its_own_part(tmp_path: Path) -> None:
     write_markdown_section(doc, "## Continual learning\n\nnew\n")
     assert doc.read_text() == ("# Benchmarks\n\n## Continual learning\n\nnew\n\n"
                                "## GPU throughput\n\nkept\n")
+
+
+def test_a_partial_benchmark_reports_what_ran(work, tmp_path):
+    """Runs that did not finish (here: reverse-order naive, seed 1) leave gaps that the
+    report and the write-up name instead of failing."""
+    import shutil
+
+    partial = tmp_path / "work"
+    shutil.copytree(work, partial)
+    for path in (partial / "runs").glob("bench-reverse-naive-*.json"):
+        path.unlink()
+    (partial / "runs" / "bench-forward-modular-seed1.json").unlink()
+    report = build_report(partial, {"config": harness.settings_meta()})
+    forward, reverse = report["orders"]["forward"], report["orders"]["reverse"]
+    assert forward["modular_vs_frozen_pct"]["noise_floor_pct"] is None  # one seed left
+    assert "naive" not in reverse["summary"]
+    assert report["targets"]["reverse"]["naive_drift_ge_10"] == {"value": None, "met": None}
+    text = markdown_section(report)
+    assert "n/a (one seed)" in text and "not run" in text

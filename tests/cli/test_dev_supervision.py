@@ -32,17 +32,6 @@ MODEL_ID = "smollm2-135m-instruct"  # the catalog id; the weights are a tiny ran
 SHUTDOWN_GRACE_S = 5.0  # CRMA_WORKER_SHUTDOWN_GRACE_S; crma dev adds its 30 s margin
 
 
-@pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from crma_core.model_store import ModelStore
-    from crma_core.testing import make_tiny_model_dir
-
-    source = make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "hf", "llama", seed=0)
-    root = tmp_path_factory.mktemp("models")
-    ModelStore(root).import_dir(MODEL_ID, source)
-    return root
-
-
 @dataclass
 class Dev:
     process: subprocess.Popen
@@ -71,12 +60,12 @@ class Dev:
 
 
 @pytest.fixture
-def dev(tmp_path: Path, tiny_store: Path) -> Iterator[Dev]:
+def dev(tmp_path: Path, tiny_model_store: Path) -> Iterator[Dev]:
     data_dir = tmp_path / "dev-data"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRMA_")}
     env.update({
-        "CRMA_MODEL_STORE_DIR": str(tiny_store),
+        "CRMA_MODEL_STORE_DIR": str(tiny_model_store),
         # Seconds, not minutes, for expiry and recovery; a job long enough to kill mid-way.
         "CRMA_LEASE_TTL_S": "4", "CRMA_HEARTBEAT_S": "1", "CRMA_REAPER_INTERVAL_S": "1",
         "CRMA_WORKER_PING_INTERVAL_S": "2", "CRMA_RELAY_INTERVAL_S": "0.2",

@@ -44,3 +44,30 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def lora_crma_model():
+    """Factory: (PeftModel, CRMA handle) on a tiny random model of ``family``, LoRA r=4,
+    with LoRA B and CRMA's write drawn (both start at zero) so every adapter weight has a
+    gradient."""
+    import torch
+
+    from crma_core.config import CRMAConfig
+    from crma_core.recipe import prepare_model
+    from crma_core.settings import LoraSettings
+    from crma_core.testing import make_tiny_model
+
+    def make(family: str = "llama"):
+        torch.manual_seed(0)
+        model, handle = prepare_model(make_tiny_model(family), lora=LoraSettings(r=4, alpha=8),
+                                      crma=CRMAConfig(), seed=0)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(std=0.05)
+            for layer in handle.layers:
+                layer.write.normal_(std=0.05)
+        return model, handle
+
+    return make

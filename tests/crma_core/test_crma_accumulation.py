@@ -12,21 +12,8 @@ from crma_core.data import IGNORE_INDEX, Example, collate, split_batch
 from crma_core.errors import ConfigError
 from crma_core.loop import accumulate_gradients, score_batch
 from crma_core.memory import MIB, ModelShape, memory_model, plan_micro_batch
-from crma_core.recipe import optimizer_groups, prepare_model
-from crma_core.testing import arithmetic_chat_rows, make_tiny_model, write_jsonl
-
-
-def _lora_crma_model(family="llama"):
-    torch.manual_seed(0)
-    model, handle = prepare_model(make_tiny_model(family), lora=LoraSettings(r=4, alpha=8),
-                                  crma=CRMAConfig(), seed=0)
-    with torch.no_grad():  # LoRA B and CRMA write start at zero: give every weight a gradient
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.05)
-        for layer in handle.layers:
-            layer.write.normal_(std=0.05)
-    return model, handle
+from crma_core.recipe import optimizer_groups
+from crma_core.testing import arithmetic_chat_rows, write_jsonl
 
 
 def _uneven_batch(seed=0):
@@ -53,8 +40,8 @@ def _grads(model, handle, batch, micro):
 
 @pytest.mark.parametrize("family", ["llama", "gemma2"])
 @pytest.mark.parametrize("micro", [1, 2, 3])
-def test_micro_batches_give_the_full_batch_gradients(family, micro):
-    model, handle = _lora_crma_model(family)
+def test_micro_batches_give_the_full_batch_gradients(lora_crma_model, family, micro):
+    model, handle = lora_crma_model(family)
     batch = _uneven_batch()
     full = _grads(model, handle, batch, None)
     split = _grads(model, handle, batch, micro)
@@ -66,9 +53,9 @@ def test_micro_batches_give_the_full_batch_gradients(family, micro):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
 
 
-def test_a_mean_of_per_pass_means_would_not_match():
+def test_a_mean_of_per_pass_means_would_not_match(lora_crma_model):
     # The check above is sensitive: weighting each pass equally gives other gradients.
-    model, handle = _lora_crma_model()
+    model, handle = lora_crma_model()
     batch = _uneven_batch()
     full = _grads(model, handle, batch, None)[4]
     model.zero_grad(set_to_none=True)

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from crma_core import CRMAConfig, LoraSettings, Recipe, TrainCallbacks, TrainConfig
+from crma_core import LoraSettings, Recipe, TrainCallbacks, TrainConfig
 from crma_core.data import IGNORE_INDEX, Example, collate, pack_examples
 from crma_core.loop import accumulate_gradients
-from crma_core.recipe import optimizer_groups, prepare_model
+from crma_core.recipe import optimizer_groups
 from crma_core.testing import make_tiny_model, write_jsonl
 
 FAMILIES = ("llama", "mistral", "gemma2")
@@ -60,16 +60,8 @@ def test_every_example_in_a_packed_row_has_its_unpacked_loss(family):
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2"])
-def test_a_packed_step_has_the_unpacked_steps_gradients(family):
-    torch.manual_seed(0)
-    model, handle = prepare_model(make_tiny_model(family), lora=LoraSettings(r=4, alpha=8),
-                                  crma=CRMAConfig(), seed=0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.05)
-        for layer in handle.layers:
-            layer.write.normal_(std=0.05)
+def test_a_packed_step_has_the_unpacked_steps_gradients(lora_crma_model, family):
+    model, handle = lora_crma_model(family)
     model.train()
     examples = _examples(seed=3)
     results = []

@@ -82,3 +82,31 @@ def test_unload(engine):
     assert _ids(engine) == []
     health = engine.health()
     assert health["adapters"]["count"] == 0 and health["memory"]["rss_bytes"] > 0
+
+
+def test_a_refused_load_leaves_the_cache_as_it_was():
+    """Every cached adapter pinned but the oldest: a load that would need two evictions is
+    refused and the one it pushed out goes back where it was."""
+    from types import SimpleNamespace
+
+    from serving.adapter_cache import AdapterCache
+    from serving.requests import AdapterSpec
+
+    def load(spec):
+        size = 3 if spec.id == "big" else 1
+        return SimpleNamespace(id=spec.id, nbytes=size, info=lambda: {"id": spec.id})
+
+    evicted = []
+    cache = AdapterCache(max_count=4, max_bytes=4, load=load, on_evict=evicted.append)
+    held = {}
+    for name in ("a", "b", "c", "d"):
+        held[name], _ = cache.acquire(AdapterSpec(id=name, location=name))
+    for name in ("a", "b"):
+        cache.release(held[name])  # a and b may go; c and d are in use
+    with pytest.raises(EngineBusy):
+        cache.acquire(AdapterSpec(id="big", location="big"))  # needs 3 of 4 bytes free
+    assert [a["id"] for a in cache.snapshot()["adapters"]] == ["d", "c", "b", "a"]
+    assert evicted == []
+    cache.acquire(AdapterSpec(id="e", location="e"))
+    assert [a["id"] for a in cache.snapshot()["adapters"]] == ["e", "d", "c", "b"]
+    assert [a.id for a in evicted] == ["a"]

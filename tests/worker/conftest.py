@@ -28,20 +28,6 @@ def settings(pg_url: str, tmp_path) -> Settings:
     )
 
 
-@pytest.fixture(scope="session")
-def tiny_model_store(tmp_path_factory) -> Path:
-    """A model store holding a tiny random-weight Llama imported under a catalog id (as
-    `crma models import` does)."""
-    from crma_core.model_store import ModelStore
-    from crma_core.testing import make_tiny_model_dir
-    from tests.worker.stack import MODEL_ID
-
-    source = make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model") / "hf", "llama", seed=0)
-    root = tmp_path_factory.mktemp("model-store")
-    ModelStore(root).import_dir(MODEL_ID, source)
-    return root
-
-
 class _Stacks:
     """Builds stacks (relay + reaper started; workers on demand) and tears them down:
     processes stopped, Redis keys under each stack's prefix deleted."""

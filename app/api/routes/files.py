@@ -62,7 +62,8 @@ async def create_file(
     """
     # Read only now (authentication ran first), and validated while it is received.
     async with receive_upload(
-        request, max_bytes=settings.max_upload_bytes, max_line_bytes=settings.max_line_bytes,
+        request, checks=request.app.state.upload_checks, max_bytes=settings.max_upload_bytes,
+        max_line_bytes=settings.max_line_bytes,
         model_store_dir=settings.resolved_model_store_dir,
     ) as upload:
         report = upload.report
