@@ -23,9 +23,19 @@ def _verdict(mean: float | None, floor: float | None) -> str:
     if mean is None:
         return "not measured"
     side = "better" if mean > 0 else "worse"
-    if floor is not None and abs(mean) <= floor:
+    if floor is None:
+        return f"{side} in the one seed (no noise floor: cannot tell from noise)"
+    if abs(mean) <= floor:
         return f"{side}, but within the noise floor ({floor:.2f}%)"
-    return f"{side}, beyond the noise floor ({floor:.2f}%)" if floor is not None else side
+    return f"{side}, beyond the noise floor ({floor:.2f}%)"
+
+
+def _met(flag: bool | None) -> str:
+    return "n/a (one seed)" if flag is None else ("met" if flag else "NOT met")
+
+
+def _rate(value: float | None) -> str:
+    return "" if value is None else f"{value:.0e}".replace("e-0", "e-")
 
 
 def _pilot_lines(pilot: dict[str, Any]) -> list[str]:
@@ -37,7 +47,7 @@ def _pilot_lines(pilot: dict[str, Any]) -> list[str]:
         shared = ", ".join(f"{v:+.2f}" for v in a.get("shared_drift_pct") or [])
         own = ", ".join(f"{k} {v:.1f}%" for k, v in (a.get("own_improvement_pct") or {}).items())
         score = f"{a['score']:+.3f}%" if "score" in a else ""
-        lines.append(f"| {a['tag']} | {a['lr_rw_base'] if a['lr_rw_base'] is not None else ''}"
+        lines.append(f"| {a['tag']} | {_rate(a['lr_rw_base'])}"
                      f" | {score} | {fwd} | {shared} | {own} | {a['seconds']:.0f} |")
     return lines
 
@@ -52,7 +62,7 @@ def markdown_section(report: dict[str, Any]) -> str:
         "SmolLM2-135M-Instruct (real pretrained weights, fp32, CPU), four text domains "
         "(`bench/data`) in two orders — " + "; ".join(
             f"{o}: {' → '.join(orders[o]['domains'])}" for o in names)
-        + f" — {seeds} seeds each. Every run goes stage by stage through "
+        + f" — {seeds} seed{'s' if seeds != 1 else ''} each. Every run goes stage by stage through "
         "`crma_core.continual.run_stage` (what a `/v1/continual/runs` stage job calls) with a "
         "config built by `bench/continual.py:product_config` from an API request: the "
         "product's defaults (LoRA r 16/α 32, CRMA n 4 r 1, auto epochs and batch size, the "
@@ -112,14 +122,16 @@ def markdown_section(report: dict[str, Any]) -> str:
             + " | ".join(_fmt(s[o].get("general_change_mean_pct"),
                               s[o].get("general_change_std_pct")) for o in names)
             + f" | {paper_cells[m]} |")
+    lines.append("")
     for o in names:
         s = orders[o]["summary"]["modular"]
         counts = s.get("earlier_domains_served_by") or {}
-        lines.append(f"| modular's shared CRMA without the guard, {o} | "
-                     f"{_fmt(s.get('shared_drift_mean_pct'), s.get('shared_drift_std_pct'))} "
-                     f"| earlier domains served by: shared {counts.get('shared', 0)}, an "
-                     f"earlier state {counts.get('earlier', 0)}, their own state "
-                     f"{counts.get('own', 0)} (of {3 * seeds}) |" + " |" * (2 * len(names) - 1))
+        lines.append(f"- {o} order: the shared CRMA alone (without the guard) drifts "
+                     f"{_fmt(s.get('shared_drift_mean_pct'), s.get('shared_drift_std_pct'))}; "
+                     f"at the end the earlier domains are served by the shared CRMA "
+                     f"{counts.get('shared', 0)} times, by an earlier state "
+                     f"{counts.get('earlier', 0)}, by their own state {counts.get('own', 0)} "
+                     f"(of {3 * seeds}).")
     lines += ["", "### Targets (issue 22; mean of the seeds, per order)", "",
               "| order | modular drift ≤ +0.5% | modular not worse than frozen beyond the "
               "noise floor on any earlier domain | naive drift ≥ +10% | general retention "
@@ -128,18 +140,19 @@ def markdown_section(report: dict[str, Any]) -> str:
         beats = t["modular_beats_frozen"]
         lines.append(
             f"| {o} | {t['modular_drift_le_0.5']['value']:+.2f}% "
-            f"({'met' if t['modular_drift_le_0.5']['met'] else 'NOT met'}) | worst "
+            f"({_met(t['modular_drift_le_0.5']['met'])}) | worst "
             f"{t['modular_not_worse_than_frozen_beyond_noise']['worst_domain_pct']:+.2f}% vs "
-            f"floor {t['modular_not_worse_than_frozen_beyond_noise']['noise_floor_pct']:.2f}% "
-            f"({'met' if t['modular_not_worse_than_frozen_beyond_noise']['met'] else 'NOT met'})"
+            f"floor {_pct(t['modular_not_worse_than_frozen_beyond_noise']['noise_floor_pct'])}"
+            f" ({_met(t['modular_not_worse_than_frozen_beyond_noise']['met'])})"
             f" | {_naive(t['naive_drift_ge_10'])} | "
-            f"{'met' if t['general_retention_every_mode']['met'] else 'NOT met'} | "
-            f"{beats['value']:+.2f}% ({'beyond' if beats['beyond_noise'] else 'within'} the "
-            "noise floor) |")
+            f"{_met(t['general_retention_every_mode']['met'])} | "
+            f"{beats['value']:+.2f}% ("
+            + ("no noise floor: one seed" if beats["beyond_noise"] is None else
+               f"{'beyond' if beats['beyond_noise'] else 'within'} the noise floor") + ") |")
     pilot = report["pilot"]
     lines += ["", "### The method and how its defaults were chosen", "",
               "- CRMA has its own learning rates: LoRA `lr_main` 2e-4, CRMA read/write "
-              f"`lr_rw` {cfg['resolved']['train']['lr_rw'] / overrides['learning_rate_multiplier']['value']:g}, "
+              f"`lr_rw` {_rate(cfg['resolved']['train']['lr_rw'] / overrides['learning_rate_multiplier']['value'])}, "
               "mixing logits `lr_mix` 1e-3, gate `lr_gate` 1e-4 (four AdamW groups; "
               "`learning_rate_multiplier` scales all four). Before, read/write trained in the "
               "LoRA group at `lr_main`.",
@@ -153,7 +166,7 @@ def markdown_section(report: dict[str, Any]) -> str:
               f"- {pilot['rule']}", "",
               f"Pilots (development split: the last {cfg['dev_examples']} training examples of "
               "each domain as its holdout, the rest to train; the reported holdouts were never "
-              f"read). Chosen: lr_rw = {pilot['chosen_lr_rw_base']} "
+              f"read). Chosen: lr_rw = {_rate(pilot['chosen_lr_rw_base'])} "
               f"({pilot['chosen_tag']}); reversed-order confirmation on the development split: "
               + (f"{pilot['reverse_order_confirmation']:+.3f}%"
                  if pilot["reverse_order_confirmation"] is not None
@@ -180,8 +193,10 @@ def markdown_section(report: dict[str, Any]) -> str:
                      f"own-improvement rule on {', '.join(short)}; the settings were kept "
                      "(see the notes).")
     timings = report["timings"]
-    lines += ["", f"Wall time: pilots {sum(timings['pilots_seconds']) / 60:.0f} min of compute, "
-              f"benchmark {timings.get('wall_seconds', 0) / 60:.0f} min wall (2 runs at a time, "
-              "1 torch thread each, niced, on a shared 2-core machine).", ""]
+    span = timings.get("benchmark_span_seconds") or 0
+    lines += ["", f"Wall time: pilots {sum(timings['pilots_seconds']) / 60:.0f} min of compute "
+              f"(2 at a time), benchmark runs {span / 60:.0f} min wall from the first run's "
+              "start to the last one's end (2 runs at a time, 1 torch thread each, niced, on a "
+              "shared 2-core machine).", ""]
     lines += [f"Note: {note}" for note in report.get("notes") or []]
     return "\n".join(lines) + "\n"

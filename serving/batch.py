@@ -63,12 +63,13 @@ class DecodeBatch:
             layer.values = layer.values.index_select(0, index)[..., trim:, :]
         self.width -= trim
 
-    def step_inputs(self, device: torch.device) -> dict[str, torch.Tensor | None]:
-        """attention_mask (B×(width+1), None when nothing is padded) and position_ids (B×1)
-        for the next decode step."""
-        positions = torch.tensor(self.lengths, dtype=torch.long, device=device).unsqueeze(1)
+    def step_inputs(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """attention_mask (B×(width+1)) and position_ids (B×1) for the next decode step; none
+        when nothing is padded (the model then counts positions from the cache itself, the
+        very call ``generate`` makes)."""
         if all(length == self.width for length in self.lengths):
-            return {"attention_mask": None, "position_ids": positions}
+            return {}
+        positions = torch.tensor(self.lengths, dtype=torch.long, device=device).unsqueeze(1)
         mask = torch.zeros(len(self.rows), self.width + 1, dtype=torch.long, device=device)
         for i, length in enumerate(self.lengths):
             mask[i, self.width - length:] = 1

@@ -138,7 +138,12 @@ class Scheduler:
 
     # -- the engine thread ---------------------------------------------------------------------
     def _run(self) -> None:
-        torch.set_grad_enabled(False)
+        # Inference mode for the thread's life: no autograd bookkeeping on any tensor it makes.
+        with torch.inference_mode():
+            self._loop()
+        self._shutdown()
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 while not (self._closing or self._controls or self._waiting or self._active()):
@@ -157,7 +162,6 @@ class Scheduler:
                     self._step(group)
             except Exception:  # noqa: BLE001 - the loop must survive; failures reach the streams
                 log.exception("engine step failed")
-        self._shutdown()
 
     def _control(self, fn: Callable[[], Any], future: Future) -> None:
         try:

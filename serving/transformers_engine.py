@@ -41,7 +41,7 @@ class TransformersEngine:
         self.source = source
         self.started_at = time.time()
         self.model = load_base_model(self.model_dir, device=self.config.device,
-                                     dtype=self.config.dtype).eval()
+                                     dtype=self.config.dtype).eval().requires_grad_(False)
         self.model.config.use_cache = True
         self.tokenizer = load_tokenizer(self.model_dir)
         decoder = find_decoder(self.model)

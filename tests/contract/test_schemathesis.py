@@ -26,7 +26,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.db.models import WorkerHeartbeat
 from app.db.session import session_scope
+from app.services.health import retire_workers
 from tests.app.helpers import create_tenant, jsonl
 from tests.factories import insert_job
 from tests.conftest import free_port, wait_until_healthy
@@ -51,7 +53,14 @@ def server(tmp_path: Path, pg_url: str) -> Iterator[tuple[str, Path]]:
         # would only turn the second half of the run into 429s.
         "CRMA_RATE_LIMIT_PER_MINUTE": "1000000",
         "CRMA_MAX_UPLOAD_BYTES": str(4 * 1024 * 1024),
+        # /readyz counts a worker live for three ping intervals after it was last seen: the
+        # one recorded below stays live for the whole run (there is no real worker here).
+        "CRMA_WORKER_PING_INTERVAL_S": "3600",
     }
+    worker = f"contract-{port}@localhost"
+    with session_scope(pg_url) as session:
+        session.add(WorkerHeartbeat(worker_id=worker, queues="large,maintenance,small",
+                                    device="cpu"))
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host",
          "127.0.0.1", "--port", str(port), "--log-level", "warning"],
@@ -61,6 +70,7 @@ def server(tmp_path: Path, pg_url: str) -> Iterator[tuple[str, Path]]:
     yield url, log
     process.terminate()
     process.wait(timeout=15)
+    retire_workers(pg_url, worker_ids=[worker])
 
 
 def _access_log(log: Path) -> list[dict]:
