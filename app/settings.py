@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = 24 * 3600
     api_key_pepper: str = ""
 
-    # Worker reliability (aesthetics_reliability.md 2.6)
+    # Worker reliability (docs/reliability.md)
     lease_ttl_s: float = 90.0
     heartbeat_s: float = 30.0
     reaper_interval_s: float = 60.0

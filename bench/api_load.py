@@ -324,7 +324,9 @@ def seed_accounts(database_url: str, storage_dir: Path, n: int) -> list[dict]:
     seeded = []
     with session_scope(database_url) as session:
         for i in range(n):
-            account, key = accounts.create_account(session, name=f"load {i}", plan="pro")
+            # pepper "": the server is started without CRMA_API_KEY_PEPPER (the default).
+            account, key = accounts.create_account(session, name=f"load {i}", plan="pro",
+                                                   pepper="")
             billing.add_credit(session, account_id=account.id, amount_micros=10**10, memo="load")
             file_id = new_id("file")
             storage_key = keys.file_key(account.id, file_id)

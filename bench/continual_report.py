@@ -20,7 +20,7 @@ ORDERS = {"forward": DOMAIN_ORDER, "reverse": tuple(reversed(DOMAIN_ORDER))}
 MODES = ("modular", "frozen", "naive")
 MODEL_ID = "smollm2-135m-instruct"
 PAPER = {
-    "source": "CRMA_SPEC.md 'Published numbers' (Mistral-7B, 5 domains, 3 seeds)",
+    "source": "docs/crma.md 'Published numbers' (Mistral-7B, 5 domains, 3 seeds)",
     "naive_drift_mean_pct": 42.96, "naive_drift_std_pct": 5.5,
     "modular_drift_mean_pct": -0.17, "modular_drift_std_pct": 0.17,
     "modular_vs_frozen_pct": 1.99, "modular_vs_frozen_std_pct": 0.54,

@@ -113,7 +113,7 @@ def wrap(base, *, quantization: str | None = None):
     lora = LoraSettings(r=LORA.r, alpha=LORA.alpha, quantization=quantization)
     model, handle = prepare_model(base, lora=lora, crma=CRMAConfig(), seed=0)
     generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # timing on zeros can flatter kernels (METHOD.md); and W = 0 would
+    with torch.no_grad():  # timing on zeros can flatter kernels; and W = 0 would
         for name, p in model.named_parameters():  # make CRMA on/off compute the same loss
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=generator).to(p) * 1e-3)

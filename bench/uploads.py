@@ -266,7 +266,8 @@ def seed_account(database_url: str) -> str:
     from app.services import accounts
 
     with session_scope(database_url) as session:
-        _, key = accounts.create_account(session, name="uploads bench", plan="pro")
+        # pepper "": the server is started without CRMA_API_KEY_PEPPER (the default).
+        _, key = accounts.create_account(session, name="uploads bench", plan="pro", pepper="")
     return key
 
 

@@ -70,10 +70,13 @@ def create_account(args: argparse.Namespace) -> int:
     from app.domain.errors import DomainError
     from app.services import accounts
 
+    from app.settings import get_settings
+
     url = _database_url(args)
     try:
         with session_scope(url) as session:
-            account, key = accounts.create_account(session, name=args.name, plan=args.plan)
+            account, key = accounts.create_account(session, name=args.name, plan=args.plan,
+                                                   pepper=get_settings().api_key_pepper)
     except DomainError as error:
         return _fail(error.message)
     if args.json:

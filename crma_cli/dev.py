@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def apply_overrides(args: argparse.Namespace) -> None:
-    """CLI flags become environment defaults before Settings is built (contracts.md)."""
+    """CLI flags become environment defaults before Settings is built (docs/dev/contracts.md)."""
     if getattr(args, "data_dir", None):
         os.environ["CRMA_DATA_DIR"] = os.path.abspath(args.data_dir)
     if getattr(args, "database_url", None):

@@ -86,9 +86,11 @@ def ensure_dev_account(database_url: str, data_dir: Path) -> dict[str, str]:
         return json.loads(path.read_text())
     from app.db.session import session_scope
     from app.services import accounts, billing
+    from app.settings import get_settings
 
     with session_scope(database_url) as session:
-        account, key = accounts.create_account(session, name="dev", plan="pro")
+        account, key = accounts.create_account(session, name="dev", plan="pro",
+                                               pepper=get_settings().api_key_pepper)
         billing.add_credit(session, account_id=account.id, amount_micros=DEV_CREDIT_MICROS,
                            memo="crma dev starting credit")
         record = {"account_id": account.id, "api_key": key}

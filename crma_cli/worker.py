@@ -61,7 +61,7 @@ def _prepare_environment(args: argparse.Namespace) -> None:
         from crma_cli.parent_watch import follow_parent
 
         follow_parent(args.exit_with_parent, grace_s=args.exit_grace)
-    # crma_cli may set environment defaults before Settings is built (contracts.md).
+    # crma_cli may set environment defaults before Settings is built (docs/dev/contracts.md).
     if args.data_dir:
         os.environ["CRMA_DATA_DIR"] = os.path.abspath(args.data_dir)
     if getattr(args, "gpu", None) is not None:

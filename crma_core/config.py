@@ -1,4 +1,4 @@
-"""CRMAConfig: every CRMA design choice as a validated field (see CRMA_SPEC.md)."""
+"""CRMAConfig: every CRMA design choice as a validated field (see docs/crma.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Continual learning over sequential domains: one runner for the modular, frozen and naive
-modes (CRMA_SPEC.md "Continual learning"), stage by stage.
+modes (docs/crma.md, "Continual learning"), stage by stage.
 
 A stage trains ONE domain and scores every domain seen so far, filling row t of the loss
 matrix L[t][i] (mean response-token cross-entropy per token over domain i's whole holdout;

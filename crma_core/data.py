@@ -17,6 +17,7 @@ import torch
 
 from crma_core import formats
 from crma_core.errors import DataError, NoTrainableTokensError
+from crma_core.settings import batches_per_epoch
 
 IGNORE_INDEX = -100
 
@@ -283,10 +284,6 @@ def epoch_order(num_rows: int, *, seed: int, epoch: int) -> list[int]:
     """The row order of one epoch: a permutation fixed by (seed, epoch) alone."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(num_rows, generator=generator).tolist()
-
-
-def batches_per_epoch(num_rows: int, batch_size: int) -> int:
-    return -(-num_rows // batch_size)
 
 
 def epoch_batches(rows: list[Example], *, batch_size: int, seed: int, epoch: int,

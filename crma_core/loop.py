@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from crma_core.callbacks import EvalMetrics, MemoryEvent, StepMetrics, TrainCallbacks
-from crma_core.data import Example, batches_per_epoch, epoch_batches
+from crma_core.data import Example, epoch_batches
 from crma_core.loss import LossOptions
 from crma_core.memory import MemoryLimit
 from crma_core.optim import lr_factor, set_learning_rates
+from crma_core.settings import planned_steps
 from crma_core.step import (EvalResult, StepResult, accumulate_gradients, evaluate,
                             evaluate_loss, loss_terms, run_step, score_batch, train_step)
 
@@ -105,8 +106,8 @@ class LoopPlan:
     n_checkpoints: int | None = None
 
     def total_steps(self, num_rows: int) -> int:
-        planned = self.epochs * batches_per_epoch(num_rows, self.batch_size)
-        return min(planned, self.max_steps) if self.max_steps else planned
+        return planned_steps(num_rows, epochs=self.epochs, batch_size=self.batch_size,
+                             max_steps=self.max_steps)
 
     def checkpoint_due(self, step: int, total: int) -> bool:
         """A checkpoint by step count (the time interval is the loop's to check)."""

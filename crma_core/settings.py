@@ -29,6 +29,19 @@ def _from_dict(cls, data: dict[str, Any]):
     return cls(**data)
 
 
+def batches_per_epoch(num_rows: int, batch_size: int) -> int:
+    return -(-num_rows // batch_size)
+
+
+def planned_steps(num_rows: int, *, epochs: int, batch_size: int,
+                  max_steps: int | None = None) -> int:
+    """Optimizer steps of a run over ``num_rows`` rows: ``epochs`` passes of
+    ``ceil(num_rows / batch_size)`` batches, capped at ``max_steps``. The one place that
+    counts them (the loop, the worker's progress events and its evaluation interval)."""
+    planned = epochs * batches_per_epoch(num_rows, batch_size)
+    return min(planned, max_steps) if max_steps else planned
+
+
 @dataclass(frozen=True)
 class LoraSettings:
     """peft LoRA on the decoder's linear projections (not the LM head).
@@ -176,6 +189,10 @@ class TrainConfig:
         if self.warmup_ratio:
             return math.ceil(self.warmup_ratio * total_steps)
         return self.warmup_steps
+
+    def planned_steps(self, num_rows: int) -> int:
+        return planned_steps(num_rows, epochs=self.epochs, batch_size=self.batch_size,
+                             max_steps=self.max_steps)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,6 +1,6 @@
 """The Celery application and its whole reliability configuration, in one place.
 
-Celery is the doorbell, PostgreSQL is the truth (aesthetics_reliability.md 2.1). Training
+Celery is the doorbell, PostgreSQL is the truth (docs/reliability.md). Training
 tasks are acknowledged early: a worker killed mid-job loses its message, on purpose. The job
 is recovered by exactly one path, the database lease + reaper: the lease expires, the reaper
 puts the job back to `queued` with an outbox row, and the next claimant resumes it from its
@@ -32,14 +32,10 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from app.settings import Settings, get_settings
+from worker.routing import MAINTENANCE_QUEUE, REAP, RELAY_OUTBOX, TRAINING_QUEUES
 
-TRAINING_QUEUES = ("small", "large")
-MAINTENANCE_QUEUE = "maintenance"
-
-RUN_JOB = "crma.run_job"
-RELAY_OUTBOX = "crma.relay_outbox"
-REAP = "crma.reap"
-PING = "crma.worker_ping"
+# Registered by Celery when the app is finalized (tasks), and on import (signal hooks).
+INCLUDE = ("worker.tasks", "worker.signals")
 
 
 def is_redis(url: str) -> bool:
@@ -139,13 +135,11 @@ def time_limits(settings: Settings, queue: str) -> dict[str, float]:
 
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    app = Celery("crma", set_as_current=False)
+    app = Celery("crma", set_as_current=False, include=list(INCLUDE))
     configure(app, settings)
     return app
 
 
-# The process-wide app (`celery -A worker.celery_app`); its tasks register on import.
+# The process-wide app (`celery -A worker.celery_app`). A worker imports INCLUDE when it
+# starts: worker/tasks.py registers its tasks on this app, worker/signals.py its hooks.
 app = create_app()
-
-import worker.signals  # noqa: E402,F401  (liveness registration when a worker is ready)
-import worker.tasks  # noqa: E402,F401  (registers the tasks on `app`)

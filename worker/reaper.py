@@ -1,96 +1,54 @@
-"""The reaper: the single recovery path for jobs whose worker died (aesthetics_reliability.md
-2.1). Run as `crma reaper` (a loop), as the Celery beat task `crma.reap`, or in-process by
-`crma dev`. Every pass is idempotent and safe to run from several processes at once: expired
-leases are taken with SKIP LOCKED and moved by conditional, attempt-fenced transitions; stale
-re-offers are won by one conditional UPDATE of `offered_at`.
+"""The reaper: the single recovery path for jobs whose worker died (app/services/recovery.py
+does the passes), plus the liveness pings of idle workers. Run as `crma reaper` (a loop), as
+the Celery beat task `crma.reap`, or in-process by `crma dev`.
 
-- A running job whose lease expired goes back to `queued` (the next claim bumps `attempt` and
-  resumes from `last_checkpoint_step`), or, after `max_attempts` attempts, fails with
-  `worker_lost` and is settled (a platform fault costs nothing).
-- A job queued and not offered to the broker for `stale_queued_s` is offered again (a lost
-  message, a Redis restart or FLUSHALL loses no job).
-- Idle workers are pinged through their own queue (worker/liveness.py)."""
+Idle workers are pinged through their own queue (`worker_direct`): a worker whose liveness
+row stops moving while it is idle is not consuming (app/services/worker_liveness.py)."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+import time
 
 from celery import Celery
+from celery.utils.nodenames import worker_direct
 
-from app.db.session import session_scope
-from app.domain.job_state import ErrorCode, JobStatus
-from app.services import leases
+from app.services import recovery, worker_liveness
+from app.services.recovery import ReapReport
 from app.settings import Settings
-from worker.finish import finish_job, job_error, record_status_event
-from worker.liveness import ping_idle_workers
+from worker.routing import PING
 
 log = logging.getLogger(__name__)
 
-WORKER_LOST_MESSAGE = "The worker running this job stopped responding {n} times; giving up."
-
-
-@dataclass
-class ReapReport:
-    requeued: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    reoffered: list[str] = field(default_factory=list)
-    pinged: int = 0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+# worker name -> monotonic time this process last pinged it. At most one ping per interval
+# per worker: pings must not pile up behind a slow worker (each one takes the pool slot).
+_last_ping: dict[str, float] = {}
 
 
 def reap_once(*, settings: Settings, celery: Celery | None = None) -> ReapReport:
-    report = ReapReport()
-    _reap_expired(settings, report)
-    _reoffer_stale(settings, report)
+    report = recovery.recover(settings)
     if celery is not None:
-        with session_scope(settings.resolved_database_url) as session:
-            report.pinged = ping_idle_workers(session, celery=celery, settings=settings)
+        report.pinged = ping_idle_workers(celery=celery, settings=settings)
     return report
 
 
-def _reap_expired(settings: Settings, report: ReapReport) -> None:
-    with session_scope(settings.resolved_database_url) as session:
-        for job in leases.expired_leases(session, limit=100):
-            # A savepoint per job: one job that cannot be settled does not block the others.
-            try:
-                with session.begin_nested():
-                    _reap_one(session, settings, job, report)
-            except Exception:  # noqa: BLE001 - logged, retried next pass
-                log.exception("reaper could not handle job %s", job.id)
-
-
-def _reap_one(session, settings: Settings, job: leases.LeasedJob, report: ReapReport) -> None:
-    if job.attempt >= settings.max_attempts:
-        error = job_error(ErrorCode.WORKER_LOST, WORKER_LOST_MESSAGE.format(n=job.attempt))
-        if finish_job(session, job_id=job.id, attempt=job.attempt, to=JobStatus.FAILED,
-                      error=error, values={"stop_reason": "worker_lost"}):
-            report.failed.append(job.id)
-            log.warning("job %s failed with worker_lost after %d attempts", job.id, job.attempt)
-        return
-    if leases.requeue_job(session, job_id=job.id, attempt=job.attempt, queue=job.queue):
-        record_status_event(
-            session, job_id=job.id, status=JobStatus.QUEUED, attempt=job.attempt,
-            message=f"The worker of attempt {job.attempt} stopped responding; the job will "
-                    "resume from its last checkpoint",
-        )
-        report.requeued.append(job.id)
-        log.warning("job %s: lease of attempt %d expired; requeued", job.id, job.attempt)
-
-
-def _reoffer_stale(settings: Settings, report: ReapReport) -> None:
-    with session_scope(settings.resolved_database_url) as session:
-        cutoff = leases.db_now(session) - timedelta(seconds=settings.stale_queued_s)
-        for job in leases.stale_queued(session, cutoff=cutoff, limit=100):
-            if leases.offer_job(session, job_id=job.id, queue=job.queue,
-                                only_if_offered_before=cutoff):
-                report.reoffered.append(job.id)
-                log.info("job %s was queued and not offered since %s; offered again",
-                         job.id, cutoff.isoformat())
+def ping_idle_workers(*, celery: Celery, settings: Settings) -> int:
+    """Ping each idle worker not seen for a ping interval (and seen this hour) through its
+    own queue, unless this process pinged it less than an interval ago."""
+    sent = 0
+    for name in worker_liveness.idle_workers(settings=settings):
+        if time.monotonic() - _last_ping.get(name, float("-inf")) < settings.worker_ping_interval_s:
+            continue
+        try:
+            celery.send_task(PING, queue=worker_direct(name),
+                             expires=settings.worker_ping_interval_s)
+            _last_ping[name] = time.monotonic()
+            sent += 1
+        except Exception:  # noqa: BLE001 - the broker being down must not stop the reaper
+            log.warning("could not ping worker %s", name, exc_info=True)
+            break
+    return sent
 
 
 def run_reaper_loop(*, settings: Settings, celery: Celery | None, stop: threading.Event) -> None:

@@ -1,4 +1,5 @@
-"""The outbox relay: publishes committed outbox rows to Celery, then marks them published.
+"""The outbox relay: publishes committed outbox rows to Celery, then marks them published
+(app/services/outbox.py `publish_pending` does the rows; this module the sending).
 
 At-least-once: a relay that dies between publishing and committing publishes those rows
 again on the next pass. Duplicates are harmless by construction (the lease claim lets one
@@ -7,15 +8,16 @@ The API never imports this module or Celery; it only writes outbox rows."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
 from celery import Celery
 
-from app.db.session import get_sessionmaker
 from app.services import outbox
 from app.settings import Settings
-from worker.celery_app import RUN_JOB, time_limits
+from worker.celery_app import time_limits
+from worker.routing import RUN_JOB
 
 log = logging.getLogger(__name__)
 
@@ -35,30 +37,18 @@ def relay_once(*, settings: Settings, celery: Celery) -> int:
 
 
 def _relay_batch(*, settings: Settings, celery: Celery) -> tuple[int, bool]:
-    session = get_sessionmaker(settings.resolved_database_url)()
-    sent: list[int] = []
-    try:
-        pending = outbox.claim_pending(session, limit=settings.relay_batch_size)
-        error: Exception | None = None
-        if pending:
-            with celery.producer_or_acquire() as producer:
-                for message in pending:
-                    try:
-                        _publish(celery, producer, settings, message)
-                    except Exception as exc:  # noqa: BLE001 - keep what was sent, retry the rest
-                        error = exc
-                        break
-                    sent.append(message.id)
-        outbox.mark_published(session, ids=sent)
-        session.commit()
-        if error is not None:
-            raise error
-        return len(sent), len(pending) == settings.relay_batch_size
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+    with contextlib.ExitStack() as stack:
+        producers = []
+
+        def publish(message: outbox.PendingMessage) -> None:
+            # A producer only when there is something to send: an idle relay does not touch
+            # the broker.
+            if not producers:
+                producers.append(stack.enter_context(celery.producer_or_acquire()))
+            _publish(celery, producers[0], settings, message)
+
+        return outbox.publish_pending(settings.resolved_database_url,
+                                      limit=settings.relay_batch_size, publish=publish)
 
 
 def _publish(celery: Celery, producer, settings: Settings, message: outbox.PendingMessage) -> None:

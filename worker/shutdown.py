@@ -1,4 +1,4 @@
-"""Warm shutdown of a worker that is training (R9): on SIGTERM the running job checkpoints,
+"""Warm shutdown of a worker that is training: on SIGTERM the running job checkpoints,
 hands its lease back (status `queued`) and the next worker resumes it, instead of waiting for
 the lease to expire.
 

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 @worker_ready.connect
 def _register(sender=None, **_: object) -> None:  # noqa: ANN001 - Celery's signal signature
-    from worker.liveness import register_worker
+    from app.services.worker_liveness import register_worker
 
     settings = get_settings()
     consume_from = getattr(sender.app.amqp.queues, "consume_from", None) or {}
@@ -28,7 +28,7 @@ def _register(sender=None, **_: object) -> None:  # noqa: ANN001 - Celery's sign
 
 @worker_shutting_down.connect
 def _shutting_down(sig=None, how=None, **_: object) -> None:  # noqa: ANN001
-    """Warm shutdown: let the running job checkpoint and hand its lease back (R9)."""
+    """Warm shutdown: let the running job checkpoint and hand its lease back."""
     if how == "Warm":
         from worker import shutdown
 

@@ -1,18 +1,17 @@
 """Celery tasks: a few lines each, take an id, call the code that does the work. Only ids and
-small JSON cross the broker."""
+small JSON cross the broker. A task's entry is a composition root: the settings are read
+here and passed down."""
 
 from __future__ import annotations
 
-from sqlalchemy.exc import InterfaceError, OperationalError
-
+from app.services.outages import TRANSIENT_ERRORS
 from app.settings import get_settings
-from worker.celery_app import PING, REAP, RELAY_OUTBOX, RUN_JOB, app
+from worker.celery_app import app
+from worker.routing import PING, REAP, RELAY_OUTBOX, RUN_JOB
 
-# Transient failures of the short maintenance tasks: database or broker connection errors.
-TRANSIENT = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
 MAINTENANCE = dict(
-    acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT, retry_backoff=True,
-    retry_backoff_max=30, retry_jitter=True, max_retries=5,
+    acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=True, retry_backoff_max=30, retry_jitter=True, max_retries=5,
 )
 
 
@@ -42,6 +41,6 @@ def reap() -> dict:
 
 @app.task(name=PING, bind=True, **MAINTENANCE)
 def worker_ping(self) -> None:
-    from worker.liveness import record_consumed
+    from app.services.worker_liveness import record_consumed
 
     record_consumed(settings=get_settings(), worker_name=self.request.hostname or "")

@@ -42,8 +42,9 @@ async def respond_idempotently(
         return StoredResponse(status_code, public.model_dump(mode="json"), headers)
 
     request_fingerprint = fingerprint(method=request.method, path=request.url.path, body=body)
+    ttl_s = request.app.state.settings.idempotency_ttl_s
     response = await transactions.run(lambda open_session: run_idempotent(
         session_factory=open_session, account_id=principal.account_id, key=key,
-        fingerprint=request_fingerprint, handler=handler,
+        fingerprint=request_fingerprint, handler=handler, ttl_s=ttl_s,
     ))
     return JSONResponse(response.body, status_code=response.status_code, headers=response.headers)

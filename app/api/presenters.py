@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from app.db.models import Checkpoint, File, Job, JobEvent
 from app.domain.job_options import fine_tuned_model_name
+from app.domain.job_settings import load_job_settings
 from app.domain.pricing import format_usd
 from app.schemas.continual import ContinualRunPublic, StagePublic
 from app.schemas.files import FilePublic
@@ -53,7 +54,8 @@ def _estimated_finish(job: Job, throughput: dict[str, int]) -> int | None:
 
 
 def job_public(job: Job, *, throughput: dict[str, int] | None = None) -> JobPublic:
-    hp = job.hyperparameters or {}
+    job_settings = load_job_settings(job.settings)
+    hp = job_settings.hyperparameters
     error = job.error if isinstance(job.error, dict) and job.error else None
     return JobPublic(
         id=job.id, created_at=unix(job.created_at), finished_at=unix(job.finished_at),
@@ -63,8 +65,8 @@ def job_public(job: Job, *, throughput: dict[str, int] | None = None) -> JobPubl
                                   job_id=job.id) if job.status == "succeeded" else None),
         organization_id=job.account_id, status=job.status,
         hyperparameters=HyperparametersPublic(
-            n_epochs=int(hp.get("n_epochs", 0)), batch_size=int(hp.get("batch_size", 0)),
-            learning_rate_multiplier=float(hp.get("learning_rate_multiplier", 1.0)),
+            n_epochs=hp.n_epochs, batch_size=hp.batch_size,
+            learning_rate_multiplier=hp.learning_rate_multiplier,
         ),
         training_file=job.training_file_id, validation_file=job.validation_file_id,
         result_files=[],
@@ -75,7 +77,7 @@ def job_public(job: Job, *, throughput: dict[str, int] | None = None) -> JobPubl
                              message=str(error.get("message", "")),
                              param=error.get("param")) if error else None,
         seed=job.seed, estimated_finish=_estimated_finish(job, throughput or {}),
-        metadata=job.user_metadata, suffix=job.suffix, adapter=dict(job.adapter or {}),
+        metadata=job.user_metadata, suffix=job.suffix, adapter=job_settings.adapter.model_dump(),
         attempt=job.attempt, cost=format_usd(job.cost_micros), cost_micros=job.cost_micros,
         max_cost=format_usd(job.max_cost_micros) if job.max_cost_micros is not None else None,
         usage=UsagePublic(

@@ -1,7 +1,7 @@
 """Engines and sessions. PostgreSQL in production and tests, SQLite for `crma dev`.
 
 Timeouts are short on purpose: when the database is down the API must answer 503 within
-about two seconds instead of hanging (aesthetics_reliability.md R7)."""
+about two seconds instead of hanging (docs/reliability.md, PostgreSQL down)."""
 
 from __future__ import annotations
 

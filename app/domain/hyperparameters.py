@@ -1,8 +1,9 @@
-"""Hyperparameter defaults shared by job creation and the estimate endpoint.
+"""The "auto" rules for hyperparameters (app/domain/job_settings.py applies them at creation).
 
 `n_epochs="auto"` follows OpenAI's published rule: 3 epochs, more for tiny files so that the
 model sees at least ~100 examples (at most 25 epochs), fewer for huge files so that a run is
-at most ~25k example-passes (at least 1 epoch)."""
+at most ~25k example-passes (at least 1 epoch). The batch size grows with the file (about
+0.2% of the examples, 1..32) like OpenAI's."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ MIN_EXAMPLE_PASSES = 100
 MAX_EXAMPLE_PASSES = 25_000
 MIN_AUTO_EPOCHS = 1
 MAX_AUTO_EPOCHS = 25
-MAX_EPOCHS = 50  # the most a caller may ask for explicitly
+MAX_EPOCHS = 50  # the most a caller may ask for explicitly (the request schema's bound)
+MAX_AUTO_BATCH = 32
 
 
 def auto_epochs(example_count: int) -> int:
@@ -26,15 +28,8 @@ def auto_epochs(example_count: int) -> int:
     return DEFAULT_EPOCHS
 
 
-def resolve_epochs(n_epochs: int | str | None, *, example_count: int) -> int:
-    """An explicit 1..MAX_EPOCHS value, or the auto rule for "auto"/None."""
-    if n_epochs is None or n_epochs == "auto":
-        return auto_epochs(example_count)
-    if isinstance(n_epochs, bool) or not isinstance(n_epochs, int):
-        raise ValueError(f"n_epochs must be an integer or 'auto', not {n_epochs!r}")
-    if not 1 <= n_epochs <= MAX_EPOCHS:
-        raise ValueError(f"n_epochs must be between 1 and {MAX_EPOCHS}")
-    return n_epochs
+def auto_batch_size(example_count: int) -> int:
+    return max(1, min(MAX_AUTO_BATCH, example_count // 500))
 
 
 def trained_tokens(*, file_tokens: int, n_epochs: int) -> int:

@@ -1,4 +1,5 @@
-"""Prices: integer micro-dollars per 1M trained tokens, one table in settings.
+"""Prices: integer micro-dollars per 1M trained tokens. The table is passed in (it is
+`Settings.prices_micros_per_mtok`; the caller has the settings).
 
 Rounding always favours the customer's budget: a price rounds up to the next micro-dollar
 (we never undercharge by a fraction), and the tokens a budget buys round down, so
@@ -14,12 +15,11 @@ MICROS_PER_USD = 1_000_000
 TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are quoted per 1M trained tokens
 
 
-def price_per_mtok(model: str, *, prices: Mapping[str, int] | None = None) -> int:
+def price_per_mtok(model: str, *, prices: Mapping[str, int]) -> int:
     """Micro-dollars per 1M trained tokens; InvalidRequest(model_not_found) for an unpriced
     model."""
-    table = prices if prices is not None else _settings_prices()
     try:
-        return int(table[model])
+        return int(prices[model])
     except KeyError:
         raise InvalidRequest(
             f"The model {model!r} does not exist or has no price.",
@@ -28,7 +28,7 @@ def price_per_mtok(model: str, *, prices: Mapping[str, int] | None = None) -> in
         ) from None
 
 
-def price_micros(model: str, tokens: int, *, prices: Mapping[str, int] | None = None) -> int:
+def price_micros(model: str, tokens: int, *, prices: Mapping[str, int]) -> int:
     """Price of `tokens` trained tokens on `model`, rounded up to a whole micro-dollar."""
     if tokens < 0:
         raise ValueError("tokens must be >= 0")
@@ -36,7 +36,7 @@ def price_micros(model: str, tokens: int, *, prices: Mapping[str, int] | None = 
     return -(-tokens * rate // TOKENS_PER_PRICE_UNIT)
 
 
-def tokens_for_budget(model: str, micros: int, *, prices: Mapping[str, int] | None = None) -> int:
+def tokens_for_budget(model: str, micros: int, *, prices: Mapping[str, int]) -> int:
     """How many tokens `micros` buys on `model`, rounded down. A model priced at zero has no
     budget limit: ValueError (callers treat such a budget as unlimited)."""
     if micros < 0:
@@ -70,19 +70,8 @@ def usd_to_micros(amount: str | int | float) -> int:
     return int(micros)
 
 
-def _settings_prices() -> Mapping[str, int]:
-    from app.settings import get_settings
-
-    return get_settings().prices_micros_per_mtok
-
-
-def expected_duration_s(
-    model: str, tokens: int, *, throughput: Mapping[str, int] | None = None
-) -> int:
-    """Seconds to train `tokens` at the model's typical throughput (settings), rounded up."""
-    if throughput is None:
-        from app.settings import get_settings
-
-        throughput = get_settings().throughput_tokens_per_s
+def expected_duration_s(model: str, tokens: int, *, throughput: Mapping[str, int]) -> int:
+    """Seconds to train `tokens` at the model's typical throughput
+    (`Settings.throughput_tokens_per_s`), rounded up."""
     rate = max(1, int(throughput.get(model, 1_000)))
     return -(-max(0, tokens) // rate)

@@ -1,10 +1,8 @@
 """Fine-tuning jobs: OpenAI's `fine_tuning.job`, `.event` and `.checkpoint` shapes, plus our
 adapter settings, budget, cost and usage.
 
-Stored shapes (read by the worker): `job.hyperparameters` = {"n_epochs": int, "batch_size":
-int, "learning_rate_multiplier": float} (auto already resolved); `job.adapter` = {"crma":
-bool, "n_streams": int, "rank": int, "lora_r": int, "lora_alpha": int, "quantization": null |
-"nf4"}."""
+What is stored and trained is the resolved `JobSettings` (app/domain/job_settings.py); the
+defaults below are its (crma_core's), the bounds the API's."""
 
 from __future__ import annotations
 
@@ -13,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
+from app.domain.hyperparameters import MAX_EPOCHS
+from app.domain.job_settings import DEFAULT_ADAPTER
 from app.schemas.common import (
     EXAMPLE_MODEL,
     EXAMPLE_TRAINING_FILE,
@@ -55,9 +55,9 @@ class HyperparametersIn(RequestModel):
     Numbers are strict: `true`, `"3"` or `2.5` is a 422, not silently 1, 3 or 2 (`3.0` is the
     integer 3, as JSON Schema has it)."""
 
-    n_epochs: Annotated[Annotated[int, Field(ge=1, le=50)] | Auto,
-                        _whole_or_auto("n_epochs", 1, 50)] = Field(
-        "auto", description="Passes over the training file (1-50).")
+    n_epochs: Annotated[Annotated[int, Field(ge=1, le=MAX_EPOCHS)] | Auto,
+                        _whole_or_auto("n_epochs", 1, MAX_EPOCHS)] = Field(
+        "auto", description=f"Passes over the training file (1-{MAX_EPOCHS}).")
     batch_size: Annotated[Annotated[int, Field(ge=1, le=256)] | Auto,
                           _whole_or_auto("batch_size", 1, 256)] = Field(
         "auto", description="Examples per optimizer step (1-256).")
@@ -68,13 +68,17 @@ class HyperparametersIn(RequestModel):
 
 
 class AdapterIn(RequestModel):
-    crma: bool = Field(True, description="Attach CRMA next to LoRA (false: plain LoRA).")
-    n_streams: int = Field(4, ge=2, le=16, description="CRMA streams n (mixing matrix n x n).")
-    rank: int = Field(1, ge=1, le=8, description="CRMA rank r per stream.")
-    lora_r: int = Field(16, ge=1, le=256, description="LoRA rank.")
-    lora_alpha: int = Field(32, ge=1, le=1024, description="LoRA scaling alpha.")
+    crma: bool = Field(DEFAULT_ADAPTER.crma,
+                       description="Attach CRMA next to LoRA (false: plain LoRA).")
+    n_streams: int = Field(DEFAULT_ADAPTER.n_streams, ge=2, le=16,
+                           description="CRMA streams n (mixing matrix n x n).")
+    rank: int = Field(DEFAULT_ADAPTER.rank, ge=1, le=8, description="CRMA rank r per stream.")
+    lora_r: int = Field(DEFAULT_ADAPTER.lora_r, ge=1, le=256, description="LoRA rank.")
+    lora_alpha: int = Field(DEFAULT_ADAPTER.lora_alpha, ge=1, le=1024,
+                            description="LoRA scaling alpha.")
     quantization: Literal["nf4"] | None = Field(
-        None, description="`nf4` for QLoRA (CUDA workers, models with qlora=true)."
+        DEFAULT_ADAPTER.quantization,
+        description="`nf4` for QLoRA (CUDA workers, models with qlora=true).",
     )
 
 

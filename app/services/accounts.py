@@ -14,7 +14,6 @@ from app.domain.api_keys import digest_api_key, display_prefix, generate_api_key
 from app.domain.errors import InvalidRequest, NotFound
 from app.domain.ids import new_id
 from app.services import auth
-from app.settings import get_settings
 
 PLANS = ("free", "pro")
 
@@ -30,14 +29,11 @@ class AccountSummary:
     active_keys: int
 
 
-def _pepper(pepper: str | None) -> str:
-    return get_settings().api_key_pepper if pepper is None else pepper
-
-
 def create_account(
-    session: Session, *, name: str, plan: str, pepper: str | None = None
+    session: Session, *, name: str, plan: str, pepper: str
 ) -> tuple[Account, str]:
-    """A new account with one API key. Returns the account and the plaintext key (shown once)."""
+    """A new account with one API key. Returns the account and the plaintext key (shown
+    once). `pepper` is `Settings.api_key_pepper` (the key's digest is keyed with it)."""
     if plan not in PLANS:
         raise InvalidRequest(f"plan must be one of {', '.join(PLANS)}", param="plan")
     if not name.strip():
@@ -53,12 +49,12 @@ def create_account(
 
 
 def create_api_key(
-    session: Session, *, account_id: str, name: str = "default", pepper: str | None = None
+    session: Session, *, account_id: str, pepper: str, name: str = "default"
 ) -> tuple[ApiKey, str]:
     key = generate_api_key()
     row = ApiKey(
         id=new_id("api_key"), account_id=account_id, name=name, prefix=display_prefix(key),
-        digest=digest_api_key(key, pepper=_pepper(pepper)), created_at=utcnow(),
+        digest=digest_api_key(key, pepper=pepper), created_at=utcnow(),
     )
     session.add(row)
     session.flush()

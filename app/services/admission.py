@@ -1,6 +1,6 @@
 """Admission: may this account start a run of `estimated_tokens` on `model`, and on what
 terms. `reserve` reserves (a free run, or a credit hold) for the job about to be inserted
-with those terms (app/services/jobs.py insert_job); `preview` answers the same question
+with those terms (app/services/job_creation.py insert_job); `preview` answers the same question
 for the estimate endpoints without reserving anything.
 
 Plans:
@@ -24,7 +24,7 @@ from app.domain.errors import InvalidRequest, NotFound
 from app.domain.pricing import format_usd, price_micros, price_per_mtok, tokens_for_budget
 from app.services import billing, quotas
 from app.services.quotas import QuotaSnapshot
-from app.settings import get_settings
+from app.settings import Settings
 
 
 # Built once (Core on the table): runs on every job creation without a plan already read.
@@ -55,6 +55,7 @@ def reserve(
     model: str,
     estimated_tokens: int,
     source_id: str,
+    settings: Settings,
     max_cost_micros: int | None = None,
     now: datetime | None = None,
     plan: str | None = None,
@@ -69,10 +70,11 @@ def reserve(
     plan if the caller has just read it (else it is looked up)."""
     plan = plan or _plan(session, account_id)
     terms = quote(plan=plan, model=model, estimated_tokens=estimated_tokens,
-                  max_cost_micros=max_cost_micros)
+                  max_cost_micros=max_cost_micros, settings=settings)
     quota = None
     if plan == "free":
-        quota = quotas.reserve_runs(session, account_id=account_id, runs=1, now=now)
+        quota = quotas.reserve_runs(session, account_id=account_id, runs=1, now=now,
+                                    runs_per_day=settings.free_runs_per_day)
     elif terms.hold_micros > 0:
         billing.place_hold(
             session, account_id=account_id, source_id=source_id, amount_micros=terms.hold_micros,
@@ -82,7 +84,8 @@ def reserve(
 
 
 def quote(
-    *, plan: str, model: str, estimated_tokens: int, max_cost_micros: int | None = None
+    *, plan: str, model: str, estimated_tokens: int, settings: Settings,
+    max_cost_micros: int | None = None,
 ) -> Terms:
     """The terms of a run on `plan` (pure: no database). Raises InvalidRequest when the plan
     cannot run the model at all or max_cost buys no tokens."""
@@ -95,7 +98,8 @@ def quote(
         raise InvalidRequest(
             f"The model {model!r} does not exist.", code="model_not_found", param="model"
         )
-    price = price_micros(model, estimated_tokens)
+    prices = settings.prices_micros_per_mtok
+    price = price_micros(model, estimated_tokens, prices=prices)
     if plan == "free":
         if not entry.free_tier:
             raise InvalidRequest(
@@ -103,7 +107,7 @@ def quote(
                 code="model_not_available_on_plan",
                 param="model",
             )
-        return Terms(plan=plan, hold_micros=0, token_budget=get_settings().free_max_tokens_per_run,
+        return Terms(plan=plan, hold_micros=0, token_budget=settings.free_max_tokens_per_run,
                      price_micros=price)
     token_budget = None
     hold = price
@@ -111,8 +115,8 @@ def quote(
         if max_cost_micros < 0:
             raise InvalidRequest("max_cost must not be negative.", param="max_cost")
         hold = min(price, max_cost_micros)
-        if price_per_mtok(model) > 0:
-            token_budget = tokens_for_budget(model, max_cost_micros)
+        if price_per_mtok(model, prices=prices) > 0:
+            token_budget = tokens_for_budget(model, max_cost_micros, prices=prices)
             if token_budget < 1:
                 raise InvalidRequest(
                     f"max_cost ${format_usd(max_cost_micros)} does not buy a single token of "
@@ -140,6 +144,7 @@ def preview(
     account_id: str,
     model: str,
     estimated_tokens: list[int],
+    settings: Settings,
     max_cost_micros: int | None = None,
     now: datetime | None = None,
 ) -> Preview:
@@ -151,7 +156,8 @@ def preview(
     ).one_or_none()
     if account is None:
         raise NotFound(f"No account {account_id!r}")
-    quota = quotas.snapshot(session, account_id=account_id, now=now)
+    quota = quotas.snapshot(session, account_id=account_id, now=now,
+                            runs_per_day=settings.free_runs_per_day)
 
     def answer(allowed: bool, reason: str | None, message: str | None,
                terms: Terms | None) -> Preview:
@@ -161,7 +167,7 @@ def preview(
     try:
         stage_terms = [
             quote(plan=account.plan, model=model, estimated_tokens=tokens,
-                  max_cost_micros=max_cost_micros)
+                  max_cost_micros=max_cost_micros, settings=settings)
             for tokens in estimated_tokens
         ]
     except InvalidRequest as error:
@@ -230,6 +236,7 @@ def estimate(
     account_id: str,
     model: str,
     stages: list[tuple[str | None, int, int]],
+    settings: Settings,
     max_cost_micros: int | None = None,
     now: datetime | None = None,
 ) -> Estimate:
@@ -240,16 +247,19 @@ def estimate(
 
     seen = preview(session, account_id=account_id, model=model,
                    estimated_tokens=[tokens for _, _, tokens in stages],
-                   max_cost_micros=max_cost_micros, now=now)
+                   max_cost_micros=max_cost_micros, now=now, settings=settings)
     budget = seen.terms.token_budget if seen.terms else None
     if seen.terms is None and seen.quota is not None:  # model not on the free plan
-        budget = get_settings().free_max_tokens_per_run
+        budget = settings.free_max_tokens_per_run
     rows = []
     for name, epochs, tokens in stages:
         trained = tokens if budget is None else min(tokens, budget)
         rows.append(StageEstimate(name, epochs, tokens, trained, budget,
-                                  expected_duration_s(model, trained)))
-    list_price = price_micros(model, sum(tokens for _, _, tokens in stages))
+                                  expected_duration_s(
+                                      model, trained,
+                                      throughput=settings.throughput_tokens_per_s)))
+    list_price = price_micros(model, sum(tokens for _, _, tokens in stages),
+                              prices=settings.prices_micros_per_mtok)
     held = seen.terms.hold_micros if seen.terms else 0
     return Estimate(model=model, stages=rows, preview=seen, price_micros=held,
                     list_price_micros=list_price)

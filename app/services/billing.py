@@ -1,4 +1,4 @@
-"""Prepaid credit as a double-entry ledger (reliability notes 2.2).
+"""Prepaid credit as a double-entry ledger (docs/reliability.md, "Money").
 
 Buckets: each account's `available` and `held`; the platform's `funding` (where credit comes
 from) and `revenue` (where captures go), with account_id NULL. Every transaction's entries
@@ -17,7 +17,7 @@ the job's own state change."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 
@@ -172,7 +172,7 @@ def place_hold(
         raise ValueError(f"a hold for {source_id!r} already exists")
 
 
-def settle_job(session: Session, *, job_id: str) -> None:
+def settle_job(session: Session, *, job_id: str, prices: Mapping[str, int]) -> None:
     """Capture what a terminal job owes and release the rest of its hold; write
     `job.cost_micros`. Idempotent and safe to replay concurrently: each posting is an
     INSERT ... ON CONFLICT DO NOTHING on (source_id, kind), and only an inserted posting
@@ -192,7 +192,7 @@ def settle_job(session: Session, *, job_id: str) -> None:
     if hold is not None:
         captured = _held_amount(session, source_id=job_id, kind=CAPTURE)
         if captured is None:
-            captured = min(_owed(job), hold)
+            captured = min(_owed(job, prices), hold)
             _settle_leg(session, job_id, job.account_id, CAPTURE, captured, REVENUE)
             # A concurrent settlement may have won the insert; its amount is the truth.
             captured = _held_amount(session, source_id=job_id, kind=CAPTURE) or 0
@@ -224,10 +224,10 @@ def _error_code(job) -> str | None:  # noqa: ANN001 - a Row of settle_job's sele
     return (job.error or {}).get("code") if isinstance(job.error, dict) else None
 
 
-def _owed(job) -> int:  # noqa: ANN001 - a Row of settle_job's select
+def _owed(job, prices: Mapping[str, int]) -> int:  # noqa: ANN001 - a Row of settle_job
     if job.status == "failed" and _error_code(job) in PLATFORM_FAULT_CODES:
         return 0
-    return price_micros(job.model, int(job.trained_tokens or 0))
+    return price_micros(job.model, int(job.trained_tokens or 0), prices=prices)
 
 
 def _settle_leg(

@@ -1,7 +1,8 @@
 """Continual-learning runs: a ContinualRun plus one queued `continual_stage` job per domain,
 all admitted in the caller's one transaction; only the first new stage is enqueued (the
-worker enqueues stage k+1 when stage k succeeds and cancels later stages when one fails).
-A run's status is derived from its stages."""
+lifecycle offers stage k+1 when stage k succeeds and cancels later stages when one fails:
+app/services/job_lifecycle.py). A run's status is `run_status` of its stages
+(app/domain/job_state.py)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from app.db.base import utcnow
 from app.db.models import ContinualRun, ContinualStage, Job
 from app.domain.errors import Conflict, InvalidRequest, NotFound
 from app.domain.ids import new_id
-from app.domain.job_state import TERMINAL, JobStatus
+from app.domain.job_state import TERMINAL, JobStatus, run_status
 from app.schemas.continual import ContinualRunCreate, DomainIn
 from app.services.admission import Admission
-from app.services.jobs import cancel_one, catalog_model, draft_job, insert_job
+from app.services.job_creation import catalog_model, draft_job, insert_job
+from app.services import job_lifecycle
 from app.services.pagination import find_owned, page, scoped_select
+from app.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class RunView:
 
     @property
     def status(self) -> str:
-        return derive_status([s.status for s in self.stages])
+        return run_status(s.status for s in self.stages).value
 
     @property
     def finished_at(self) -> datetime | None:
@@ -54,22 +57,8 @@ class RunView:
         return max(times) if times else self.run.finished_at
 
 
-def derive_status(statuses: list[str]) -> str:
-    if not statuses:
-        return JobStatus.QUEUED.value
-    if JobStatus.FAILED in statuses:
-        return JobStatus.FAILED.value
-    if JobStatus.CANCELLED in statuses:
-        return JobStatus.CANCELLED.value
-    if all(s == JobStatus.SUCCEEDED for s in statuses):
-        return JobStatus.SUCCEEDED.value
-    if all(s in (JobStatus.QUEUED, JobStatus.VALIDATING_FILES) for s in statuses):
-        return JobStatus.QUEUED.value
-    return JobStatus.RUNNING.value
-
-
 def create_run(
-    session: Session, *, account_id: str, spec: ContinualRunCreate
+    session: Session, *, account_id: str, spec: ContinualRunCreate, settings: Settings
 ) -> tuple[RunView, Admission | None]:
     catalog_model(spec.model)  # before the run row: an unknown model is a 400, not a bad row
     run = ContinualRun(
@@ -81,12 +70,14 @@ def create_run(
     )
     session.add(run)
     session.flush()
-    admitted = _add_stages(session, account_id=account_id, run=run, domains=spec.domains, start=0)
+    admitted = _add_stages(session, account_id=account_id, run=run, domains=spec.domains,
+                           start=0, settings=settings)
     return load_run(session, account_id=account_id, run_id=run.id), admitted
 
 
 def append_domains(
-    session: Session, *, account_id: str, run_id: str, domains: list[DomainIn]
+    session: Session, *, account_id: str, run_id: str, domains: list[DomainIn],
+    settings: Settings,
 ) -> tuple[RunView, Admission | None]:
     """Add stages to a run whose stages all succeeded; the first new one is enqueued."""
     run = find_owned(session, ContinualRun, account_id, run_id, for_update=True)
@@ -104,14 +95,15 @@ def append_domains(
         raise InvalidRequest(f"Domain names already used in this run: {', '.join(clash)}.",
                              param="domains", code="duplicate_domain")
     admitted = _add_stages(session, account_id=account_id, run=run, domains=domains,
-                           start=len(view.stages))
-    run.status, run.finished_at = JobStatus.QUEUED.value, None
-    session.flush()
+                           start=len(view.stages), settings=settings)
+    job_lifecycle.sync_run_status(session, run_id=run.id)
+    session.expire(run)
     return load_run(session, account_id=account_id, run_id=run_id), admitted
 
 
 def _add_stages(
-    session: Session, *, account_id: str, run: ContinualRun, domains: list[DomainIn], start: int
+    session: Session, *, account_id: str, run: ContinualRun, domains: list[DomainIn], start: int,
+    settings: Settings,
 ) -> Admission | None:
     drafts = [
         draft_job(
@@ -125,7 +117,8 @@ def _add_stages(
     for offset, (domain, draft) in enumerate(zip(domains, drafts, strict=True)):
         index = start + offset
         job, admitted = insert_job(
-            session, account_id=account_id, draft=draft, kind="continual_stage",
+            session, account_id=account_id, draft=draft, settings=settings,
+            kind="continual_stage",
             metadata={"continual_run": run.id, "domain": domain.name},
             continual_run_id=run.id, stage_index=index, enqueue=offset == 0,
         )
@@ -173,17 +166,15 @@ def _stages_by_run(session: Session, run_ids: list[str]) -> dict[str, list[Stage
     return result
 
 
-def cancel_run(session: Session, *, account_id: str, run_id: str) -> RunView:
+def cancel_run(
+    session: Session, *, account_id: str, run_id: str, settings: Settings
+) -> RunView:
     """Cancel every unfinished stage: queued ones at once (settled), the running one by
     request. 409 when the run has already finished."""
     view = load_run(session, account_id=account_id, run_id=run_id)
     if view.status in {s.value for s in TERMINAL}:
         raise Conflict(f"Run {run_id} is already {view.status}; it cannot be cancelled.",
                        code="run_not_cancellable", param="run_id")
-    unfinished = [s.job_id for s in view.stages if JobStatus(s.status) not in TERMINAL]
-    # Later stages first: the worker, seeing its running stage cancelled, finds them done.
-    later_first = select(Job).where(Job.id.in_(unfinished)).order_by(Job.stage_index.desc())
-    for job in session.scalars(later_first):
-        cancel_one(session, job=job)
+    job_lifecycle.cancel_run(session, run_id=run_id, prices=settings.prices_micros_per_mtok)
     session.expire_all()
     return load_run(session, account_id=account_id, run_id=run_id)

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import WorkerHeartbeat
 from app.db.session import get_engine, session_scope
-from app.services.leases import db_now
+from app.db.base import db_now
 from app.settings import Settings
 from app.storage.base import ObjectStore
 

@@ -1,4 +1,4 @@
-"""Idempotency-Key handling for creating POSTs (API.md conventions, reliability notes 2.2).
+"""Idempotency-Key handling for creating POSTs (docs/user-guide.md; docs/reliability.md, "Money").
 
 One database transaction holds the key claim, the creating work done by the route's handler
 (job insert, admission hold, event, outbox row) and the stored response. Either all of it
@@ -37,7 +37,6 @@ from sqlalchemy.orm import Session
 from app.db.base import utcnow
 from app.db.models import IdempotencyRecord
 from app.domain.errors import Conflict, InvalidRequest, Unprocessable
-from app.settings import get_settings
 
 MAX_KEY_LENGTH = 255
 IN_USE_RETRY_AFTER_S = 1
@@ -124,6 +123,7 @@ def run_idempotent(
     key: str | None,
     fingerprint: str,
     handler: Callable[[Session], StoredResponse],
+    ttl_s: float,
     now: datetime | None = None,
 ) -> StoredResponse:
     """Run `handler(session)` at most once per (account_id, key) and return its response.
@@ -135,7 +135,8 @@ def run_idempotent(
     Raises InvalidRequest (400, bad key), Unprocessable (422 `idempotency_key_reused`),
     Conflict (409 `idempotency_key_in_use`, retry_after_s=1), or whatever the handler
     raises (after rolling everything back). Returns the first response, or its replay whose
-    headers carry `idempotent-replayed: true`.
+    headers carry `idempotent-replayed: true`. A key is remembered for `ttl_s` seconds
+    (`Settings.idempotency_ttl_s`).
     """
     validate_key(key)
     session = session_factory()
@@ -147,7 +148,8 @@ def run_idempotent(
             else:
                 session.commit()
             return response
-        stored = _claim(session, account_id=account_id, key=key, fingerprint=fingerprint, now=now)
+        stored = _claim(session, account_id=account_id, key=key, fingerprint=fingerprint,
+                        now=now, ttl_s=ttl_s)
         if stored is not None:
             session.rollback()
             return stored
@@ -174,12 +176,13 @@ def purge_expired(session: Session, *, now: datetime | None = None) -> int:
 
 
 def _claim(
-    session: Session, *, account_id: str, key: str, fingerprint: str, now: datetime | None
+    session: Session, *, account_id: str, key: str, fingerprint: str, now: datetime | None,
+    ttl_s: float,
 ) -> StoredResponse | None:
     """Claim the key inside the caller's transaction. None means "go ahead"; a
     StoredResponse is a replay; errors are raised."""
     now = now or utcnow()
-    expires_at = now + timedelta(seconds=get_settings().idempotency_ttl_s)
+    expires_at = now + timedelta(seconds=ttl_s)
     values = {
         "account_id": account_id, "key": key, "request_hash": fingerprint,
         "status": "in_progress", "created_at": now, "expires_at": expires_at,

@@ -19,8 +19,8 @@ _events = JobEvent.__table__
 # nor `result`, which can be large.
 _JOB_FIELDS = columns(
     Job, "id", "account_id", "model", "status", "created_at", "started_at", "finished_at",
-    "fine_tuned_model", "suffix", "training_file_id", "validation_file_id", "hyperparameters",
-    "adapter", "seed", "user_metadata", "error", "estimated_tokens", "token_budget",
+    "fine_tuned_model", "suffix", "training_file_id", "validation_file_id", "settings",
+    "seed", "user_metadata", "error", "estimated_tokens", "token_budget",
     "trained_tokens", "hold_micros", "cost_micros", "max_cost_micros", "attempt",
     "cancel_requested_at", "continual_run_id", "stage_index")
 _EVENT_FIELDS = columns(JobEvent, "seq", "id", "created_at", "level", "type", "message", "data")

@@ -1,13 +1,13 @@
-"""Job leases with a fencing number (aesthetics_reliability.md 2.1, "reaper + reclaim").
+"""Job leases with a fencing number (docs/reliability.md, "Leases and fencing").
 
 A worker owns a job only through its lease: `claim_job` is one conditional UPDATE that moves
 the job to `running`, bumps `attempt` and returns it. Every later write by that worker carries
 `AND attempt = :attempt AND status = 'running'`, so a stale worker (its lease expired and the
 reaper handed the job to a new attempt) has every write rejected, and its next heartbeat tells
-it to stop. Services never commit: the caller owns the transaction.
+it to stop. Status changes go through `job_status.transition_job`; this module writes the
+lease columns. Services never commit: the caller owns the transaction.
 
-Clock: lease arithmetic uses the database's clock on PostgreSQL (`clock_timestamp()`, one clock
-for every worker host) and this process's UTC clock on SQLite (the one-host dev setup)."""
+Clock: lease arithmetic uses `app.db.base.db_now` (the database's clock on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -15,21 +15,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from app.db.base import utcnow
+from app.db.base import db_now
 from app.db.models import Account, Job
 from app.domain.job_state import JobStatus
+from app.services import outbox
+from app.services.job_status import transition_job
 
 RUNNING = JobStatus.RUNNING.value
 QUEUED = JobStatus.QUEUED.value
-
-
-def db_now(session: Session) -> datetime:
-    if session.get_bind().dialect.name == "postgresql":
-        return session.execute(select(func.clock_timestamp())).scalar_one()
-    return utcnow()
 
 
 def _stage_ready():
@@ -80,22 +76,22 @@ def claim_job(
         if other is not None:
             return Claim("busy")
     now = db_now(session)
-    attempt = session.execute(
-        update(Job)
-        .where(
-            Job.id == job_id,
-            or_(Job.status == QUEUED, and_(Job.status == RUNNING, Job.lease_expires_at < now)),
+    # queued -> running, or running -> running when a new attempt takes over an expired lease.
+    claimed = transition_job(
+        session, job_id=job_id, to=JobStatus.RUNNING,
+        expected=(JobStatus.QUEUED, JobStatus.RUNNING),
+        conditions=(
+            or_(Job.status == QUEUED, Job.lease_expires_at < now),
             Job.attempt < max_attempts,
             _stage_ready(),
-        )
-        .values(
-            status=RUNNING, attempt=Job.attempt + 1, lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_ttl_s), heartbeat_at=now,
-            started_at=func.coalesce(Job.started_at, now),
-        )
-        .returning(Job.attempt)
-        .execution_options(synchronize_session=False)
-    ).scalar_one_or_none()
+        ),
+        values={
+            "attempt": Job.attempt + 1, "lease_owner": owner,
+            "lease_expires_at": now + timedelta(seconds=lease_ttl_s), "heartbeat_at": now,
+            "started_at": func.coalesce(Job.started_at, now),
+        },
+    )
+    attempt = claimed.attempt
     return Claim("skipped") if attempt is None else Claim("claimed", attempt)
 
 
@@ -172,8 +168,6 @@ def offer_job(
     that instant. The conditional UPDATE lets one caller win when several reapers re-offer a
     stale job (cutoff = now - stale_queued_s), and collapses duplicate deliveries of a busy
     free-tier job into one pending re-offer (cutoff = now: no offer is still pending)."""
-    from app.services import outbox
-
     now = db_now(session)
     available = now + timedelta(seconds=delay_s)
     statement = update(Job).where(Job.id == job_id, Job.status == QUEUED)
@@ -192,8 +186,6 @@ def requeue_job(session: Session, *, job_id: str, attempt: int, queue: str) -> b
     """Hand a running attempt's job back to the queue (expired lease, or a worker that
     checkpointed on shutdown / soft time limit) and offer it again. The next claim bumps
     `attempt` and resumes from `last_checkpoint_step`."""
-    from app.services.job_status import transition_job
-
     now = db_now(session)
     moved = transition_job(
         session, job_id=job_id, to=JobStatus.QUEUED, expected=[JobStatus.RUNNING],
@@ -245,7 +237,8 @@ def stale_queued(session: Session, *, cutoff: datetime, limit: int = 100) -> lis
 
 
 def running_without_owner(session: Session, *, grace_s: float) -> list[str]:
-    """R14 audit: running jobs whose last heartbeat is older than `grace_s`."""
+    """The "stuck in running" audit: running jobs whose last heartbeat is older than
+    `grace_s` (docs/reliability.md)."""
     cutoff = db_now(session) - timedelta(seconds=grace_s)
     return list(session.scalars(
         select(Job.id).where(Job.status == RUNNING, Job.heartbeat_at < cutoff)

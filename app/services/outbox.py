@@ -10,6 +10,7 @@ then finds them published)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,8 +18,9 @@ from typing import Any
 from sqlalchemy import Interval, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
+from app.db.base import db_now
 from app.db.models import OutboxMessage
-from app.services.leases import db_now
+from app.db.session import get_sessionmaker
 
 RUN_JOB_TASK = "crma.run_job"
 
@@ -104,6 +106,37 @@ def mark_published(session: Session, *, ids: list[int]) -> None:
         .values(published_at=db_now(session))
         .execution_options(synchronize_session=False)
     )
+
+
+def publish_pending(
+    database_url: str, *, limit: int, publish: Callable[[PendingMessage], None]
+) -> tuple[int, bool]:
+    """One relay batch: claim up to `limit` rows, `publish` each (the relay's Celery send),
+    mark the sent ones published and commit. A publish error keeps what was sent and raises
+    after the commit (the rest stays unpublished). Returns (sent, whether the batch was
+    full, i.e. more may be waiting)."""
+    session = get_sessionmaker(database_url)()
+    sent: list[int] = []
+    try:
+        pending = claim_pending(session, limit=limit)
+        error: Exception | None = None
+        for message in pending:
+            try:
+                publish(message)
+            except Exception as exc:  # noqa: BLE001 - keep what was sent, retry the rest
+                error = exc
+                break
+            sent.append(message.id)
+        mark_published(session, ids=sent)
+        session.commit()
+        if error is not None:
+            raise error
+        return len(sent), len(pending) == limit
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
 
 
 def count_pending(session: Session) -> int:

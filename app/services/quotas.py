@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 from app.db.base import utcnow
 from app.db.models import Account
 from app.domain.errors import NotFound, QuotaExceeded
-from app.settings import get_settings
 
 # The free plan runs at most this many of its jobs at once; the others wait in the queue.
 # The worker's claim enforces it (see running_limit).
@@ -83,7 +82,7 @@ def quota_headers(snapshot: QuotaSnapshot | None) -> dict[str, str]:
 
 
 def snapshot(
-    session: Session, *, account_id: str, now: datetime | None = None
+    session: Session, *, account_id: str, runs_per_day: int, now: datetime | None = None
 ) -> QuotaSnapshot | None:
     """The account's free-run quota right now (None for a paid plan). Reads only."""
     now = now or utcnow()
@@ -94,7 +93,7 @@ def snapshot(
         raise NotFound(f"No account {account_id!r}")
     if row.plan != "free":
         return None
-    limit = get_settings().free_runs_per_day
+    limit = runs_per_day
     used = row.runs_used if row.runs_day == now.astimezone(UTC).date() else 0
     return QuotaSnapshot(limit=limit, remaining=max(0, limit - used), reset_at=next_reset(now))
 
@@ -112,14 +111,15 @@ def refund_run(session: Session, *, account_id: str, day: date) -> None:
 
 
 def reserve_runs(
-    session: Session, *, account_id: str, runs: int = 1, now: datetime | None = None
+    session: Session, *, account_id: str, runs_per_day: int, runs: int = 1,
+    now: datetime | None = None,
 ) -> QuotaSnapshot:
     """Take `runs` free runs from today's quota atomically, or raise QuotaExceeded (429 with
     Retry-After to the next UTC midnight and the quota headers). Holds the account row lock
     until the caller's transaction ends; rolling back gives the runs back."""
     now = now or utcnow()
     today: date = now.astimezone(UTC).date()
-    limit = get_settings().free_runs_per_day
+    limit = runs_per_day
     if 1 <= runs <= limit:
         used = session.execute(
             _RESERVE, {"b_account_id": account_id, "b_today": today, "b_runs": runs,
@@ -127,7 +127,7 @@ def reserve_runs(
         ).scalar_one_or_none()
         if used is not None:
             return QuotaSnapshot(limit=limit, remaining=limit - used, reset_at=next_reset(now))
-    current = snapshot(session, account_id=account_id, now=now)
+    current = snapshot(session, account_id=account_id, now=now, runs_per_day=runs_per_day)
     remaining = current.remaining if current else 0
     exhausted = QuotaSnapshot(limit=limit, remaining=remaining, reset_at=next_reset(now))
     wait = retry_after_s(now)

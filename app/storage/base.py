@@ -4,6 +4,7 @@ local directory. Keys come from app/storage/keys.py only, never from user-suppli
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,20 @@ class ObjectStore(Protocol):
         ...
 
 
+class StreamUploads:
+    """`put_file` and `put_bytes` of every backend, through its `put_stream`."""
+
+    def put_stream(self, key: str, stream: BinaryIO) -> ObjectInfo:
+        raise NotImplementedError
+
+    def put_file(self, key: str, path: Path) -> ObjectInfo:
+        with open(path, "rb") as stream:
+            return self.put_stream(key, stream)
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        return self.put_stream(key, io.BytesIO(data))
+
+
 def sha256_of_chunks(chunks: Iterator[bytes]) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
@@ -65,3 +80,22 @@ def verify_object(store: ObjectStore, key: str, *, sha256: str, size: int) -> bo
         return False
     digest, read = sha256_of_chunks(store.iter_chunks(key))
     return digest == sha256 and read == size
+
+
+def download_prefix(store: ObjectStore, prefix: str, directory: Path) -> list[Path]:
+    """Every object under `prefix` into `directory`, keeping the relative paths."""
+    paths = []
+    for key in store.list_keys(prefix):
+        relative = key[len(prefix):]
+        if not relative or relative.startswith("/") or ".." in relative.split("/"):
+            continue
+        target = directory / relative
+        store.get_to_file(key, target)
+        paths.append(target)
+    return paths
+
+
+def upload_directory(store: ObjectStore, directory: Path, prefix: str) -> list[ObjectInfo]:
+    """Every file of `directory` under `prefix` (keys keep the relative paths)."""
+    return [store.put_file(prefix + path.relative_to(directory).as_posix(), path)
+            for path in sorted(p for p in directory.rglob("*") if p.is_file())]

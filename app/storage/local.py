@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from app.storage.base import CHUNK, ObjectInfo
+from app.storage.base import CHUNK, ObjectInfo, StreamUploads
 
 
-class LocalObjectStore:
+class LocalObjectStore(StreamUploads):
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -41,15 +41,6 @@ class LocalObjectStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         return ObjectInfo(key=key, bytes=size, sha256=digest.hexdigest())
-
-    def put_file(self, key: str, path: Path) -> ObjectInfo:
-        with open(path, "rb") as stream:
-            return self.put_stream(key, stream)
-
-    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        import io
-
-        return self.put_stream(key, io.BytesIO(data))
 
     def get_to_file(self, key: str, path: Path) -> None:
         source = self._path(key)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from app.storage.base import CHUNK, ObjectInfo
+from app.storage.base import CHUNK, ObjectInfo, StreamUploads
 
 _SAFE_FILENAME = str.maketrans({c: "_" for c in '"\\\r\n;'})
 
@@ -35,7 +35,7 @@ class _DigestingReader(io.RawIOBase):
         return data
 
 
-class S3ObjectStore:
+class S3ObjectStore(StreamUploads):
     def __init__(
         self,
         bucket: str,
@@ -83,13 +83,6 @@ class S3ObjectStore:
         reader = _DigestingReader(stream)
         self.client.upload_fileobj(reader, self.bucket, self._key(key), Config=self.transfer)
         return ObjectInfo(key=key, bytes=reader.size, sha256=reader.digest.hexdigest())
-
-    def put_file(self, key: str, path: Path) -> ObjectInfo:
-        with open(path, "rb") as stream:
-            return self.put_stream(key, stream)
-
-    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        return self.put_stream(key, io.BytesIO(data))
 
     def get_to_file(self, key: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The pinned sources of each domain: package, version, artifact sha256, licence, attribution.
 
-The sha256 values are those of the artifacts measured in shared/reference/domain_data.md;
+The sha256 values are those of the artifacts measured when the domains were chosen;
 a download that does not match is rejected, so the corpus cannot drift silently."""
 
 from __future__ import annotations

@@ -11,14 +11,8 @@ from fastapi.testclient import TestClient
 
 from app.db.models import File, Job
 from app.settings import Settings
-from tests.app.helpers import (
-    LiveServer,
-    Tenant,
-    create_tenant,
-    insert_file,
-    insert_job,
-    make_settings,
-)
+from tests.app.helpers import LiveServer, Tenant, create_tenant, make_settings
+from tests.factories import insert_file, insert_job
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Helpers shared by the API tests: tenants, settings, row factories, uploads, a live server."""
+"""Helpers shared by the API tests: tenants, settings, uploads, a live server (row factories:
+tests/factories.py)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy.orm import Session
 
-from app.db.base import utcnow
-from app.db.models import File, Job
 from app.db.session import session_scope
-from app.domain.ids import new_id
 from app.settings import Settings
 from tests.conftest import free_port
+from tests.factories import create_account
 
 
 @dataclass
@@ -30,14 +28,10 @@ class Tenant:
 
 
 def create_tenant(database_url: str, *, plan: str = "pro", credit_micros: int = 0) -> Tenant:
-    from app.services import accounts, billing
-
     with session_scope(database_url) as session:
-        account, key = accounts.create_account(session, name=f"{plan} tenant", plan=plan)
-        if credit_micros:
-            billing.add_credit(session, account_id=account.id, amount_micros=credit_micros,
-                               memo="test credit")
-    return Tenant(account.id, key)
+        account_id, key = create_account(session, plan=plan, credit_micros=credit_micros,
+                                         name=f"{plan} tenant")
+    return Tenant(account_id, key)
 
 
 def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
@@ -49,36 +43,6 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settin
     }
     values.update(overrides)
     return Settings(**values)
-
-
-def insert_file(session: Session, *, account_id: str, **values: Any) -> File:
-    fields: dict[str, Any] = {
-        "id": new_id("file"), "account_id": account_id, "filename": "train.jsonl",
-        "purpose": "fine-tune", "bytes": 10, "status": "processed", "format": "chat",
-        "example_count": 1, "token_counts": {}, "errors": [], "error_count": 0,
-        "created_at": utcnow(),
-    }
-    row = File(**{**fields, **values})
-    session.add(row)
-    session.flush()
-    return row
-
-
-def insert_job(session: Session, *, account_id: str, **values: Any) -> Job:
-    training = (values.pop("training_file_id", None)
-                or insert_file(session, account_id=account_id).id)
-    fields: dict[str, Any] = {
-        "id": new_id("job"), "account_id": account_id, "kind": "fine_tune",
-        "model": "tinyllama-1.1b-chat", "training_file_id": training, "hyperparameters": {},
-        "adapter": {}, "seed": 0, "status": "queued", "queue": "small", "estimated_tokens": 0,
-        "trained_tokens": 0, "hold_micros": 0, "cost_micros": 0, "attempt": 0,
-        "created_at": utcnow(), "queued_at": utcnow(),
-    }
-    fields.update(values)
-    job = Job(**fields)
-    session.add(job)
-    session.flush()
-    return job
 
 
 CHAT_LINE = (

@@ -47,10 +47,10 @@ def test_wrong_pepper_does_not_authenticate(db_url: str) -> None:
 
 def test_list_accounts_counts_active_keys(db_url: str) -> None:
     with session_scope(db_url) as session:
-        account, _ = accounts.create_account(session, name="lister", plan="pro")
-        extra, _ = accounts.create_api_key(session, account_id=account.id, name="ci")
+        account, _ = accounts.create_account(session, name="lister", plan="pro", pepper="")
+        extra, _ = accounts.create_api_key(session, account_id=account.id, name="ci", pepper="")
         accounts.revoke_key(session, key_id=extra.id)
-        accounts.create_api_key(session, account_id=account.id, name="ci2")
+        accounts.create_api_key(session, account_id=account.id, name="ci2", pepper="")
     with session_scope(db_url) as session:
         summary = {a.id: a for a in accounts.list_accounts(session)}[account.id]
     assert (summary.name, summary.plan, summary.active_keys) == ("lister", "pro", 2)
@@ -60,12 +60,12 @@ def test_invalid_plan_is_rejected(db_url: str) -> None:
     from app.domain.errors import InvalidRequest
 
     with session_scope(db_url) as session, pytest.raises(InvalidRequest):
-        accounts.create_account(session, name="x", plan="enterprise")
+        accounts.create_account(session, name="x", plan="enterprise", pepper="")
 
 
 def test_record_event_dedupes_and_keeps_order(db_url: str, make_job) -> None:
     with session_scope(db_url) as session:
-        account, _ = accounts.create_account(session, name="ev", plan="pro")
+        account, _ = accounts.create_account(session, name="ev", plan="pro", pepper="")
         job = make_job(session, account_id=account.id)
     with session_scope(db_url) as session:
         events.record_event(session, job_id=job.id, message="created", type="message")

@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 
 from app.db.models import ContinualRun, Job, OutboxMessage
 from app.db.session import session_scope
-from app.services.continual_runs import derive_status
+from app.domain.job_state import run_status
 from tests.app.helpers import Tenant, create_tenant, upload_id
 
 pytestmark = pytest.mark.integration
@@ -102,7 +102,7 @@ def test_free_plan_counts_each_stage_as_a_run(client: TestClient, pg_url: str) -
      ([], "queued")],
 )
 def test_run_status_is_derived_from_stages(statuses: list[str], expected: str) -> None:
-    assert derive_status(statuses) == expected
+    assert run_status(statuses) == expected
 
 
 def test_append_domains_only_after_every_stage_succeeded(

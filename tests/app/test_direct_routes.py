@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from app.api.direct_routes import DirectRoute
 from app.db.session import session_scope
 from app.services import events
-from tests.app.helpers import Tenant, create_tenant, insert_job, make_settings
+from tests.app.helpers import Tenant, create_tenant, make_settings
+from tests.factories import insert_job
 
 
 def without_direct_routes(app: FastAPI) -> FastAPI:

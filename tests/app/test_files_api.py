@@ -12,7 +12,8 @@ from sqlalchemy import func, select
 
 from app.db.models import File
 from app.db.session import session_scope
-from tests.app.helpers import CHAT_LINE, Tenant, insert_job, jsonl, upload, upload_id
+from tests.app.helpers import CHAT_LINE, Tenant, jsonl, upload, upload_id
+from tests.factories import insert_job
 
 pytestmark = pytest.mark.integration
 

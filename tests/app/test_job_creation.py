@@ -12,15 +12,15 @@ from app.db.models import Account, Job, JobEvent, LedgerEntry, LedgerTransaction
 from app.db.session import session_scope
 from app.domain.id_format import is_id
 from app.domain.ids import PREFIXES, new_id
-from app.services import accounts, billing, jobs
-from tests.app.helpers import insert_file
+from app.services import accounts, billing, job_creation
+from tests.factories import TEST_SETTINGS, insert_file
 
 MODEL = "tinyllama-1.1b-chat"
 
 
 def pro_account(db_url: str, credit_micros: int = 10_000_000) -> str:
     with session_scope(db_url) as session:
-        account, _ = accounts.create_account(session, name="creator", plan="pro")
+        account, _ = accounts.create_account(session, name="creator", plan="pro", pepper="")
         billing.add_credit(session, account_id=account.id, amount_micros=credit_micros)
     return account.id
 
@@ -30,11 +30,12 @@ def create(db_url: str, account_id: str, *, enqueue: bool = True,
     with session_scope(db_url) as session:
         file_id = insert_file(session, account_id=account_id,
                               token_counts={"llama": 5000}, example_count=10).id
-        draft = jobs.draft_job(session, account_id=account_id, model=MODEL,
+        draft = job_creation.draft_job(session, account_id=account_id, model=MODEL,
                                training_file=file_id, validation_file=None,
                                hyperparameters={"n_epochs": 2}, adapter=None, seed=5)
-        job, admitted = jobs.insert_job(session, account_id=account_id, draft=draft,
-                                        suffix="s", metadata=metadata, enqueue=enqueue)
+        job, admitted = job_creation.insert_job(session, account_id=account_id, draft=draft,
+                                        suffix="s", metadata=metadata, enqueue=enqueue,
+                                        settings=TEST_SETTINGS)
         assert inspect(job).transient  # presented, never part of the unit of work
         assert (job.hold_micros, job.token_budget) == (admitted.hold_micros,
                                                        admitted.token_budget)

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from sqlalchemy import select
 
+from app.domain.job_settings import AdapterSettings, Hyperparameters, JobSettings
 from app.api.presenters import event_public, job_public
 from app.db.base import utcnow
 from app.db.models import Job, JobEvent
@@ -21,7 +22,8 @@ from app.db.session import session_scope
 from app.domain.errors import InvalidRequest, NotFound
 from app.services import events, job_reads, jobs
 from app.services.pagination import page, scoped_select
-from tests.app.helpers import create_tenant, insert_job, make_settings
+from tests.app.helpers import create_tenant, make_settings
+from tests.factories import insert_job
 from tests.conftest import free_port
 
 
@@ -37,8 +39,11 @@ def seed(url: str) -> tuple[str, list[str], list[str]]:
                    created_at=base + timedelta(seconds=10))
         ids.append(insert_job(
             session, account_id=tenant.account_id, status="succeeded", trained_tokens=1234,
-            hyperparameters={"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 0.5},
-            adapter={"rank": 8}, user_metadata={"team": "a"}, suffix="x",
+            job_settings=JobSettings(
+                hyperparameters=Hyperparameters(n_epochs=2, batch_size=4,
+                                                learning_rate_multiplier=0.5),
+                adapter=AdapterSettings(rank=8)),
+            user_metadata={"team": "a"}, suffix="x",
             error=None, started_at=base, finished_at=base + timedelta(minutes=3),
             created_at=base + timedelta(seconds=20)).id)
         event_ids = []
@@ -101,7 +106,8 @@ def test_async_reads_answer_like_the_orm_reads(db_url: str) -> None:
     assert pages == expected_pages
     assert sum(len(ids) for ids, _ in pages) == 6  # the continual stage is not listed
     assert more_events is True
-    assert one[-1].user_metadata == {"team": "a"} and one[-1].hyperparameters["n_epochs"] == 2
+    assert one[-1].user_metadata == {"team": "a"}
+    assert one[-1].settings["hyperparameters"]["n_epochs"] == 2
 
 
 def test_async_reads_refuse_what_the_orm_reads_refuse(db_url: str) -> None:

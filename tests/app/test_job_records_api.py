@@ -21,7 +21,8 @@ from app.services.job_status import transition_job
 from app.domain.job_state import JobStatus
 from app.storage import keys
 from app.storage.factory import open_store
-from tests.app.helpers import Tenant, insert_job, make_settings
+from tests.app.helpers import Tenant, make_settings
+from tests.factories import insert_job
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,8 @@ from sqlalchemy import select
 
 from app.db.models import Account, Job, JobEvent, OutboxMessage
 from app.db.session import session_scope
-from tests.app.helpers import Tenant, create_tenant, insert_job, jsonl, upload_id
+from tests.app.helpers import Tenant, create_tenant, jsonl, upload_id
+from tests.factories import insert_job
 
 pytestmark = pytest.mark.integration
 
@@ -228,12 +229,18 @@ def test_cancel_finished_job_is_409(client: TestClient, tenant: Tenant, pg_url: 
 
 def test_succeeded_job_shape(client: TestClient, tenant: Tenant, pg_url: str) -> None:
     with session_scope(pg_url) as session:
-        job = insert_job(session, account_id=tenant.account_id, status="succeeded",
+        job = insert_job(session, account_id=tenant.account_id, status="succeeded", model=MODEL,
                          trained_tokens=1234, suffix="s", error=None,
-                         hyperparameters={"n_epochs": 1, "batch_size": 2,
-                                          "learning_rate_multiplier": 0.5})
+                         # A row written before JobSettings existed (version 1).
+                         settings={"version": 1, "hyperparameters": {
+                             "n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 0.5},
+                             "adapter": {"crma": False, "lora_r": 8}})
     body = client.get(f"/v1/fine_tuning/jobs/{job.id}", headers=tenant.headers).json()
     assert body["trained_tokens"] == 1234
+    assert body["hyperparameters"] == {"n_epochs": 1, "batch_size": 2,
+                                       "learning_rate_multiplier": 0.5}
+    assert body["adapter"] == {"crma": False, "n_streams": 4, "rank": 1, "lora_r": 8,
+                               "lora_alpha": 32, "quantization": None}
     assert body["fine_tuned_model"] == f"ft:{MODEL}:{tenant.account_id}:s:{job.id}"
     failed = None
     with session_scope(pg_url) as session:

@@ -3,6 +3,7 @@ SQLite), and the models match the migrated schema exactly (autogenerate finds no
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ from app.db.models import (
 from app.db.session import normalize_url, session_scope
 from app.domain.ids import new_id
 from app.services import accounts, billing, events
-from tests.app.helpers import insert_file, insert_job
+from tests.factories import insert_file, insert_job
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,7 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def _populate(url: str) -> None:
     with session_scope(url) as session:
-        account, _ = accounts.create_account(session, name="populated", plan="pro")
+        account, _ = accounts.create_account(session, name="populated", plan="pro", pepper="")
         billing.add_credit(session, account_id=account.id, amount_micros=5_000_000, memo="seed")
         file = insert_file(session, account_id=account.id,
                            token_counts={"llama": 10}, token_estimate_method={"llama": "x"})
@@ -116,3 +117,35 @@ def test_models_match_the_migrations(empty_url: str) -> None:
 def test_one_head() -> None:
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     assert len(script.get_heads()) == 1
+
+
+def test_job_settings_survive_a_downgrade_and_upgrade_as_version_1(empty_url: str) -> None:
+    """0004 folds `hyperparameters` + `adapter` into `settings`: rows written before it load
+    as version 1, and a downgrade gives the two columns back."""
+    from sqlalchemy import text
+
+    from app.domain.job_settings import (
+        AdapterSettings,
+        Hyperparameters,
+        JobSettings,
+        load_job_settings,
+    )
+
+    upgrade(empty_url)
+    chosen = JobSettings(hyperparameters=Hyperparameters(n_epochs=2, batch_size=8),
+                         adapter=AdapterSettings(crma=False, lora_r=4))
+    with session_scope(empty_url) as session:
+        account, _ = accounts.create_account(session, name="settings", plan="pro", pepper="")
+        job_id = insert_job(session, account_id=account.id, job_settings=chosen).id
+    downgrade(empty_url, "0003")
+    engine = create_engine(normalize_url(empty_url))
+    with engine.connect() as connection:
+        row = connection.execute(text("SELECT hyperparameters, adapter FROM jobs WHERE id = :id"),
+                                 {"id": job_id}).one()
+    engine.dispose()
+    stored = [value if isinstance(value, dict) else json.loads(value) for value in row]
+    assert stored == [chosen.hyperparameters.model_dump(), chosen.adapter.model_dump()]
+    upgrade(empty_url)
+    with session_scope(empty_url) as session:
+        settings = session.get(Job, job_id).settings
+    assert settings["version"] == 1 and load_job_settings(settings) == chosen

@@ -17,7 +17,8 @@ from app.db.models import Artifact, ContinualRun, File, Job, JobEvent, OutboxMes
 from app.db.session import session_scope
 from app.storage import keys
 from app.storage.factory import open_store
-from tests.app.helpers import Tenant, create_tenant, insert_job, make_settings, upload_id
+from tests.app.helpers import Tenant, create_tenant, make_settings, upload_id
+from tests.factories import insert_job
 
 pytestmark = pytest.mark.integration
 

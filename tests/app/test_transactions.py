@@ -18,8 +18,9 @@ from app.db.reader import DatabaseUnavailable
 from app.db.session import session_scope
 from app.db.transactions import AsyncpgTransactions, ThreadTransactions, open_transactions
 from app.schemas.jobs import JobCreate
-from app.services import jobs
-from tests.app.helpers import create_tenant, insert_file, make_settings
+from app.services import job_creation
+from tests.app.helpers import create_tenant, make_settings
+from tests.factories import TEST_SETTINGS, insert_file
 from tests.conftest import free_port
 
 
@@ -29,8 +30,8 @@ def create_job_work(account_id: str, file_id: str, *, fail_after: bool = False):
     def work(open_session):  # noqa: ANN001, ANN202
         session = open_session()
         try:
-            job, _ = jobs.create_job(session, account_id=account_id, spec=JobCreate(
-                model="smollm2-135m-instruct", training_file=file_id))
+            job, _ = job_creation.create_job(session, account_id=account_id, spec=JobCreate(
+                model="smollm2-135m-instruct", training_file=file_id), settings=TEST_SETTINGS)
             if fail_after:
                 raise RuntimeError("after the inserts")
             session.commit()

@@ -98,7 +98,7 @@ def test_real_shapes_refuse_the_cpu():
 def test_shape_parameter_counts():
     from bench.gpu_shapes import SHAPES
 
-    # N (matmul parameters incl. LM head) as in shared/reference/perf_ecosystem.md §A4
+    # N: the matmul parameters, LM head included (the N of the 6·N FLOPs per token)
     assert abs(SHAPES["tinyllama-1.1b"].matmul_params() / 1e9 - 1.03) < 0.01
     assert abs(SHAPES["gemma-2-2b"].matmul_params() / 1e9 - 2.61) < 0.01
     assert abs(SHAPES["mistral-7b"].matmul_params() / 1e9 - 7.11) < 0.02

@@ -1,5 +1,6 @@
-"""PostgreSQL stopped for 30 s (R7), really stopped (`pg_ctl stop -m fast`: every connection
-dropped, the port closed), under a real API server and a real worker running a job:
+"""PostgreSQL stopped for 30 s (docs/reliability.md), really stopped (`pg_ctl stop -m fast`:
+every connection dropped, the port closed), under a real API server and a real worker
+running a job:
 
 - the API answers every request within 2 s: 503 + Retry-After for anything that needs the
   database (cached and uncached keys, reads and creates, with the pool full of connections
@@ -76,8 +77,9 @@ def test_postgres_down_30s_api_answers_503_fast_and_the_job_survives(
                              worker_step_delay_s=0.3)
     stack.start_worker()
     with session_scope(services.database_url) as session:
-        account, cached_key = accounts.create_account(session, name="chaos", plan="pro")
-        _, uncached_key = accounts.create_api_key(session, account_id=account.id, name="cold")
+        account, cached_key = accounts.create_account(session, name="chaos", plan="pro", pepper="")
+        _, uncached_key = accounts.create_api_key(session, account_id=account.id, name="cold",
+                                                  pepper="")
         billing.add_credit(session, account_id=account.id, amount_micros=50_000_000, memo="t")
     _, job_id = stack.submit(account_id=account.id, n_epochs=4)  # 48 steps
     api = start_api(stack.env, tmp_path)

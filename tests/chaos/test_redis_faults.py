@@ -1,5 +1,5 @@
-"""The broker restarted and the broker's data lost (R5, R6), with jobs queued in Redis and one
-running, on a private Redis (AOF on, like production):
+"""The broker restarted and the broker's data lost (docs/reliability.md), with jobs queued in
+Redis and one running, on a private Redis (AOF on, like production):
 
 - restart: the running job keeps training (its lease is in PostgreSQL), the queued messages
   survive (AOF), the worker reconnects and consumes again, a job created through the API while
@@ -59,7 +59,7 @@ def test_redis_restart_loses_nothing_and_workers_consume_again(services, make_ch
     stack.start_worker()
     first, queued = _running_and_queued(stack, services, 3)
     with session_scope(services.database_url) as session:
-        account, key = accounts.create_account(session, name="chaos api", plan="pro")
+        account, key = accounts.create_account(session, name="chaos api", plan="pro", pepper="")
         billing.add_credit(session, account_id=account.id, amount_micros=50_000_000, memo="t")
     headers = {"Authorization": f"Bearer {key}"}
     data = "".join(__import__("json").dumps(e) + "\n" for e in chat_examples(24)).encode()

@@ -1,4 +1,5 @@
-"""Worker faults through real `crma worker` processes on private PostgreSQL/Redis (R1, R9):
+"""Worker faults through real `crma worker` processes on private PostgreSQL/Redis
+(docs/reliability.md: a worker killed, SIGTERM):
 
 - kill -9 of the whole worker mid-job: the reaper takes the job back once its lease expired
   (reported: how long it had no live owner), it resumes on the other worker from its last
@@ -23,6 +24,7 @@ from app.storage.factory import open_store
 from tests.chaos.conftest import OwnerlessClock
 from tests.security.test_no_unpickling import plant
 from tests.worker.stack import MODEL_ID, wait_for
+from tests.factories import PRICES
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -54,7 +56,7 @@ def _assert_counted_and_billed_once(stack, job) -> None:  # noqa: ANN001
     assert job.trained_tokens == steps[STEPS]["trained_tokens"]
     kinds = _ledger(stack, job.id)
     assert kinds.count("capture") == 1 and kinds.count("hold") == 1, kinds
-    assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens) > 0
+    assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens, prices=PRICES) > 0
 
 
 def test_kill_9_mid_job_resumes_from_the_checkpoint_and_bills_once(make_chaos_stack,

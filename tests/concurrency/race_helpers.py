@@ -6,44 +6,22 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session
 
-from app.db.base import utcnow
 from app.db.models import Account, File, Job
-from app.domain.ids import new_id
-from app.services import accounts, billing
+from tests import factories
 
 
-def make_account(factory: Callable[[], Session], *, plan: str, credit_micros: int = 0) -> str:
-    with factory() as session:
-        account, _ = accounts.create_account(session, name=f"{plan} concurrency", plan=plan)
-        if credit_micros:
-            billing.add_credit(session, account_id=account.id, amount_micros=credit_micros,
-                               memo="test credit")
-        session.commit()
-        return account.id
+make_account = factories.committed_account
 
 
 def make_file(session: Session, *, account_id: str, tokens: int = 1000) -> File:
-    row = File(
-        id=new_id("file"), account_id=account_id, filename="train.jsonl", purpose="fine-tune",
-        bytes=10, status="processed", format="chat", example_count=10,
-        token_counts={"llama": tokens, "mistral": tokens, "gemma2": tokens}, errors=[],
-        error_count=0, created_at=utcnow(),
-    )
-    session.add(row)
-    session.flush()
-    return row
+    return factories.insert_file(
+        session, account_id=account_id, example_count=10,
+        token_counts={"llama": tokens, "mistral": tokens, "gemma2": tokens})
 
 
 def make_job(session: Session, *, account_id: str, model: str, file_id: str) -> Job:
-    job = Job(
-        id=new_id("job"), account_id=account_id, kind="fine_tune", model=model,
-        training_file_id=file_id, hyperparameters={}, adapter={}, seed=0, status="queued",
-        queue="large", estimated_tokens=0, trained_tokens=0, hold_micros=0, cost_micros=0,
-        attempt=0, created_at=utcnow(), queued_at=utcnow(),
-    )
-    session.add(job)
-    session.flush()
-    return job
+    return factories.insert_job(session, account_id=account_id, model=model,
+                                training_file_id=file_id, queue="large")
 
 
 def balances(factory: Callable[[], Session], account_id: str) -> tuple[int, int]:

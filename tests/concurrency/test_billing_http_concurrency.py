@@ -1,5 +1,6 @@
-"""R10/R11 over real HTTP: a uvicorn server in its own process on the test PostgreSQL, hit by
-many client threads released together. Counts come from the responses and the database."""
+"""Concurrent creates and idempotency keys over real HTTP: a uvicorn server in its own process
+on the test PostgreSQL, hit by many client threads released together. Counts come from the
+responses and the database."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def account_with_file(live_api: str, factory, plan: str) -> tuple[str, dict[str,
     from app.services import accounts
 
     with factory() as session:
-        account, key = accounts.create_account(session, name=f"http {plan}", plan=plan)
+        account, key = accounts.create_account(session, name=f"http {plan}", plan=plan, pepper="")
         session.commit()
     headers = {"Authorization": f"Bearer {key}"}
     body = "\n".join(json.dumps(CHAT) for _ in range(30)).encode()

@@ -17,6 +17,7 @@ from app.services import billing
 from app.services.idempotency import StoredResponse, run_idempotent
 from tests.billing_support import admit
 from race_helpers import balances, make_account, make_file, make_job
+from tests.factories import TTL_S
 
 
 def race(n: int, work: Callable[[int], Any]) -> list[Any]:
@@ -115,7 +116,7 @@ def test_same_idempotency_key_twenty_times_makes_one_job(threads_factory) -> Non
 
     def attempt(_: int) -> StoredResponse:
         return run_idempotent(session_factory=threads_factory, account_id=account_id,
-                              key="retry-me", fingerprint="same-body", handler=handler)
+                              key="retry-me", fingerprint="same-body", handler=handler, ttl_s=TTL_S)
 
     results = race(20, attempt)
     responses = [r for r in results if isinstance(r, StoredResponse)]

@@ -1,4 +1,4 @@
-"""R12: settlement replayed in any order, concurrently and after crashes, posts exactly one
+"""Settlement replayed in any order, concurrently and after crashes, posts exactly one
 capture and one release per job; every transaction sums to zero; available never goes
 negative; the cached balances always equal the ledger. Hypothesis drives random
 interleavings of hold / finish / replay / crash steps against real PostgreSQL."""
@@ -27,6 +27,7 @@ from app.services import billing
 from app.services.job_status import transition_job
 from tests.billing_support import admit
 from race_helpers import balances, make_account, make_file, make_job
+from tests.factories import PRICES
 
 MODEL = "mistral-7b-v0.3"
 CREDIT = 5_000_000
@@ -86,12 +87,13 @@ def settle_replay_test(factory) -> None:
                     session, job_id=job_id, to=status, expected=[JobStatus.RUNNING],
                     values={"trained_tokens": trained,
                             "error": {"code": code, "message": "x"} if code else None})
-                billing.settle_job(session, job_id=job_id)
+                billing.settle_job(session, job_id=job_id, prices=PRICES)
                 if crash:  # the process dies before COMMIT: nothing of it survives
                     session.rollback()
                     return
                 session.commit()
-            owed = 0 if code in ("worker_lost", "internal_error") else price_micros(MODEL, trained)
+            owed = (0 if code in ("worker_lost", "internal_error")
+                    else price_micros(MODEL, trained, prices=PRICES))
             self.costs[job_id] = min(owed, self.holds[job_id])
 
         @rule(job_id=jobs, crash=st.booleans())
@@ -99,7 +101,7 @@ def settle_replay_test(factory) -> None:
             if job_id not in self.costs:
                 return
             with factory() as session:
-                billing.settle_job(session, job_id=job_id)
+                billing.settle_job(session, job_id=job_id, prices=PRICES)
                 session.rollback() if crash else session.commit()
 
         @rule(job_id=jobs, n=st.integers(2, 10))
@@ -112,7 +114,7 @@ def settle_replay_test(factory) -> None:
                 barrier.wait()
                 try:
                     with factory() as session:
-                        billing.settle_job(session, job_id=job_id)
+                        billing.settle_job(session, job_id=job_id, prices=PRICES)
                         session.commit()
                 except Exception as error:  # noqa: BLE001
                     errors.append(error)

@@ -1,4 +1,4 @@
-"""Mass assignment (R16, OWASP API3): request bodies reject unknown fields. Every JSON request
+"""Mass assignment (OWASP API3): request bodies reject unknown fields. Every JSON request
 body in openapi/openapi.json (operations enumerated from the document, so new ones are
 covered) gets server-owned fields such as `status`, `account_id`, `trained_tokens` and cost
 injected at the top level and into nested objects: always a 422 naming the field, and nothing

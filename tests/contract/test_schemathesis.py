@@ -1,5 +1,5 @@
-"""Contract fuzzing (R23): schemathesis (CLI, every phase: examples, coverage, fuzzing,
-stateful) over the committed openapi/openapi.json against a real uvicorn server on
+"""Contract fuzzing (docs/reliability.md): schemathesis (CLI, every phase: examples, coverage,
+fuzzing, stateful) over the committed openapi/openapi.json against a real uvicorn server on
 PostgreSQL. Every check runs (status codes, content types, headers, response schemas,
 schema-violating requests rejected, auth, resource lifecycles) plus one of ours: no response
 carries another tenant's id. The server's own access log is the independent count: zero 5xx,
@@ -29,7 +29,8 @@ import pytest
 from app.db.models import WorkerHeartbeat
 from app.db.session import session_scope
 from app.services.health import retire_workers
-from tests.app.helpers import create_tenant, insert_job, jsonl
+from tests.app.helpers import create_tenant, jsonl
+from tests.factories import insert_job
 from tests.conftest import free_port, wait_until_healthy
 
 pytestmark = [pytest.mark.contract, pytest.mark.integration]

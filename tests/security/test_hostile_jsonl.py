@@ -1,4 +1,4 @@
-"""Hostile training files (R18): property-based fuzzing of the streaming JSONL validator with
+"""Hostile training files: property-based fuzzing of the streaming JSONL validator with
 random bytes, invalid UTF-8, deep nesting, huge numbers and lines, lone surrogates. It never
 raises, always accounts for every byte and reports line-numbered errors, also on a 14 MB
 hostile corpus. Through HTTP the upload is a 400 and nothing is stored."""

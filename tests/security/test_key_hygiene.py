@@ -1,4 +1,4 @@
-"""API-key hygiene (R22): a `pg_dump` of the database holds no full key (nor any long piece of
+"""API-key hygiene: a `pg_dump` of the database holds no full key (nor any long piece of
 one) after keys were created, used, replayed through Idempotency-Key and revoked; and a
 revoked key, an unknown key and a malformed key all get the same 401 body."""
 
@@ -39,7 +39,8 @@ def test_a_database_dump_holds_no_key(client: TestClient, pg_url: str) -> None:
     extra_keys = []
     for tenant in tenants:
         with session_scope(pg_url) as session:
-            _, key = accounts.create_api_key(session, account_id=tenant.account_id, name="ci")
+            _, key = accounts.create_api_key(session, account_id=tenant.account_id, name="ci",
+                                             pepper="")
         extra_keys.append(key)
     for tenant in tenants:
         # Used: last_used_at, files, an idempotent create (its stored response), the ledger.

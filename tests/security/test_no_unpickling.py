@@ -1,4 +1,4 @@
-"""Nothing we load is unpickled (R20, OWASP API10): pickle bombs planted where a loader might
+"""Nothing we load is unpickled (OWASP API10): pickle bombs planted where a loader might
 look (a base model's directory, a checkpoint to resume from, an adapter bundle) never go
 off, pickle-only weights are refused, and a static scan finds no unpickling call in our code.
 

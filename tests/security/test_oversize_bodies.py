@@ -1,4 +1,4 @@
-"""Oversize bodies stop at the limit (R17, OWASP API4): a chunked body with no Content-Length
+"""Oversize bodies stop at the limit (OWASP API4): a chunked body with no Content-Length
 of twice the limit is answered 413 after at most limit + 1 MiB has been read from the socket,
 for the upload route and for the JSON routes; a declared Content-Length over the limit is
 refused before a byte is read. (Peak RSS of a real server under a 2x-limit upload is

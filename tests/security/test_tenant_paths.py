@@ -18,7 +18,8 @@ from app.db.models import Artifact
 from app.db.session import session_scope
 from app.storage import keys
 from app.storage.local import LocalObjectStore
-from tests.app.helpers import Tenant, insert_job, upload
+from tests.app.helpers import Tenant, upload
+from tests.factories import insert_job
 
 ACCOUNT = "acct-ABCDEFGHIJKLMNOPQRSTUVWX"
 PREFIX = keys.tenant_prefix(ACCOUNT)

@@ -22,10 +22,11 @@ from sqlalchemy import select
 from app.db.models import File, Job, JobEvent, LedgerTransaction
 from app.db.session import session_scope
 from app.domain.ids import new_id
+from app.domain.job_settings import AdapterSettings, Hyperparameters, JobSettings
 from app.settings import Settings
 from app.storage import keys
 from app.storage.factory import open_store
-from tests.worker.factories import make_account, make_job
+from tests.factories import insert_job, make_account
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_ID = "smollm2-135m-instruct"  # a catalog id; its weights here are a tiny random model
@@ -183,14 +184,13 @@ class Stack:
         file_id = job_values.pop("training_file_id", None) or \
             self.upload_file(account_id, chat_examples(examples))
         with self.session() as s:
-            job_id = make_job(
+            job_id = insert_job(
                 s, account_id=account_id, training_file_id=file_id, model=MODEL_ID,
-                hyperparameters={"n_epochs": n_epochs, "batch_size": batch_size,
-                                 "learning_rate_multiplier": 1.0},
-                adapter={"crma": True, "n_streams": 4, "rank": 1, "lora_r": 4, "lora_alpha": 8,
-                         "quantization": None},
+                job_settings=JobSettings(
+                    hyperparameters=Hyperparameters(n_epochs=n_epochs, batch_size=batch_size),
+                    adapter=AdapterSettings(lora_r=4, lora_alpha=8)),
                 seed=seed, admit=True, offer=offer, estimated_tokens=estimated_tokens,
-                **job_values)
+                **job_values).id
             record_event(s, job_id=job_id, message="Created fine-tuning job", type="status",
                          data={"status": "queued"}, dedupe_key="created")
         return account_id, job_id

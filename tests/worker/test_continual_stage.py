@@ -16,7 +16,7 @@ from app.services.continual_runs import create_run
 from app.storage import keys
 from app.storage.factory import open_store
 from crma_core.testing import arithmetic_chat_rows
-from tests.worker.factories import make_account
+from tests.factories import TEST_SETTINGS, make_account
 from tests.worker.stack import MODEL_ID, TERMINAL, chat_examples
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,7 @@ def test_two_domain_modular_run_publishes_loras_crma_and_the_loss_matrix(worker_
         hyperparameters={"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 1.0},
         adapter={"crma": True, "n_streams": 4, "rank": 1, "lora_r": 4, "lora_alpha": 8})
     with stack.session() as s:
-        view, _ = create_run(s, account_id=account_id, spec=spec)
+        view, _ = create_run(s, account_id=account_id, spec=spec, settings=TEST_SETTINGS)
         run_id, job_ids = view.run.id, [stage.job_id for stage in view.stages]
 
     for job_id in job_ids:

@@ -1,10 +1,12 @@
-"""The reliability configuration of the Celery app (aesthetics_reliability.md 2.1), checked
-value by value so a change to any of them is a deliberate one."""
+"""The reliability configuration of the Celery app (docs/reliability.md), checked value by
+value so a change to any of them is a deliberate one."""
 
 from __future__ import annotations
 
 from app.settings import Settings
-from worker.celery_app import MAINTENANCE_QUEUE, PING, REAP, RELAY_OUTBOX, RUN_JOB, create_app, time_limits
+from app.services.outbox import RUN_JOB_TASK
+from worker.celery_app import INCLUDE, create_app, time_limits
+from worker.routing import MAINTENANCE_QUEUE, PING, REAP, RELAY_OUTBOX, RUN_JOB
 
 
 def _conf(**values):
@@ -42,6 +44,16 @@ def test_maintenance_tasks_are_acked_late_with_bounded_retries() -> None:
     beat = {entry["task"] for entry in _conf().beat_schedule.values()}
     assert beat == {RELAY_OUTBOX, REAP}
     assert {RUN_JOB, RELAY_OUTBOX, REAP, PING} <= set(tasks.app.tasks)
+    assert RUN_JOB == RUN_JOB_TASK  # the name the API writes into the outbox
+
+
+def test_a_starting_worker_imports_the_tasks_and_signal_hooks() -> None:
+    app = create_app(Settings())
+    assert tuple(app.conf.include) == INCLUDE == ("worker.tasks", "worker.signals")
+    app.loader.import_default_modules()  # what `celery worker` does at start-up
+    import sys
+
+    assert {"worker.tasks", "worker.signals"} <= set(sys.modules)
 
 
 def test_a_fresh_child_per_job_on_gpu_workers_only() -> None:

@@ -1,4 +1,5 @@
-"""How a job's exceptions become its `error` (API.md codes; never a stack trace)."""
+"""How a job's exceptions become its `error` (the codes of docs/user-guide.md; never a
+stack trace)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import torch
 
 from app.domain.job_state import ErrorCode
 from crma_core.errors import DataError, NoTrainableTokensError
-from worker.errors import INTERNAL_MESSAGE, classify
-from worker.inputs import ModelUnavailable
+from app.services.job_errors import INTERNAL_MESSAGE, classify
+from app.services.job_inputs import ModelUnavailable
 
 
 def test_out_of_memory_in_its_forms() -> None:

@@ -1,4 +1,4 @@
-"""Terminal transitions (worker/finish.py) on PostgreSQL: fenced, settled in the same
+"""Terminal transitions (app/services/job_lifecycle.py) on PostgreSQL: fenced, settled in the same
 transaction, and the continual-run cascade: the next stage offered when one succeeds, the
 later stages cancelled (holds released) when one fails."""
 
@@ -10,10 +10,22 @@ from sqlalchemy import select
 from app.db.models import ContinualRun, JobEvent, LedgerTransaction, OutboxMessage
 from app.domain.job_state import ErrorCode, JobStatus
 from app.services import leases
-from tests.worker.factories import account_row, job_row, make_account, make_continual_run, make_job
-from worker.finish import finish_job, job_error
+from tests.factories import (
+    PRICES,
+    account_row,
+    insert_continual_run,
+    insert_job,
+    job_row,
+    make_account,
+)
+from app.services.job_lifecycle import finish_job as finish
+from app.services.job_lifecycle import job_error
 
 pytestmark = pytest.mark.integration
+
+
+def finish_job(session, **kwargs) -> bool:
+    return finish(session, prices=PRICES, **kwargs)
 
 
 def _claim(tx, job_id: str) -> int:
@@ -29,7 +41,7 @@ def _offers(s, job_id: str) -> int:
 
 def test_a_stale_attempt_cannot_finish_the_job(tx) -> None:
     with tx() as s:
-        job_id = make_job(s, account_id=make_account(s), admit=True)
+        job_id = insert_job(s, account_id=make_account(s), admit=True).id
     attempt = _claim(tx, job_id)
     with tx() as s:
         assert not finish_job(s, job_id=job_id, attempt=attempt + 1, to=JobStatus.SUCCEEDED)
@@ -42,7 +54,7 @@ def test_a_stale_attempt_cannot_finish_the_job(tx) -> None:
 def test_success_settles_and_records_the_status_event_once(tx) -> None:
     with tx() as s:
         account = make_account(s)
-        job_id = make_job(s, account_id=account, admit=True)
+        job_id = insert_job(s, account_id=account, admit=True).id
         available_before = account_row(s, account).credit_available_micros
     attempt = _claim(tx, job_id)
     with tx() as s:
@@ -60,7 +72,7 @@ def test_success_settles_and_records_the_status_event_once(tx) -> None:
 
 def test_a_succeeded_stage_offers_the_next_and_the_last_one_finishes_the_run(tx) -> None:
     with tx() as s:
-        run_id, stages = make_continual_run(s, account_id=make_account(s), stages=2)
+        run_id, stages = insert_continual_run(s, account_id=make_account(s), stages=2)
     for index, job_id in enumerate(stages):
         attempt = _claim(tx, job_id)
         assert attempt == 1
@@ -78,7 +90,7 @@ def test_a_failed_stage_cancels_the_later_stages_and_fails_the_run(tx) -> None:
     with tx() as s:
         account = make_account(s)
         held_before = account_row(s, account).credit_held_micros
-        run_id, stages = make_continual_run(s, account_id=account, stages=3)
+        run_id, stages = insert_continual_run(s, account_id=account, stages=3)
     attempt = _claim(tx, stages[0])
     error = job_error(ErrorCode.OUT_OF_MEMORY, "out of memory")
     with tx() as s:

@@ -11,7 +11,8 @@ from app.settings import Settings
 from app.storage.keys import MODEL_STORE_PREFIX
 from app.storage.local import LocalObjectStore
 from tests.worker.stack import MODEL_ID
-from worker.inputs import ModelUnavailable, resolve_model_dir, upload_directory
+from app.services.job_inputs import ModelUnavailable, resolve_model_dir
+from app.storage.base import upload_directory
 
 
 def _settings(tmp_path: Path, model_store: Path) -> Settings:

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from app.db.models import Artifact, Checkpoint, Job, LedgerTransaction
 from app.domain.pricing import price_micros
 from app.storage.factory import open_store
-from tests.worker.factories import make_account
+from tests.factories import PRICES, make_account
 from tests.worker.stack import MODEL_ID, TERMINAL, wait_for
 
 pytestmark = pytest.mark.integration
@@ -76,7 +76,8 @@ def test_the_same_task_delivered_twice_runs_once(worker_stack) -> None:
     stack = worker_stack
     stack.ensure_workers(2)
     _, job_id = stack.submit()
-    from worker.celery_app import RUN_JOB, create_app
+    from worker.celery_app import create_app
+    from worker.routing import RUN_JOB
 
     create_app(stack.settings).send_task(RUN_JOB, kwargs={"job_id": job_id}, queue="small")
     job = stack.wait_status(job_id, TERMINAL, 120)
@@ -108,7 +109,7 @@ def test_cancel_while_running_stops_and_bills_trained_tokens(worker_stack) -> No
         held_before = s.scalar(select(Job.hold_micros).where(Job.id == job_id))
     wait_for(lambda: stack.last_step(job_id) >= 5, 60, what="step 5")
     with stack.session() as s:
-        cancel_job(s, account_id=account_id, job_id=job_id)
+        cancel_job(s, account_id=account_id, job_id=job_id, settings=stack.settings)
     job = stack.wait_status(job_id, TERMINAL, 60)
     assert job.status == "cancelled"
 
@@ -119,7 +120,8 @@ def test_cancel_while_running_stops_and_bills_trained_tokens(worker_stack) -> No
     assert job.trained_tokens == last.data["trained_tokens"]
     captures = stack.captures(job_id)
     assert len(captures) == 1
-    assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens) < held_before
+    assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens,
+                                           prices=PRICES) < held_before
     keys = [e.dedupe_key for e in stack.events(job_id)]
     assert keys[-1] == f"status:cancelled:{job.attempt}"
 
@@ -151,7 +153,7 @@ def test_idle_workers_prove_they_consume_by_answering_pings(worker_stack) -> Non
     """worker_heartbeats.last_seen_at moves only when a worker consumes (a ping through its
     own queue, or a heartbeat of the job it runs)."""
     from app.db.models import WorkerHeartbeat
-    from app.services.leases import db_now
+    from app.db.base import db_now
 
     stack = worker_stack
     names = [w.name for w in stack.ensure_workers(2)]
@@ -175,7 +177,7 @@ def test_idle_workers_prove_they_consume_by_answering_pings(worker_stack) -> Non
 
 def test_a_job_stops_at_its_budget_and_still_delivers_the_adapter(worker_stack) -> None:
     """max_cost: training stops before the step that would exceed the token budget, the
-    adapter trained so far is published, and the charge is what was trained (API.md)."""
+    adapter trained so far is published, and the charge is what was trained (docs/user-guide.md)."""
     stack = worker_stack
     stack.ensure_workers(1)
     _, job_id = stack.submit(max_cost_micros=30)  # 300 tokens at $0.10 per 1M
@@ -184,7 +186,7 @@ def test_a_job_stops_at_its_budget_and_still_delivers_the_adapter(worker_stack) 
     assert job.token_budget == 300 and job.stop_reason == "budget"
     assert 0 < job.trained_tokens <= job.token_budget
     assert 1 <= len(stack.step_losses(job_id)) < 12
-    assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens) <= 30
+    assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens, prices=PRICES) <= 30
     assert "budget_stop" in [e.dedupe_key for e in stack.events(job_id)]
     with stack.session() as s:
         names = set(s.scalars(select(Artifact.name).where(Artifact.owner_id == job_id)))

@@ -9,10 +9,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from app.db.base import utcnow
+from app.db.base import db_now, utcnow
 from app.db.models import Job, JobEvent, OutboxMessage
 from app.services import leases
-from tests.worker.factories import expire_lease, job_row, make_account, make_continual_run, make_job
+from tests.factories import expire_lease, job_row, make_account, insert_continual_run, insert_job
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def _columns(job: Job) -> dict:
 
 def test_claim_sets_lease_and_bumps_attempt(tx) -> None:
     with tx() as s:
-        job_id = make_job(s, account_id=make_account(s))
+        job_id = insert_job(s, account_id=make_account(s)).id
     before = utcnow()
     claim = _claim(tx, job_id, owner="host/1")
     assert claim == leases.Claim("claimed", 1)
@@ -50,7 +50,7 @@ def test_claim_sets_lease_and_bumps_attempt(tx) -> None:
 
 def test_duplicate_claim_is_skipped_and_writes_nothing(tx) -> None:
     with tx() as s:
-        job_id = make_job(s, account_id=make_account(s))
+        job_id = insert_job(s, account_id=make_account(s)).id
     assert _claim(tx, job_id).outcome == "claimed"
     with tx() as s:
         snapshot = _columns(job_row(s, job_id))
@@ -63,7 +63,7 @@ def test_duplicate_claim_is_skipped_and_writes_nothing(tx) -> None:
 
 def test_claims_racing_from_many_threads_let_one_through(tx) -> None:
     with tx() as s:
-        job_id = make_job(s, account_id=make_account(s))
+        job_id = insert_job(s, account_id=make_account(s)).id
     results: list[leases.Claim] = []
     barrier = threading.Barrier(8)
 
@@ -83,7 +83,7 @@ def test_claims_racing_from_many_threads_let_one_through(tx) -> None:
 
 def test_heartbeat_extends_lease_and_reports_cancel(tx) -> None:
     with tx() as s:
-        job_id = make_job(s, account_id=make_account(s), token_budget=500)
+        job_id = insert_job(s, account_id=make_account(s), token_budget=500).id
     attempt = _claim(tx, job_id).attempt
     with tx() as s:
         expire_lease(s, job_id, seconds_ago=-1)  # 1 s left
@@ -105,7 +105,7 @@ def test_heartbeat_extends_lease_and_reports_cancel(tx) -> None:
 
 def test_expired_lease_is_taken_over_and_the_stale_attempt_is_fenced_out(tx) -> None:
     with tx() as s:
-        job_id = make_job(s, account_id=make_account(s))
+        job_id = insert_job(s, account_id=make_account(s)).id
     first = _claim(tx, job_id, owner="old").attempt
     with tx() as s:
         assert leases.record_checkpoint_step(s, job_id=job_id, attempt=first, step=10,
@@ -131,7 +131,7 @@ def test_expired_lease_is_taken_over_and_the_stale_attempt_is_fenced_out(tx) -> 
 
 def test_checkpoint_pointer_only_moves_forward(tx) -> None:
     with tx() as s:
-        job_id = make_job(s, account_id=make_account(s))
+        job_id = insert_job(s, account_id=make_account(s)).id
     attempt = _claim(tx, job_id).attempt
     with tx() as s:
         assert leases.record_checkpoint_step(s, job_id=job_id, attempt=attempt, step=20,
@@ -144,14 +144,14 @@ def test_checkpoint_pointer_only_moves_forward(tx) -> None:
 
 def test_no_claim_after_max_attempts(tx) -> None:
     with tx() as s:
-        job_id = make_job(s, account_id=make_account(s), status="running", attempt=3,
-                          lease_expires_at=utcnow() - timedelta(seconds=5))
+        job_id = insert_job(s, account_id=make_account(s), status="running", attempt=3,
+                          lease_expires_at=utcnow() - timedelta(seconds=5)).id
     assert _claim(tx, job_id, max_attempts=3) == leases.Claim("skipped")
 
 
 def test_requeue_hands_the_job_back_with_an_outbox_row(tx) -> None:
     with tx() as s:
-        job_id = make_job(s, account_id=make_account(s), queue="large")
+        job_id = insert_job(s, account_id=make_account(s), queue="large").id
     attempt = _claim(tx, job_id).attempt
     with tx() as s:
         assert not leases.requeue_job(s, job_id=job_id, attempt=attempt + 1, queue="large")
@@ -168,9 +168,9 @@ def test_requeue_hands_the_job_back_with_an_outbox_row(tx) -> None:
 def test_free_account_runs_one_job_at_a_time(tx) -> None:
     with tx() as s:
         account = make_account(s, plan="free")
-        first = make_job(s, account_id=account)
-        second = make_job(s, account_id=account)
-        other_account_job = make_job(s, account_id=make_account(s, plan="free"))
+        first = insert_job(s, account_id=account).id
+        second = insert_job(s, account_id=account).id
+        other_account_job = insert_job(s, account_id=make_account(s, plan="free")).id
     assert _claim(tx, first).outcome == "claimed"
     assert _claim(tx, second) == leases.Claim("busy")
     assert _claim(tx, other_account_job).outcome == "claimed"
@@ -183,7 +183,7 @@ def test_free_account_runs_one_job_at_a_time(tx) -> None:
 def test_free_account_claims_racing_start_only_one_job(tx) -> None:
     with tx() as s:
         account = make_account(s, plan="free")
-        jobs = [make_job(s, account_id=account) for _ in range(4)]
+        jobs = [insert_job(s, account_id=account).id for _ in range(4)]
     results: dict[str, str] = {}
     barrier = threading.Barrier(len(jobs))
 
@@ -202,13 +202,13 @@ def test_free_account_claims_racing_start_only_one_job(tx) -> None:
 def test_pro_account_jobs_run_in_parallel(tx) -> None:
     with tx() as s:
         account = make_account(s)
-        jobs = [make_job(s, account_id=account) for _ in range(2)]
+        jobs = [insert_job(s, account_id=account).id for _ in range(2)]
     assert [_claim(tx, j).outcome for j in jobs] == ["claimed", "claimed"]
 
 
 def test_continual_stage_waits_for_its_predecessors(tx) -> None:
     with tx() as s:
-        _, (stage0, stage1, _) = make_continual_run(s, account_id=make_account(s))
+        _, (stage0, stage1, _) = insert_continual_run(s, account_id=make_account(s))
     assert _claim(tx, stage1) == leases.Claim("skipped")
     assert _claim(tx, stage0).outcome == "claimed"
     with tx() as s:
@@ -218,8 +218,8 @@ def test_continual_stage_waits_for_its_predecessors(tx) -> None:
 
 def test_offer_once_wins_among_racing_callers(tx) -> None:
     with tx() as s:
-        job_id = make_job(s, account_id=make_account(s),
-                          queued_at=utcnow() - timedelta(minutes=10))
+        job_id = insert_job(s, account_id=make_account(s),
+                          queued_at=utcnow() - timedelta(minutes=10)).id
     cutoff = utcnow() - timedelta(minutes=5)
     won: list[bool] = []
     barrier = threading.Barrier(6)
@@ -245,12 +245,12 @@ def test_busy_reoffers_collapse_while_one_is_pending(tx) -> None:
     duplicate of that delivery writes nothing while the re-offer is pending, and once it
     became deliverable the next busy delivery writes the next one."""
     with tx() as s:
-        job_id = make_job(s, account_id=make_account(s, plan="free"), offered_at=utcnow())
+        job_id = insert_job(s, account_id=make_account(s, plan="free"), offered_at=utcnow()).id
 
     def busy(delay_s: float) -> bool:
         with tx() as s:
             return leases.offer_job(s, job_id=job_id, queue="small", delay_s=delay_s,
-                                    only_if_offered_before=leases.db_now(s))
+                                    only_if_offered_before=db_now(s))
 
     # A delay no busy machine outlasts between the two calls (the duplicate must come while
     # the first re-offer is pending); the offer's coming due is then simulated, not waited for.

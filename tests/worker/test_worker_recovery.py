@@ -1,5 +1,5 @@
-"""Recovery through real worker processes (R1, R2/R3, R4, R13 of aesthetics_reliability.md
-2.6, tiny-model CPU variants): kill -9 mid-job and resume, duplicate delivery, cancel while
+"""Recovery through real worker processes (docs/reliability.md, "Failure scenarios";
+tiny-model CPU variants): kill -9 mid-job and resume, duplicate delivery, cancel while
 running, a job whose worker dies on every attempt, and the free tier's one-job-at-a-time."""
 
 from __future__ import annotations
@@ -15,14 +15,16 @@ from sqlalchemy import select
 
 from app.db.models import Artifact, Checkpoint, Job, LedgerTransaction
 from app.domain.pricing import price_micros
-from app.services.leases import db_now
+from app.db.base import db_now
 from app.storage.factory import open_store
 from tests.worker.stack import MODEL_ID, TERMINAL, wait_for
+from tests.factories import PRICES
 
 pytestmark = pytest.mark.integration
 
 class OwnerlessSampler:
-    """Samples how long the job has been `running` since its last heartbeat (R14 audit)."""
+    """Samples how long the job has been `running` since its last heartbeat (the "stuck in
+    running" audit)."""
 
     def __init__(self, stack, job_id: str) -> None:
         self.stack, self.job_id = stack, job_id
@@ -98,7 +100,7 @@ def test_kill_9_mid_job_resumes_from_the_checkpoint_with_the_same_losses(worker_
     # Billed once, for each trained step once.
     assert stack.job(reference).trained_tokens == job.trained_tokens
     assert len(stack.captures(job_id)) == 1
-    assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens)
+    assert job.cost_micros == price_micros(MODEL_ID, job.trained_tokens, prices=PRICES)
 
     # Never `running` without a live owner for longer than lease + one reaper interval
     # (plus scheduling slack on a loaded two-core machine).
@@ -120,7 +122,7 @@ def test_a_job_whose_worker_dies_every_attempt_fails_with_worker_lost_after_3(wo
         assert (job.status, job.attempt) == ("running", attempt)
         name, pid = job.lease_owner.rsplit("/", 1)
         parent = stack.worker_named(name)
-        assert int(pid) != parent.process.pid  # the pool child, not the worker itself (R2)
+        assert int(pid) != parent.process.pid  # the pool child, not the worker itself
         os.kill(int(pid), signal.SIGKILL)
         parents.append(parent)
     job = stack.wait_status(job_id, TERMINAL, 60)
@@ -144,7 +146,7 @@ def _all_ledger(stack, job_id: str) -> list[LedgerTransaction]:
 
 
 def test_sigterm_checkpoints_hands_the_job_back_and_another_worker_resumes_it(worker_stack) -> None:
-    """R9 (deploy): a worker asked to stop mid-job checkpoints at the current step, puts the
+    """A deploy: a worker asked to stop mid-job checkpoints at the current step, puts the
     job back in the queue without waiting for its lease to expire, and exits; the other
     worker resumes from that checkpoint and the curve is unchanged."""
     stack = worker_stack
@@ -173,7 +175,8 @@ def test_the_soft_time_limit_checkpoints_and_the_next_attempt_resumes(worker_sta
     """A message carrying a short soft limit (the relay sends per-queue limits): the runner
     stops before it, checkpoints, hands the job back; the next delivery (normal limits)
     resumes from that checkpoint."""
-    from worker.celery_app import RUN_JOB, create_app
+    from worker.celery_app import create_app
+    from worker.routing import RUN_JOB
 
     stack = worker_stack
     stack.ensure_workers(1)

@@ -15,8 +15,8 @@ from app.db.base import utcnow
 from app.db.models import Job, JobEvent, LedgerTransaction, OutboxMessage
 from app.services import leases, outbox
 from app.settings import Settings
-from tests.worker.factories import (
-    account_row, expire_lease, job_row, make_account, make_continual_run, make_job,
+from tests.factories import (
+    account_row, expire_lease, job_row, make_account, insert_continual_run, insert_job,
 )
 from worker.celery_app import create_app
 from worker.reaper import reap_once
@@ -56,9 +56,9 @@ def test_relay_publishes_each_row_to_its_queue_with_limits(tx, broker_settings, 
     _pending(tx)
     with tx() as s:
         account = make_account(s)
-        small = make_job(s, account_id=account, queue="small", offer=True)
-        large = make_job(s, account_id=account, queue="large", offer=True)
-        later = make_job(s, account_id=account, queue="small")
+        small = insert_job(s, account_id=account, queue="small", offer=True).id
+        large = insert_job(s, account_id=account, queue="large", offer=True).id
+        later = insert_job(s, account_id=account, queue="small").id
         outbox.enqueue(s, task=outbox.RUN_JOB_TASK, queue="small", payload={"job_id": later},
                        delay_s=60)
     celery = create_app(broker_settings)
@@ -85,7 +85,7 @@ def test_concurrent_relays_publish_every_row_exactly_once(tx, broker_settings, r
     _pending(tx)
     with tx() as s:
         account = make_account(s)
-        jobs = [make_job(s, account_id=account, offer=True) for _ in range(60)]
+        jobs = [insert_job(s, account_id=account, offer=True).id for _ in range(60)]
     settings = broker_settings.model_copy(update={"relay_batch_size": 7})
     barrier = threading.Barrier(4)
     counts: list[int] = []
@@ -113,7 +113,7 @@ def test_a_relay_that_dies_before_commit_publishes_again(tx, broker_settings, re
     sends it again (the lease claim makes the duplicate harmless, see test_runner)."""
     _pending(tx)
     with tx() as s:
-        job_id = make_job(s, account_id=make_account(s), offer=True)
+        job_id = insert_job(s, account_id=make_account(s), offer=True).id
     celery = create_app(broker_settings)
     from app.db.session import get_sessionmaker
     from worker import relay as relay_module
@@ -136,7 +136,7 @@ def _events(s, job_id: str) -> list[tuple[str, str]]:
 
 def test_reaper_requeues_an_expired_job_once_across_concurrent_reapers(tx, settings) -> None:
     with tx() as s:
-        job_id = make_job(s, account_id=make_account(s), admit=True)
+        job_id = insert_job(s, account_id=make_account(s), admit=True).id
         attempt = leases.claim_job(s, job_id=job_id, owner="dead", lease_ttl_s=3,
                                    max_attempts=3).attempt
         expire_lease(s, job_id)
@@ -169,7 +169,7 @@ def test_reaper_requeues_an_expired_job_once_across_concurrent_reapers(tx, setti
 def test_reaper_fails_a_job_after_max_attempts_and_releases_its_hold(tx, settings) -> None:
     with tx() as s:
         account = make_account(s)
-        job_id = make_job(s, account_id=account, admit=True)
+        job_id = insert_job(s, account_id=account, admit=True).id
         held = account_row(s, account).credit_held_micros
         assert held > 0
         s.execute(update(Job).where(Job.id == job_id).values(
@@ -198,9 +198,9 @@ def test_reaper_reoffers_stale_queued_jobs_once(tx, settings) -> None:
     old = utcnow() - timedelta(seconds=settings.stale_queued_s + 30)
     with tx() as s:
         account = make_account(s)
-        stale = make_job(s, account_id=account, queued_at=old)
-        fresh = make_job(s, account_id=account)
-        _, (stage0, stage1, _) = make_continual_run(s, account_id=account)
+        stale = insert_job(s, account_id=account, queued_at=old).id
+        fresh = insert_job(s, account_id=account).id
+        _, (stage0, stage1, _) = insert_continual_run(s, account_id=account)
         s.execute(update(Job).where(Job.id.in_([stage0, stage1])).values(queued_at=old))
     reports = []
     barrier = threading.Barrier(3)

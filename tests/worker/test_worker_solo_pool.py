@@ -37,7 +37,8 @@ def solo_stack(pg_url: str, redis_url: str, tiny_model_store: Path, tmp_path_fac
 
 
 def _send(stack, job_id: str, **limits: float) -> None:  # noqa: ANN001
-    from worker.celery_app import RUN_JOB, create_app
+    from worker.celery_app import create_app
+    from worker.routing import RUN_JOB
 
     create_app(stack.settings).send_task(RUN_JOB, kwargs={"job_id": job_id}, queue="small",
                                          **limits)

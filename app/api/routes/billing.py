@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BeforeValidator
 
-from app.api.deps import PrincipalDep, SessionDep
+from app.api.deps import PrincipalDep, SessionDep, SettingsDep
 from app.domain.errors import InvalidRequest
 from app.domain.pricing import format_usd
 from app.schemas.billing import (
@@ -41,10 +41,13 @@ MAX_USAGE_DAYS = 366
 
 
 @router.get("/v1/billing/balance", response_model=BalancePublic, responses=error_responses(401))
-def get_balance(principal: PrincipalDep, session: SessionDep) -> BalancePublic:
+def get_balance(
+    principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> BalancePublic:
     """Credit available for new jobs and credit held for queued/running ones."""
     current = billing.balance(session, account_id=principal.account_id)
-    quota = quotas.snapshot(session, account_id=principal.account_id)
+    quota = quotas.snapshot(session, account_id=principal.account_id,
+                            runs_per_day=settings.free_runs_per_day)
     return BalancePublic(
         account_id=current.account_id, plan=current.plan,
         available=format_usd(current.available_micros), available_micros=current.available_micros,

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
-from app.api.deps import PrincipalDep, ReadSessionDep, SessionDep, SettingsDep, StoreDep
-from app.api.downloads import artifact_response
+from app.api.artifact_routes import add_artifact_routes
+from app.api.deps import PrincipalDep, ReadSessionDep, SessionDep, SettingsDep
 from app.api.idempotent import IdempotencyKey, respond_idempotently
 from app.api.presenters import run_public
 from app.schemas.common import AfterParam, error_responses
@@ -19,8 +19,7 @@ from app.schemas.continual import (
     ContinualRunPublic,
     DomainsAppend,
 )
-from app.schemas.jobs import ArtifactList, ArtifactPublic
-from app.services import artifacts, continual_runs, files
+from app.services import continual_runs, files
 from app.services.quotas import quota_headers
 
 router = APIRouter(prefix="/v1/continual/runs", tags=["continual"])
@@ -37,7 +36,7 @@ async def create_run(
     def create(session: Session) -> tuple[ContinualRunPublic, dict[str, str]]:
         spec = files.with_file_ids(session, account_id=principal.account_id, spec=body)
         view, admitted = continual_runs.create_run(session, account_id=principal.account_id,
-                                                   spec=spec)
+                                                   spec=spec, settings=request.app.state.settings)
         return run_public(view), quota_headers(admitted.quota if admitted else None)
 
     return await respond_idempotently(
@@ -59,7 +58,8 @@ async def append_domains(
     def create(session: Session) -> tuple[ContinualRunPublic, dict[str, str]]:
         spec = files.with_file_ids(session, account_id=principal.account_id, spec=body)
         view, admitted = continual_runs.append_domains(
-            session, account_id=principal.account_id, run_id=run_id, domains=spec.domains)
+            session, account_id=principal.account_id, run_id=run_id, domains=spec.domains,
+            settings=request.app.state.settings)
         return run_public(view), quota_headers(admitted.quota if admitted else None)
 
     return await respond_idempotently(
@@ -91,39 +91,18 @@ def retrieve_run(
 
 @router.post("/{run_id}/cancel", response_model=ContinualRunPublic,
              responses=error_responses(401, 404, 409))
-def cancel_run(run_id: str, principal: PrincipalDep, session: SessionDep) -> ContinualRunPublic:
+def cancel_run(
+    run_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> ContinualRunPublic:
     """Cancel every unfinished stage of a run."""
     return run_public(continual_runs.cancel_run(session, account_id=principal.account_id,
-                                                run_id=run_id))
+                                                run_id=run_id, settings=settings))
 
 
-@router.get("/{run_id}/artifacts", response_model=ArtifactList,
-            responses=error_responses(401, 404))
-def list_artifacts(
-    run_id: str, principal: PrincipalDep, session: ReadSessionDep, settings: SettingsDep,
-    store: StoreDep,
-) -> ArtifactList:
-    """The run's published files (adapters, drift report), each with a download URL."""
-    view = continual_runs.load_run(session, account_id=principal.account_id, run_id=run_id)
-    rows = artifacts.list_artifacts(session, account_id=principal.account_id,
-                                    owner_id=view.run.id)
-    links = artifacts.links(store, rows, api_path=f"/v1/continual/runs/{view.run.id}/artifacts",
-                            ttl_s=settings.presign_ttl_s)
-    return ArtifactList(data=[ArtifactPublic(**vars(link)) for link in links])
-
-
-@router.get(
-    "/{run_id}/artifacts/{name:path}", response_class=StreamingResponse, response_model=None,
-    responses={200: {"content": {"application/octet-stream": {}}},
-               307: {"description": "Redirect to a presigned download URL (S3)"},
-               **error_responses(401, 404)},
+add_artifact_routes(
+    router, id_param="run_id",
+    owner=lambda session, account_id, run_id: continual_runs.load_run(
+        session, account_id=account_id, run_id=run_id).run.id,
+    list_doc="The run's published files (adapters, drift report), each with a download URL.",
+    download_doc="Download one of the run's files (a redirect to S3, or streamed).",
 )
-def download_artifact(
-    run_id: str, name: str, principal: PrincipalDep, session: ReadSessionDep,
-    settings: SettingsDep, store: StoreDep,
-) -> StreamingResponse | RedirectResponse:
-    """Download one of the run's files (a redirect to S3, or streamed)."""
-    view = continual_runs.load_run(session, account_id=principal.account_id, run_id=run_id)
-    row = artifacts.get_artifact(session, account_id=principal.account_id,
-                                 owner_id=view.run.id, name=name)
-    return artifact_response(store, row, ttl_s=settings.presign_ttl_s)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import PrincipalDep, SessionDep
+from app.api.deps import PrincipalDep, SessionDep, SettingsDep
 from app.api.routes.billing import free_runs_public
 from app.domain.pricing import format_usd, usd_to_micros
 from app.schemas.billing import ContinualEstimatePublic, JobEstimatePublic, StageEstimatePublic
 from app.schemas.common import error_responses
 from app.schemas.continual import ContinualRunCreate
 from app.schemas.jobs import JobCreate
-from app.services import admission, files, jobs
+from app.services import admission, files, job_creation
 
 router = APIRouter()
 
@@ -23,11 +23,11 @@ router = APIRouter()
 @router.post("/v1/fine_tuning/jobs/estimate", response_model=JobEstimatePublic,
              tags=["fine-tuning"], responses=error_responses(400, 401, 404, 422))
 def estimate_job(
-    spec: JobCreate, principal: PrincipalDep, session: SessionDep
+    spec: JobCreate, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
 ) -> JobEstimatePublic:
     """Trained tokens, price, expected duration and whether this job would be accepted."""
     spec = files.with_file_ids(session, account_id=principal.account_id, spec=spec)
-    draft = jobs.draft_job(
+    draft = job_creation.draft_job(
         session, account_id=principal.account_id, model=spec.model,
         training_file=spec.training_file, validation_file=spec.validation_file,
         hyperparameters=spec.hyperparameters.model_dump() if spec.hyperparameters else None,
@@ -35,8 +35,9 @@ def estimate_job(
     )
     result = admission.estimate(
         session, account_id=principal.account_id, model=spec.model,
-        stages=[(None, draft.hyperparameters["n_epochs"], draft.estimated_tokens)],
+        stages=[(None, draft.job_settings.hyperparameters.n_epochs, draft.estimated_tokens)],
         max_cost_micros=usd_to_micros(spec.max_cost) if spec.max_cost is not None else None,
+        settings=settings,
     )
     stage = result.stages[0]
     return JobEstimatePublic(
@@ -48,7 +49,7 @@ def estimate_job(
              tags=["continual"],
              responses=error_responses(400, 401, 404, 422))
 def estimate_continual_run(
-    spec: ContinualRunCreate, principal: PrincipalDep, session: SessionDep
+    spec: ContinualRunCreate, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
 ) -> ContinualEstimatePublic:
     """Per stage and in total: trained tokens, price and duration; a stage is a free-tier run."""
     spec = files.with_file_ids(session, account_id=principal.account_id, spec=spec)
@@ -56,15 +57,16 @@ def estimate_continual_run(
     adapter = spec.adapter.model_dump() if spec.adapter else None
     stages = []
     for index, domain in enumerate(spec.domains):
-        draft = jobs.draft_job(
+        draft = job_creation.draft_job(
             session, account_id=principal.account_id, model=spec.model,
             training_file=domain.training_file, validation_file=domain.validation_file,
             hyperparameters=hyperparameters, adapter=adapter, seed=spec.seed,
             param_prefix=f"domains[{index}].",
         )
-        stages.append((domain.name, draft.hyperparameters["n_epochs"], draft.estimated_tokens))
+        stages.append((domain.name, draft.job_settings.hyperparameters.n_epochs,
+                       draft.estimated_tokens))
     result = admission.estimate(session, account_id=principal.account_id, model=spec.model,
-                                stages=stages)
+                                stages=stages, settings=settings)
     return ContinualEstimatePublic(
         runs_needed=len(stages),
         stages=[StageEstimatePublic(**vars(s)) for s in result.stages],

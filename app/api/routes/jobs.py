@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 from starlette.types import Scope
@@ -16,25 +16,22 @@ from app.api.deps import (
     ReadSessionDep,
     SessionDep,
     SettingsDep,
-    StoreDep,
     open_read_session,
 )
+from app.api.artifact_routes import add_artifact_routes
 from app.api.direct_routes import DirectRoute, cursor, page_limit
-from app.api.downloads import artifact_response
 from app.api.idempotent import IdempotencyKey, respond_idempotently
 from app.api.presenters import checkpoint_public, event_public, job_public, json_response
 from app.db.reader import Reader
 from app.schemas.common import AfterParam, error_responses
 from app.schemas.jobs import (
-    ArtifactList,
-    ArtifactPublic,
     CheckpointList,
     EventList,
     JobCreate,
     JobList,
     JobPublic,
 )
-from app.services import artifacts, checkpoints, event_stream, files, job_reads, jobs
+from app.services import checkpoints, event_stream, files, job_creation, job_reads, jobs
 from app.services.quotas import quota_headers
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -55,7 +52,8 @@ async def create_job(
 
     def create(session: Session) -> tuple[JobPublic, dict[str, str]]:
         spec = files.with_file_ids(session, account_id=principal.account_id, spec=body)
-        job, admitted = jobs.create_job(session, account_id=principal.account_id, spec=spec)
+        job, admitted = job_creation.create_job(session, account_id=principal.account_id,
+                                                spec=spec, settings=state.settings)
         public = job_public(job, throughput=state.settings.throughput_tokens_per_s)
         return public, quota_headers(admitted.quota)
 
@@ -123,7 +121,8 @@ def cancel_job(
     job_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
 ) -> JobPublic:
     """Cancel a job: a queued job at once, a running one within a heartbeat."""
-    job = jobs.cancel_job(session, account_id=principal.account_id, job_id=job_id)
+    job = jobs.cancel_job(session, account_id=principal.account_id, job_id=job_id,
+                          settings=settings)
     return job_public(job, throughput=settings.throughput_tokens_per_s)
 
 
@@ -174,33 +173,10 @@ def list_checkpoints(
                           last_id=data[-1].id if data else None)
 
 
-@router.get("/{job_id}/artifacts", response_model=ArtifactList,
-            responses=error_responses(401, 404))
-def list_artifacts(
-    job_id: str, principal: PrincipalDep, session: ReadSessionDep, settings: SettingsDep,
-    store: StoreDep,
-) -> ArtifactList:
-    """The trained adapter's files, each with a download URL."""
-    job = jobs.get_job(session, account_id=principal.account_id, job_id=job_id)
-    rows = artifacts.list_artifacts(session, account_id=principal.account_id, owner_id=job.id)
-    links = artifacts.links(store, rows, api_path=f"/v1/fine_tuning/jobs/{job.id}/artifacts",
-                            ttl_s=settings.presign_ttl_s)
-    return ArtifactList(data=[ArtifactPublic(**vars(link)) for link in links])
-
-
-@router.get(
-    "/{job_id}/artifacts/{name:path}", response_class=StreamingResponse, response_model=None,
-    responses={200: {"content": {"application/octet-stream": {}}},
-               307: {"description": "Redirect to a presigned download URL (S3)"},
-               **error_responses(401, 404)},
+add_artifact_routes(
+    router, id_param="job_id",
+    owner=lambda session, account_id, job_id: jobs.get_job(
+        session, account_id=account_id, job_id=job_id).id,
+    list_doc="The trained adapter's files, each with a download URL.",
+    download_doc="Download one adapter file (a redirect to S3, or streamed).",
 )
-def download_artifact(
-    job_id: str, name: str, principal: PrincipalDep, session: ReadSessionDep,
-    settings: SettingsDep, store: StoreDep,
-) -> StreamingResponse | RedirectResponse:
-    """Download one adapter file (a redirect to S3, or streamed)."""
-    job = jobs.get_job(session, account_id=principal.account_id, job_id=job_id)
-    row = artifacts.get_artifact(session, account_id=principal.account_id, owner_id=job.id,
-                                 name=name)
-    return artifact_response(store, row, ttl_s=settings.presign_ttl_s)
-

@@ -46,8 +46,9 @@ class Job(Base):
     model: Mapped[str] = mapped_column(String(100))
     training_file_id: Mapped[str] = mapped_column(ForeignKey("files.id"))
     validation_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"), nullable=True)
-    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
-    adapter: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # The job's settings (app/domain/job_settings.py): versioned JSON, read with
+    # `load_job_settings`.
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONType)
     suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
     seed: Mapped[int] = mapped_column(Integer, default=0)
     # `metadata` is reserved by SQLAlchemy's declarative base; the attribute is `user_metadata`.

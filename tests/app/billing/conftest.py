@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Account
 from app.db.session import get_sessionmaker
-from app.services import accounts, billing
+from tests.factories import committed_account
 
 
 @pytest.fixture
@@ -27,21 +27,10 @@ def pg_session(pg_factory: sessionmaker[Session]) -> Iterator[Session]:
         session.close()
 
 
-def create_account(factory: Callable[[], Session], *, plan: str, credit_micros: int = 0) -> str:
-    """A committed account (with credit added through the ledger); returns its id."""
-    with factory() as session:
-        account, _ = accounts.create_account(session, name=f"{plan} test", plan=plan)
-        if credit_micros:
-            billing.add_credit(session, account_id=account.id, amount_micros=credit_micros,
-                               memo="test credit")
-        session.commit()
-        return account.id
-
-
 @pytest.fixture
 def make_account(pg_factory: sessionmaker[Session]) -> Callable[..., str]:
     def make(plan: str = "pro", credit_micros: int = 0) -> str:
-        return create_account(pg_factory, plan=plan, credit_micros=credit_micros)
+        return committed_account(pg_factory, plan=plan, credit_micros=credit_micros)
 
     return make
 

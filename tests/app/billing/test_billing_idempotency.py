@@ -15,6 +15,7 @@ from app.db.session import get_sessionmaker
 from app.domain.errors import Conflict, InvalidRequest, NotFound, Unprocessable
 from app.services import accounts
 from app.services.idempotency import StoredResponse, fingerprint, purge_expired, run_idempotent
+from tests.factories import TTL_S
 
 
 def job_creator(make_job, account_id: str, calls: list[str]):
@@ -37,7 +38,7 @@ def check_semantics(factory, account_id: str, make_job) -> None:
     fp = fingerprint(method="POST", path="/v1/fine_tuning/jobs", body={"model": "m", "n": 1})
     run = lambda key, fp=fp, handler=None: run_idempotent(  # noqa: E731
         session_factory=factory, account_id=account_id, key=key, fingerprint=fp,
-        handler=handler or job_creator(make_job, account_id, calls))
+        handler=handler or job_creator(make_job, account_id, calls), ttl_s=TTL_S)
     first = run("key-1")
     assert first.status_code == 201 and not first.replayed
     assert first.headers["location"] == f"/v1/fine_tuning/jobs/{calls[0]}"
@@ -60,10 +61,11 @@ def check_semantics(factory, account_id: str, make_job) -> None:
     assert second.status_code == 201 and not second.replayed and len(calls) == 2
     # Keys are scoped per account (make a second account and reuse key-1).
     with factory() as session:
-        stranger, _ = accounts.create_account(session, name="b", plan="free")
+        stranger, _ = accounts.create_account(session, name="b", plan="free", pepper="")
         session.commit()
     theirs = run_idempotent(session_factory=factory, account_id=stranger.id, key="key-1",
-                            fingerprint=fp, handler=job_creator(make_job, stranger.id, calls))
+                            fingerprint=fp, handler=job_creator(make_job, stranger.id, calls),
+                            ttl_s=TTL_S)
     assert not theirs.replayed and theirs.body["id"] != first.body["id"]
     with pytest.raises(InvalidRequest):
         run("x" * 256)
@@ -83,7 +85,7 @@ def test_semantics_postgres(pg_factory, make_account, make_job) -> None:
 def test_semantics_sqlite(sqlite_url, make_job) -> None:
     factory = get_sessionmaker(sqlite_url)
     with factory() as session:
-        account, _ = accounts.create_account(session, name="dev", plan="pro")
+        account, _ = accounts.create_account(session, name="dev", plan="pro", pepper="")
         session.commit()
     check_semantics(factory, account.id, make_job)
 
@@ -94,13 +96,13 @@ def test_expired_key_runs_again(pg_factory, make_account, make_job) -> None:
     handler = job_creator(make_job, account_id, calls)
     old = utcnow() - timedelta(days=3)
     run_idempotent(session_factory=pg_factory, account_id=account_id, key="k", fingerprint="a",
-                   handler=handler, now=old)
+                   handler=handler, now=old, ttl_s=TTL_S)
     fresh = run_idempotent(session_factory=pg_factory, account_id=account_id, key="k",
-                           fingerprint="b", handler=handler)
+                           fingerprint="b", handler=handler, ttl_s=TTL_S)
     assert not fresh.replayed and len(calls) == 2
     with pg_factory() as session:
         run_idempotent(session_factory=pg_factory, account_id=account_id, key="gone",
-                       fingerprint="a", handler=handler, now=old)
+                       fingerprint="a", handler=handler, now=old, ttl_s=TTL_S)
         assert purge_expired(session) >= 1
         session.commit()
         assert session.get(IdempotencyRecord, (account_id, "gone")) is None
@@ -121,15 +123,15 @@ def test_in_flight_duplicate_gets_409(pg_factory, make_account, make_job) -> Non
     results: dict[str, StoredResponse] = {}
     worker = threading.Thread(target=lambda: results.update(first=run_idempotent(
         session_factory=pg_factory, account_id=account_id, key="same", fingerprint="f",
-        handler=slow)))
+        handler=slow, ttl_s=TTL_S)))
     worker.start()
     assert inside.wait(10)
     with pytest.raises(Conflict) as info:
         run_idempotent(session_factory=pg_factory, account_id=account_id, key="same",
-                       fingerprint="f", handler=create)
+                       fingerprint="f", handler=create, ttl_s=TTL_S)
     assert info.value.code == "idempotency_key_in_use" and info.value.headers["Retry-After"] == "1"
     release.set()
     worker.join(10)
     replay = run_idempotent(session_factory=pg_factory, account_id=account_id, key="same",
-                            fingerprint="f", handler=create)
+                            fingerprint="f", handler=create, ttl_s=TTL_S)
     assert replay.replayed and replay.body == results["first"].body and len(calls) == 1

@@ -14,7 +14,8 @@ from app.domain.pricing import price_micros
 from app.domain.job_state import JobStatus
 from app.services import billing
 from app.services.job_status import transition_job
-from tests.billing_support import admit
+from tests.billing_support import admit, free_runs
+from tests.factories import PRICES
 
 MODEL = "mistral-7b-v0.3"  # 500_000 micros per 1M tokens
 
@@ -41,7 +42,7 @@ def finish(session: Session, job_id: str, status: JobStatus, trained: int,
     assert transition_job(session, job_id=job_id, to=JobStatus.RUNNING, expected=[JobStatus.QUEUED])
     assert transition_job(session, job_id=job_id, to=status, expected=[JobStatus.RUNNING],
                           values={"trained_tokens": trained, "error": error})
-    billing.settle_job(session, job_id=job_id)
+    billing.settle_job(session, job_id=job_id, prices=PRICES)
 
 
 def test_add_credit_is_double_entry(pg_session: Session, make_account) -> None:
@@ -70,12 +71,12 @@ def test_success_captures_trained_tokens_and_releases_rest(pg_session, make_acco
 
     finish(pg_session, job.id, JobStatus.SUCCEEDED, trained=3_000_001)
     acct = pg_session.get(Account, account_id, populate_existing=True)
-    cost = price_micros(MODEL, 3_000_001)
+    cost = price_micros(MODEL, 3_000_001, prices=PRICES)
     assert cost == 1_500_001
     assert (acct.credit_available_micros, acct.credit_held_micros) == (10_000_000 - cost, 0)
     assert pg_session.get(Job, job.id, populate_existing=True).cost_micros == cost
     for _ in range(3):  # replays are no-ops
-        billing.settle_job(pg_session, job_id=job.id)
+        billing.settle_job(pg_session, job_id=job.id, prices=PRICES)
     assert postings(pg_session, job.id) == {"hold": 1, "capture": 1, "release": 1}
     assert pg_session.get(Account, account_id, populate_existing=True).credit_available_micros == 10_000_000 - cost
     assert billing.reconcile(pg_session, account_id).ok
@@ -134,7 +135,7 @@ def test_settle_refuses_a_live_job(pg_session, make_account, make_job):
     account_id = make_account("pro", credit_micros=10_000_000)
     job = new_pro_job(pg_session, make_job, account_id, tokens=1000)
     with pytest.raises(ValueError):
-        billing.settle_job(pg_session, job_id=job.id)
+        billing.settle_job(pg_session, job_id=job.id, prices=PRICES)
 
 
 def test_free_job_moves_no_money(pg_session, make_account, make_job):
@@ -156,13 +157,13 @@ def test_full_lifecycle_on_sqlite(sqlite_url, make_job) -> None:
     from app.services import accounts
 
     with get_sessionmaker(sqlite_url)() as session:
-        account, _ = accounts.create_account(session, name="dev", plan="pro")
+        account, _ = accounts.create_account(session, name="dev", plan="pro", pepper="")
         billing.add_credit(session, account_id=account.id, amount_micros=3_000_000, memo="dev")
         job = new_pro_job(session, make_job, account.id, tokens=4_000_000)
         with pytest.raises(InsufficientCredit), session.begin_nested():
             new_pro_job(session, make_job, account.id, tokens=4_000_002)
         finish(session, job.id, JobStatus.CANCELLED, trained=1_000_000)
-        billing.settle_job(session, job_id=job.id)
+        billing.settle_job(session, job_id=job.id, prices=PRICES)
         session.commit()
         assert postings(session, job.id) == {"hold": 1, "capture": 1, "release": 1}
         row = session.get(Account, account.id, populate_existing=True)
@@ -190,7 +191,7 @@ def test_free_run_given_back_only_when_nothing_was_used(
     job = make_job(pg_session, account_id=account_id, model="tinyllama-1.1b-chat", queue="small")
     admit(pg_session, account_id=account_id, model="tinyllama-1.1b-chat",
           estimated_tokens=1000, source_id=job.id)
-    assert quotas.snapshot(pg_session, account_id=account_id).remaining == 2
+    assert free_runs(pg_session, account_id=account_id).remaining == 2
     if started:
         assert transition_job(pg_session, job_id=job.id, to=JobStatus.RUNNING,
                               expected=[JobStatus.QUEUED], values={"started_at": utcnow()})
@@ -198,7 +199,7 @@ def test_free_run_given_back_only_when_nothing_was_used(
                           expected=[JobStatus.RUNNING if started else JobStatus.QUEUED],
                           values={"error": error})
     for _ in range(3):  # replayed settlements give the run back at most once
-        billing.settle_job(pg_session, job_id=job.id)
-    remaining = quotas.snapshot(pg_session, account_id=account_id).remaining
+        billing.settle_job(pg_session, job_id=job.id, prices=PRICES)
+    remaining = free_runs(pg_session, account_id=account_id).remaining
     assert remaining == (3 if refunded else 2)
     assert postings(pg_session, job.id).get("run_refund", 0) == (1 if refunded else 0)

@@ -7,8 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.domain.errors import InvalidRequest
-from app.domain.hyperparameters import auto_epochs, resolve_epochs, trained_tokens
+from app.domain.hyperparameters import auto_batch_size, auto_epochs, trained_tokens
+from app.domain.job_settings import resolve_job_settings
 from app.domain.pricing import format_usd, price_micros, tokens_for_budget, usd_to_micros
+from app.settings import Settings
 
 PRICES = {"a": 200_000, "b": 333_333, "free": 0}
 
@@ -21,10 +23,11 @@ def test_price_rounds_up_to_a_micro_dollar() -> None:
     assert price_micros("a", 0, prices=PRICES) == 0
 
 
-def test_settings_table_is_the_default() -> None:
-    assert price_micros("tinyllama-1.1b-chat", 3_000_000) == 600_000
+def test_the_settings_price_list() -> None:
+    prices = Settings().prices_micros_per_mtok
+    assert price_micros("tinyllama-1.1b-chat", 3_000_000, prices=prices) == 600_000
     with pytest.raises(InvalidRequest) as info:
-        price_micros("no-such-model", 10)
+        price_micros("no-such-model", 10, prices=prices)
     assert info.value.code == "model_not_found"
 
 
@@ -70,9 +73,13 @@ def test_auto_epochs() -> None:
     assert auto_epochs(10) == 10  # tiny files get more passes
     assert auto_epochs(1) == 25  # ...up to the cap
     assert auto_epochs(20_000) == 1  # huge files fewer
-    assert resolve_epochs("auto", example_count=10) == 10
-    assert resolve_epochs(None, example_count=1000) == 3
-    assert resolve_epochs(7, example_count=10) == 7
-    with pytest.raises(ValueError):
-        resolve_epochs(0, example_count=10)
+    assert auto_batch_size(100) == 1 and auto_batch_size(5000) == 10
+    assert auto_batch_size(10**6) == 32
+
+    def epochs(requested: object, examples: int) -> int:
+        settings = resolve_job_settings(hyperparameters={"n_epochs": requested}, adapter=None,
+                                        example_count=examples)
+        return settings.hyperparameters.n_epochs
+
+    assert epochs("auto", 10) == 10 and epochs(None, 1000) == 3 and epochs(7, 10) == 7
     assert trained_tokens(file_tokens=1234, n_epochs=3) == 3702

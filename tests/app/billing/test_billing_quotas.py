@@ -11,7 +11,8 @@ from app.db.models import Account
 from app.db.session import get_sessionmaker
 from app.domain.errors import InvalidRequest, QuotaExceeded
 from app.services import accounts, admission, quotas
-from tests.billing_support import admit
+from tests.billing_support import admit, free_runs
+from tests.factories import TEST_SETTINGS
 
 NOON = datetime(2031, 5, 6, 12, 0, tzinfo=UTC)
 
@@ -36,7 +37,7 @@ def check_daily_quota(session: Session, make_job, account_id: str) -> None:
     assert error.headers["x-quota-runs-reset"] == str(int((NOON + timedelta(hours=12)).timestamp()))
     # The next UTC day starts over.
     tomorrow = NOON + timedelta(days=1)
-    assert quotas.snapshot(session, account_id=account_id, now=tomorrow).remaining == 3
+    assert free_runs(session, account_id=account_id, now=tomorrow).remaining == 3
     assert admit_free(session, make_job, account_id, tomorrow).quota.remaining == 2
     assert session.get(Account, account_id, populate_existing=True).runs_used == 1
 
@@ -47,7 +48,7 @@ def test_three_runs_per_utc_day_postgres(pg_session, make_account, make_job) -> 
 
 def test_three_runs_per_utc_day_sqlite(sqlite_url, make_job) -> None:
     with get_sessionmaker(sqlite_url)() as session:
-        account, _ = accounts.create_account(session, name="dev", plan="free")
+        account, _ = accounts.create_account(session, name="dev", plan="free", pepper="")
         check_daily_quota(session, make_job, account.id)
 
 
@@ -57,7 +58,7 @@ def test_rollback_gives_the_run_back(pg_factory, make_account, make_job) -> None
         admit_free(session, make_job, account_id, NOON)
         session.rollback()
     with pg_factory() as session:
-        assert quotas.snapshot(session, account_id=account_id, now=NOON).remaining == 3
+        assert free_runs(session, account_id=account_id, now=NOON).remaining == 3
 
 
 def test_plan_rules(pg_session, make_account, make_job) -> None:
@@ -68,36 +69,37 @@ def test_plan_rules(pg_session, make_account, make_job) -> None:
     with pytest.raises(InvalidRequest) as info:
         admit_free(pg_session, make_job, free, NOON, model="gpt-17")
     assert info.value.code == "model_not_found"
-    assert quotas.snapshot(pg_session, account_id=free, now=NOON).remaining == 3
+    assert free_runs(pg_session, account_id=free, now=NOON).remaining == 3
     pro = make_account("pro")
-    assert quotas.snapshot(pg_session, account_id=pro) is None
+    assert free_runs(pg_session, account_id=pro) is None
     assert quotas.running_limit("free") == quotas.FREE_RUNNING_LIMIT == 1
     assert quotas.running_limit("pro") is None
     with pytest.raises(InvalidRequest) as info:
         admission.quote(plan="pro", model="mistral-7b-v0.3", estimated_tokens=10,
-                        max_cost_micros=0)
+                        max_cost_micros=0, settings=TEST_SETTINGS)
     assert info.value.code == "max_cost_too_low"
 
 
 def test_preview_reserves_nothing(pg_session, make_account) -> None:
     free = make_account("free")
     ok = admission.preview(pg_session, account_id=free, model="tinyllama-1.1b-chat",
-                           estimated_tokens=[1000, 1000, 1000], now=NOON)
+                           estimated_tokens=[1000, 1000, 1000], now=NOON, settings=TEST_SETTINGS)
     assert ok.allowed and ok.quota.remaining == 3
     too_many = admission.preview(pg_session, account_id=free, model="tinyllama-1.1b-chat",
-                                 estimated_tokens=[1000] * 4, now=NOON)
+                                 estimated_tokens=[1000] * 4, now=NOON, settings=TEST_SETTINGS)
     assert not too_many.allowed and too_many.reason == "quota_exceeded"
     wrong_model = admission.preview(pg_session, account_id=free, model="gemma-2-2b-it",
-                                    estimated_tokens=[1000])
+                                    estimated_tokens=[1000], settings=TEST_SETTINGS)
     assert not wrong_model.allowed and wrong_model.reason == "model_not_available_on_plan"
     pro = make_account("pro", credit_micros=1_000_000)
     fits = admission.preview(pg_session, account_id=pro, model="mistral-7b-v0.3",
-                             estimated_tokens=[2_000_000])
+                             estimated_tokens=[2_000_000], settings=TEST_SETTINGS)
     assert fits.allowed and fits.terms.hold_micros == 1_000_000
     short = admission.preview(pg_session, account_id=pro, model="mistral-7b-v0.3",
-                              estimated_tokens=[2_000_001])
+                              estimated_tokens=[2_000_001], settings=TEST_SETTINGS)
     assert not short.allowed and short.reason == "insufficient_credit"
     capped = admission.preview(pg_session, account_id=pro, model="mistral-7b-v0.3",
-                               estimated_tokens=[9_000_000], max_cost_micros=500_000)
+                               estimated_tokens=[9_000_000], max_cost_micros=500_000,
+                               settings=TEST_SETTINGS)
     assert capped.allowed and capped.terms.token_budget == 1_000_000
     assert pg_session.get(Account, pro, populate_existing=True).credit_held_micros == 0

@@ -6,6 +6,7 @@ from datetime import UTC, date, datetime
 
 from app.domain.pricing import expected_duration_s
 from app.services import admission, billing
+from tests.factories import TEST_SETTINGS, THROUGHPUT
 
 
 def test_usage_per_utc_day_and_model(pg_session, make_account, make_job) -> None:
@@ -37,23 +38,26 @@ def test_usage_per_utc_day_and_model(pg_session, make_account, make_job) -> None
 def test_estimate_caps_trained_tokens_by_the_budget(pg_session, make_account) -> None:
     free = make_account("free")
     est = admission.estimate(pg_session, account_id=free, model="tinyllama-1.1b-chat",
-                             stages=[("a", 3, 1_500_000), ("b", 3, 2_500_000)])
+                             stages=[("a", 3, 1_500_000), ("b", 3, 2_500_000)],
+                             settings=TEST_SETTINGS)
     assert est.preview.allowed and est.price_micros == 0
     assert [s.trained_tokens for s in est.stages] == [1_500_000, 2_000_000]
     assert est.list_price_micros == 800_000  # $0.20 per 1M on 4M tokens
-    assert est.expected_duration_s == (expected_duration_s("tinyllama-1.1b-chat", 1_500_000)
-                                       + expected_duration_s("tinyllama-1.1b-chat", 2_000_000))
+    assert est.expected_duration_s == (
+        expected_duration_s("tinyllama-1.1b-chat", 1_500_000, throughput=THROUGHPUT)
+        + expected_duration_s("tinyllama-1.1b-chat", 2_000_000, throughput=THROUGHPUT))
     four = admission.estimate(pg_session, account_id=free, model="tinyllama-1.1b-chat",
-                              stages=[(str(i), 3, 10) for i in range(4)])
+                              stages=[(str(i), 3, 10) for i in range(4)], settings=TEST_SETTINGS)
     assert not four.preview.allowed and four.preview.reason == "quota_exceeded"
 
     pro = make_account("pro", credit_micros=600_000)
     capped = admission.estimate(pg_session, account_id=pro, model="mistral-7b-v0.3",
-                                stages=[(None, 3, 4_000_000)], max_cost_micros=500_000)
+                                stages=[(None, 3, 4_000_000)], max_cost_micros=500_000,
+                                settings=TEST_SETTINGS)
     assert capped.preview.allowed and capped.price_micros == 500_000
     assert capped.stages[0].trained_tokens == capped.stages[0].token_budget == 1_000_000
     full = admission.estimate(pg_session, account_id=pro, model="mistral-7b-v0.3",
-                              stages=[(None, 3, 4_000_000)])
+                              stages=[(None, 3, 4_000_000)], settings=TEST_SETTINGS)
     assert not full.preview.allowed and full.preview.reason == "insufficient_credit"
     assert full.price_micros == 2_000_000
     assert billing.balance(pg_session, account_id=pro).held_micros == 0

@@ -17,6 +17,7 @@ from app.domain.job_state import JobStatus
 from app.services import accounts, billing
 from app.services.job_status import transition_job
 from app.settings import Settings
+from tests.factories import PRICES
 
 CHAT = {"messages": [{"role": "user", "content": "What is the capital of France?"},
                      {"role": "assistant", "content": "Paris is the capital of France."}]}
@@ -34,7 +35,7 @@ def client(pg_url: str, tmp_path: Path) -> Iterator[TestClient]:
 
 def new_account(pg_url: str, plan: str, credit_micros: int = 0) -> tuple[str, dict[str, str]]:
     with get_sessionmaker(pg_url)() as session:
-        account, key = accounts.create_account(session, name="routes", plan=plan)
+        account, key = accounts.create_account(session, name="routes", plan=plan, pepper="")
         if credit_micros:
             billing.add_credit(session, account_id=account.id, amount_micros=credit_micros)
         session.commit()
@@ -107,7 +108,7 @@ def test_pro_hold_capture_ledger_and_usage(client: TestClient, pg_url: str) -> N
         transition_job(session, job_id=job_id, to=JobStatus.RUNNING, expected=[JobStatus.QUEUED])
         transition_job(session, job_id=job_id, to=JobStatus.SUCCEEDED,
                        expected=[JobStatus.RUNNING], values={"trained_tokens": 1000})
-        billing.settle_job(session, job_id=job_id)
+        billing.settle_job(session, job_id=job_id, prices=PRICES)
         session.commit()
     balance = client.get("/v1/billing/balance", headers=headers).json()
     assert balance == {**balance, "available_micros": 999_500, "held_micros": 0,

@@ -1,6 +1,6 @@
 """Publishing an adapter bundle: upload every file, read each back (size + sha256), and only
-then insert the Artifact rows, in the transaction that moves the job to `succeeded` (R25: a
-job is never `succeeded` before its files are verifiably stored)."""
+then insert the Artifact rows, in the transaction that moves the job to `succeeded` (a job is
+never `succeeded` before its files are verifiably stored: docs/reliability.md)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ from pathlib import Path
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.db.base import db_now
 from app.db.models import Artifact
-from app.services.leases import db_now
 from app.storage import keys
 from app.storage.base import ObjectStore, verify_object
-from worker.errors import ArtifactVerificationError
+
+
+class ArtifactVerificationError(Exception):
+    """An uploaded artifact did not read back with the size and sha256 it was written with."""
 
 
 @dataclass(frozen=True)

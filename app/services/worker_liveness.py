@@ -4,28 +4,22 @@ a worker that silently stops consuming after a Redis restart still looks alive).
 `worker_heartbeats.last_seen_at` moves only when the worker consumes something: a job it
 runs (the lease heartbeat refreshes it) or a ping. The reaper pings every idle worker through
 that worker's own queue (`worker_direct`), so an idle worker whose `last_seen_at` falls more
-than a couple of ping intervals behind is not consuming and should be restarted."""
+than a couple of ping intervals behind is not consuming and should be restarted. The pings
+themselves are sent by the reaper (worker/reaper.py); this module keeps the rows."""
 
 from __future__ import annotations
 
-import logging
-import time
 from datetime import timedelta
 
-from celery import Celery
-from celery.utils.nodenames import worker_direct
 from sqlalchemy import create_engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from app.db.base import db_now
 from app.db.models import WorkerHeartbeat
 from app.db.session import normalize_url, session_scope
-from app.services.leases import db_now
 from app.settings import Settings
-from worker.celery_app import PING
-
-log = logging.getLogger(__name__)
 
 # Stop pinging workers silent for this long: they are gone, and their direct queues would only
 # fill up with pings nobody reads.
@@ -69,35 +63,18 @@ def record_consumed(*, settings: Settings, worker_name: str) -> None:
         touch(session, worker_name=worker_name, current_job_id=None, clear_job=True)
 
 
-# worker name -> monotonic time this process last pinged it. At most one ping per interval
-# per worker: pings must not pile up behind a slow worker (each one takes the pool slot).
-_last_ping: dict[str, float] = {}
-
-
-def ping_idle_workers(session: Session, *, celery: Celery, settings: Settings) -> int:
-    """Ping each idle worker not seen for a ping interval (and seen this hour) through its
-    own queue, unless this process pinged it less than an interval ago."""
-    now = db_now(session)
-    rows = session.scalars(
-        select(WorkerHeartbeat.worker_id).where(
-            WorkerHeartbeat.current_job_id.is_(None),
-            WorkerHeartbeat.last_seen_at < now - timedelta(seconds=settings.worker_ping_interval_s),
-            WorkerHeartbeat.last_seen_at > now - timedelta(seconds=FORGET_AFTER_S),
-        )
-    ).all()
-    sent = 0
-    for name in rows:
-        if time.monotonic() - _last_ping.get(name, float("-inf")) < settings.worker_ping_interval_s:
-            continue
-        try:
-            celery.send_task(PING, queue=worker_direct(name),
-                             expires=settings.worker_ping_interval_s)
-            _last_ping[name] = time.monotonic()
-            sent += 1
-        except Exception:  # noqa: BLE001 - the broker being down must not stop the reaper
-            log.warning("could not ping worker %s", name, exc_info=True)
-            break
-    return sent
+def idle_workers(*, settings: Settings) -> list[str]:
+    """Idle workers not seen for a ping interval (and seen this hour): the ones to ping."""
+    with session_scope(settings.resolved_database_url) as session:
+        now = db_now(session)
+        return list(session.scalars(
+            select(WorkerHeartbeat.worker_id).where(
+                WorkerHeartbeat.current_job_id.is_(None),
+                WorkerHeartbeat.last_seen_at
+                < now - timedelta(seconds=settings.worker_ping_interval_s),
+                WorkerHeartbeat.last_seen_at > now - timedelta(seconds=FORGET_AFTER_S),
+            )
+        ))
 
 
 def stalled_workers(session: Session, *, settings: Settings) -> list[str]:

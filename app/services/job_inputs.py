@@ -1,5 +1,5 @@
-"""What a job trains on, fetched onto this machine: the base model, the data files and, for a
-resumed attempt, the checkpoint to resume from.
+"""What a job trains on, fetched onto the worker's machine: the base model and the data files
+(checkpoints: app/services/attempts.py; a continual run's state: app/services/stages.py).
 
 Base models: the local model store (`resolved_model_store_dir/<id>/`, what `crma models
 import` writes) first; otherwise `models/<id>/...` from the object store, downloaded once into
@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from app.settings import Settings
-from app.storage.base import ObjectStore
+from app.storage.base import ObjectStore, download_prefix
 from app.storage.keys import MODEL_STORE_PREFIX
 
 
@@ -53,24 +53,13 @@ def resolve_model_dir(*, settings: Settings, store: ObjectStore, model_id: str) 
     return cache.path(model_id)
 
 
-def download_prefix(store: ObjectStore, prefix: str, directory: Path) -> list[Path]:
-    """Every object under `prefix` into `directory`, keeping the relative paths."""
-    paths = []
-    for key in store.list_keys(prefix):
-        relative = key[len(prefix):]
-        if not relative or relative.startswith("/") or ".." in relative.split("/"):
-            continue
-        target = directory / relative
-        store.get_to_file(key, target)
-        paths.append(target)
-    return paths
-
-
-def upload_directory(store: ObjectStore, directory: Path, prefix: str) -> list[tuple[str, int, str]]:
-    """Every file of `directory` under `prefix`; returns (relative name, bytes, sha256)."""
-    uploaded = []
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        name = path.relative_to(directory).as_posix()
-        info = store.put_file(prefix + name, path)
-        uploaded.append((name, info.bytes, info.sha256 or ""))
-    return uploaded
+def fetch_data_files(*, store: ObjectStore, training_key: str, validation_key: str | None,
+                     workdir: Path) -> tuple[Path, Path | None]:
+    """The job's training file (and validation file, if any) in `workdir`."""
+    train_file = workdir / "training.jsonl"
+    store.get_to_file(training_key, train_file)
+    validation_file = None
+    if validation_key:
+        validation_file = workdir / "validation.jsonl"
+        store.get_to_file(validation_key, validation_file)
+    return train_file, validation_file

@@ -1,29 +1,25 @@
-"""Exceptions raised while running a job, mapped to the job's `error` (API.md codes).
+"""Exceptions raised while running a job, mapped to the job's `error` (the codes of
+docs/user-guide.md, "Fine-tuning jobs").
 
 The message shown to the user never carries a stack trace; the runner logs the trace."""
 
 from __future__ import annotations
 
+import sys
+
 from app.domain.job_state import ErrorCode
-from worker.inputs import ModelUnavailable
+from app.services.job_inputs import ModelUnavailable
 
 INTERNAL_MESSAGE = "An internal error occurred while training this job; it will not be charged."
 OOM_MESSAGE = ("Training ran out of memory on the worker; try a smaller batch size or a "
                "shorter maximum sequence length. The job will not be charged.")
 
 
-class ArtifactVerificationError(Exception):
-    """An uploaded artifact did not read back with the size and sha256 it was written with."""
-
-
 def _is_oom(exc: BaseException) -> bool:
-    try:
-        import torch
-
-        if isinstance(exc, torch.OutOfMemoryError):
-            return True
-    except ImportError:  # pragma: no cover - torch is a dependency of the worker
-        pass
+    # torch is only loaded where a job trained (the worker); an exception from it implies it.
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, torch.OutOfMemoryError):
+        return True
     return isinstance(exc, MemoryError) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 

@@ -1,0 +1,132 @@
+"""A job's settings: one typed, versioned object, built once at creation from the request,
+the training file and crma_core's defaults, stored as JSON on the job (`jobs.settings`), and
+turned into crma_core's configs by `recipe_configs` (the worker hands those to the recipe).
+
+Every default lives in crma_core (`TrainConfig`, `LoraSettings`, `CRMAConfig`); the fields
+below read theirs. The API's bounds on what a caller may ask for live in the request schemas
+(app/schemas/jobs.py); crma_core validates its configs again when they are built.
+
+Stored versions: 1 is the two dicts jobs held before this object existed (`{"version": 1,
+"hyperparameters": {...}, "adapter": {...}}`, written by migration 0004); 2 is
+`JobSettings.model_dump()`. A field added later with a default needs no new version: rows
+written before it load with the default. docs/architecture.md, "Adding a hyperparameter",
+is the recipe for a new knob."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.domain.hyperparameters import auto_batch_size, auto_epochs
+from crma_core.config import CRMAConfig
+from crma_core.settings import LoraSettings, TrainConfig, planned_steps
+
+VERSION = 2
+AUTO = "auto"
+# Evaluate the validation file about this many times per run.
+EVALS_PER_RUN = 10
+
+_TRAIN, _LORA, _CRMA = TrainConfig(), LoraSettings(), CRMAConfig()
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Hyperparameters(_Settings):
+    """The training knobs, resolved ("auto" is decided at creation)."""
+
+    n_epochs: int = _TRAIN.epochs
+    batch_size: int = _TRAIN.batch_size
+    learning_rate_multiplier: float = 1.0
+
+
+class AdapterSettings(_Settings):
+    """LoRA on every linear projection, and CRMA next to it unless `crma` is false."""
+
+    crma: bool = True
+    n_streams: int = _CRMA.n
+    rank: int = _CRMA.r
+    lora_r: int = _LORA.r
+    lora_alpha: int = _LORA.alpha
+    quantization: Literal["nf4"] | None = _LORA.quantization
+
+
+class JobSettings(_Settings):
+    version: Literal[2] = VERSION
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    adapter: AdapterSettings = Field(default_factory=AdapterSettings)
+
+    def stored(self) -> dict[str, Any]:
+        """The JSON written to `jobs.settings`."""
+        return self.model_dump(mode="json")
+
+
+DEFAULT_ADAPTER = AdapterSettings()
+
+
+def resolve_job_settings(
+    *, hyperparameters: Mapping[str, Any] | None, adapter: Mapping[str, Any] | None,
+    example_count: int,
+) -> JobSettings:
+    """The settings of a new job: the request's values (already validated by the request
+    schema), "auto" decided for a training file of `example_count` examples, the rest from
+    crma_core's defaults."""
+    requested = dict(hyperparameters or {})
+    epochs = requested.get("n_epochs", AUTO)
+    batch = requested.get("batch_size", AUTO)
+    multiplier = requested.get("learning_rate_multiplier", AUTO)
+    resolved = Hyperparameters(
+        n_epochs=auto_epochs(example_count) if epochs in (AUTO, None) else epochs,
+        batch_size=auto_batch_size(example_count) if batch in (AUTO, None) else batch,
+        learning_rate_multiplier=1.0 if multiplier in (AUTO, None) else multiplier,
+    )
+    return JobSettings(hyperparameters=resolved,
+                       adapter=AdapterSettings(**dict(adapter or {})))
+
+
+def load_job_settings(stored: Mapping[str, Any] | None) -> JobSettings:
+    """A job's settings from its stored JSON, whatever version wrote it."""
+    data = dict(stored or {})
+    version = data.pop("version", 1)
+    if version == 1:
+        return JobSettings(hyperparameters=Hyperparameters(**(data.get("hyperparameters") or {})),
+                           adapter=AdapterSettings(**(data.get("adapter") or {})))
+    return JobSettings.model_validate({"version": version, **data})
+
+
+@dataclass(frozen=True)
+class RecipeConfigs:
+    """crma_core's configs for one job: `crma` is None for plain LoRA."""
+
+    crma: CRMAConfig | None
+    lora: LoraSettings
+    train: TrainConfig
+
+
+def recipe_configs(
+    settings: JobSettings, *, seed: int, token_budget: int | None, example_count: int,
+    has_validation: bool, device: str, checkpoint_every_steps: int | None,
+    checkpoint_every_s: float | None,
+) -> RecipeConfigs:
+    """The one translation of a job's settings (plus what the worker decides: device,
+    checkpoint cadence) into crma_core's CRMAConfig, LoraSettings and TrainConfig."""
+    hp, adapter = settings.hyperparameters, settings.adapter
+    steps = planned_steps(max(example_count, 1), epochs=hp.n_epochs, batch_size=hp.batch_size)
+    train = TrainConfig(
+        epochs=hp.n_epochs, batch_size=hp.batch_size,
+        lr_main=_TRAIN.lr_main * hp.learning_rate_multiplier,
+        lr_mix=_TRAIN.lr_mix * hp.learning_rate_multiplier,
+        lr_gate=_TRAIN.lr_gate * hp.learning_rate_multiplier,
+        seed=int(seed), eval_every=max(1, steps // EVALS_PER_RUN) if has_validation else None,
+        checkpoint_every_steps=checkpoint_every_steps,
+        checkpoint_every_seconds=checkpoint_every_s, token_budget=token_budget, device=device,
+        dtype="bfloat16" if device.startswith("cuda") else "float32",
+    )
+    lora = LoraSettings(r=adapter.lora_r, alpha=adapter.lora_alpha,
+                        quantization=adapter.quantization)
+    crma = CRMAConfig(n=adapter.n_streams, r=adapter.rank) if adapter.crma else None
+    return RecipeConfigs(crma=crma, lora=lora, train=train)

@@ -1,0 +1,69 @@
+"""JobSettings: resolved once at creation, stored versioned, read back whatever version wrote
+it, and turned into crma_core's configs by one function whose defaults are crma_core's."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from app.domain.job_settings import (
+    AdapterSettings,
+    Hyperparameters,
+    JobSettings,
+    load_job_settings,
+    recipe_configs,
+    resolve_job_settings,
+)
+from crma_core.config import CRMAConfig
+from crma_core.settings import LoraSettings, TrainConfig
+
+
+def configs(settings: JobSettings, **overrides):  # noqa: ANN202
+    values = dict(seed=7, token_budget=None, example_count=100, has_validation=False,
+                  device="cpu", checkpoint_every_steps=200, checkpoint_every_s=300.0)
+    return recipe_configs(settings, **{**values, **overrides})
+
+
+def test_auto_is_decided_at_creation_and_the_rest_defaults_to_crma_core() -> None:
+    settings = resolve_job_settings(
+        hyperparameters={"n_epochs": "auto", "batch_size": "auto",
+                         "learning_rate_multiplier": "auto"},
+        adapter=None, example_count=10)
+    assert settings.hyperparameters == Hyperparameters(n_epochs=10, batch_size=1,
+                                                       learning_rate_multiplier=1.0)
+    adapter = settings.adapter
+    assert (adapter.n_streams, adapter.rank) == (CRMAConfig().n, CRMAConfig().r)
+    assert (adapter.lora_r, adapter.lora_alpha) == (LoraSettings().r, LoraSettings().alpha)
+    assert JobSettings().hyperparameters.batch_size == TrainConfig().batch_size
+
+
+def test_stored_settings_round_trip_and_old_rows_load() -> None:
+    settings = JobSettings(hyperparameters=Hyperparameters(n_epochs=2, batch_size=8),
+                           adapter=AdapterSettings(crma=False, quantization="nf4"))
+    assert settings.stored()["version"] == 2
+    assert load_job_settings(settings.stored()) == settings
+    version_1 = {"version": 1,
+                 "hyperparameters": {"n_epochs": 2, "batch_size": 8,
+                                     "learning_rate_multiplier": 1.0},
+                 "adapter": {"crma": False, "n_streams": 4, "rank": 1, "lora_r": 16,
+                             "lora_alpha": 32, "quantization": "nf4"}}
+    assert load_job_settings(version_1) == settings
+    with pytest.raises(ValidationError):
+        load_job_settings({"version": 2, "hyperparameters": {"n_epochs": 1, "typo": 3}})
+
+
+def test_one_translation_into_crma_core() -> None:
+    settings = JobSettings(hyperparameters=Hyperparameters(n_epochs=2, batch_size=4,
+                                                           learning_rate_multiplier=0.5),
+                           adapter=AdapterSettings(n_streams=8, rank=2, lora_r=4, lora_alpha=8))
+    built = configs(settings, has_validation=True, token_budget=1000)
+    base = TrainConfig()
+    assert (built.train.epochs, built.train.batch_size, built.train.seed) == (2, 4, 7)
+    assert built.train.lr_main == base.lr_main * 0.5 and built.train.lr_mix == base.lr_mix * 0.5
+    assert built.train.eval_every == max(1, built.train.planned_steps(100) // 10) == 5
+    assert built.train.token_budget == 1000 and built.train.dtype == "float32"
+    assert built.crma == CRMAConfig(n=8, r=2)
+    assert (built.lora.r, built.lora.alpha) == (4, 8)
+    plain = configs(JobSettings(adapter=AdapterSettings(crma=False)), device="cuda:0")
+    assert plain.crma is None and plain.train.dtype == "bfloat16"
+    assert plain.train.eval_every is None
