@@ -384,9 +384,9 @@ def main() -> int:
                     "wall_s": round(time.perf_counter() - started, 1)},
         "targets": {
             "clock": "measured: decode speed from process CPU time per decoded token (after "
-                     "the first), 1 thread; wall clock on this shared 2-core machine (load "
-                     "average 8-11 during runs) swings 2-5x between rounds and is given next "
-                     "to it",
+                     "the first), 1 thread; wall clock on this shared 2-core machine swings "
+                     "2-5x between rounds with other jobs' load (machine.load_average_*) and "
+                     "is given next to it",
             "lora_crma_vs_base_decode": {
                 "target": 0.9, "measured": cpu["engine_lora_crma_vs_engine_base"],
                 "measured_wall_clock": wall["engine_lora_crma_vs_engine_base"]},
