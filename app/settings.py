@@ -26,6 +26,16 @@ DEFAULT_THROUGHPUT_TOKENS_PER_S: dict[str, int] = {
 }
 
 
+# The fee of one merged-weights export, in micro-dollars: minutes of a worker per export,
+# priced like a few minutes of training on that model.
+DEFAULT_EXPORT_PRICES_MICROS: dict[str, int] = {
+    "smollm2-135m-instruct": 10_000,
+    "tinyllama-1.1b-chat": 50_000,
+    "gemma-2-2b-it": 100_000,
+    "mistral-7b-v0.3": 250_000,
+}
+
+
 class Settings(BaseSettings):
     """Service configuration. Embedded defaults need no external service (see `crma dev`)."""
 
@@ -95,6 +105,25 @@ class Settings(BaseSettings):
     # Tests only: sleep this long after every optimizer step so a tiny job lasts long enough
     # to be killed or cancelled mid-way. Never set in production (it only slows training).
     worker_step_delay_s: float = 0.0
+
+    # Webhooks (app/services/webhook_*.py; delivered by the relay process's delivery loop)
+    # Dev only: http URLs and loopback / private addresses (`crma dev` turns it on).
+    webhook_allow_private_urls: bool = False
+    webhook_timeout_s: float = 10.0
+    # Seconds before each retry (jittered ±20 %); None: the default, about 28 hours over 8
+    # attempts (app/domain/webhooks.py). Tests shorten it to seconds.
+    webhook_retry_schedule_s: list[float] | None = None
+    webhook_max_endpoints: int = 10
+    webhook_concurrency: int = 16
+    webhook_batch_size: int = 50
+    webhook_interval_s: float = 0.5
+
+    # Merged-weights exports (app/services/exports.py, worker task crma.export_job)
+    export_prices_micros: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_EXPORT_PRICES_MICROS)
+    )
+    free_exports_per_day: int = 3
+    export_max_shard_size: str = "2GB"
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -44,6 +44,9 @@ def run_dev(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     os.environ["CRMA_DATA_DIR"] = str(data_dir)
     os.environ.setdefault("CRMA_PUBLIC_BASE_URL", f"http://{args.host}:{args.port}")
+    # A dev installation's webhooks go to receivers on this machine or its network (http,
+    # loopback, private addresses); a production setting never allows them.
+    os.environ.setdefault("CRMA_WEBHOOK_ALLOW_PRIVATE_URLS", "true")
     from app.db.migrate import upgrade
     from app.settings import get_settings
 

@@ -14,7 +14,7 @@ import time
 from celery import Celery
 from celery.utils.nodenames import worker_direct
 
-from app.services import recovery, worker_liveness
+from app.services import exports, recovery, worker_liveness
 from app.services.recovery import ReapReport
 from app.settings import Settings
 from worker.routing import PING
@@ -28,6 +28,9 @@ _last_ping: dict[str, float] = {}
 
 def reap_once(*, settings: Settings, celery: Celery | None = None) -> ReapReport:
     report = recovery.recover(settings)
+    stale_exports = exports.recover_stale(settings)
+    if stale_exports:
+        log.warning("reaper: %d merged-weights export(s) lost their worker", stale_exports)
     if celery is not None:
         report.pinged = ping_idle_workers(celery=celery, settings=settings)
     return report

@@ -18,6 +18,7 @@ from app.services import outbox
 from app.settings import Settings
 from worker.celery_app import time_limits
 from worker.routing import RUN_JOB
+from worker.webhooks import start_webhook_deliveries
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,17 @@ def _publish(celery: Celery, producer, settings: Settings, message: outbox.Pendi
 
 def run_relay_loop(*, settings: Settings, celery: Celery, stop: threading.Event) -> None:
     """`crma relay`: publish until `stop` is set; sleep `relay_interval_s` when idle and back
-    off (up to 30 s) while the database or the broker is down."""
+    off (up to 30 s) while the database or the broker is down. Webhook deliveries run on a
+    thread of their own meanwhile (worker/webhooks.py)."""
+    deliveries = start_webhook_deliveries(settings=settings, stop=stop)
+    try:
+        _publish_until(settings=settings, celery=celery, stop=stop)
+    finally:
+        stop.set()
+        deliveries.join(timeout=settings.webhook_timeout_s + 10)
+
+
+def _publish_until(*, settings: Settings, celery: Celery, stop: threading.Event) -> None:
     backoff = settings.relay_interval_s
     while not stop.is_set():
         try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from app.services.outages import TRANSIENT_ERRORS
 from app.settings import get_settings
 from worker.celery_app import app
-from worker.routing import PING, REAP, RELAY_OUTBOX, RUN_JOB
+from worker.routing import EXPORT_JOB, PING, REAP, RELAY_OUTBOX, RUN_JOB
 
 MAINTENANCE = dict(
     acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT_ERRORS,
@@ -23,6 +23,13 @@ def run_job(self, job_id: str) -> str:
     outcome = run(job_id=job_id, settings=get_settings(), worker_name=self.request.hostname or "",
                   soft_time_limit_s=soft or app.conf.task_soft_time_limit)
     return f"{job_id}: {outcome}"  # Celery logs it with the task's duration
+
+
+@app.task(name=EXPORT_JOB, acks_late=False)
+def export_job(export_id: str) -> str:
+    from worker.exports import run_export
+
+    return f"{export_id}: {run_export(export_id=export_id, settings=get_settings())}"
 
 
 @app.task(name=RELAY_OUTBOX, **MAINTENANCE)

@@ -81,6 +81,17 @@ class AttemptTraining:
     def download_checkpoint(self) -> Path | None:
         return self.attempt.download_checkpoint(self.workdir / "resume")
 
+    def start_from_source(self, recipe) -> None:  # noqa: ANN001 - crma_core Recipe
+        """A continued job: its LoRA (and CRMA) start from the source adapter's weights."""
+        from crma_core.warm_start import load_adapter_weights
+
+        source = self.attempt.download_start(self.workdir / "start")
+        if source is None:
+            return
+        info = load_adapter_weights(model=recipe.built.model, crma=recipe.built.crma,
+                                    source=source)
+        self.attempt.record_started_from(info)
+
     def run(self, *, model_dir: Path) -> TrainingOutcome:
         """A fine-tuning job: the recipe on the job's files, resumed from its checkpoint."""
         from crma_core.recipe import Recipe
@@ -96,6 +107,8 @@ class AttemptTraining:
         try:
             resume = self.download_checkpoint()
             recipe.setup(resume_from=resume)
+            if resume is None:  # a resumed attempt already holds what it started from
+                self.start_from_source(recipe)
             self.total_steps = recipe.plan.total_steps(len(recipe.rows))
             self.attempt.trained_tokens = recipe.state.trained_tokens
             if resume is not None:

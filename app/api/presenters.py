@@ -8,7 +8,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from app.db.models import Checkpoint, File, Job, JobEvent
-from app.domain.job_options import fine_tuned_model_name
+from app.domain.job_options import checkpoint_model_name, fine_tuned_model_name
 from app.domain.job_settings import load_job_settings
 from app.domain.pricing import format_usd
 from app.schemas.continual import ContinualRunPublic, StagePublic
@@ -101,7 +101,7 @@ def checkpoint_public(checkpoint: Checkpoint, job: Job) -> CheckpointPublic:
                                  job_id=job.id)
     return CheckpointPublic(
         id=checkpoint.id, created_at=unix(checkpoint.created_at),
-        fine_tuned_model_checkpoint=f"{name}:ckpt-step-{checkpoint.step}",
+        fine_tuned_model_checkpoint=checkpoint_model_name(name, checkpoint.step),
         step_number=checkpoint.step, metrics=dict(checkpoint.metrics or {}),
         fine_tuning_job_id=job.id,
     )

@@ -25,6 +25,10 @@ PREFIXES = {
     "checkpoint": "ftckpt",
     "continual_run": "clrun",
     "ledger_transaction": "ltx",
+    "webhook": "wh",
+    "webhook_event": "evt",
+    "webhook_delivery": "whdel",
+    "export": "ftexp",
 }
 
 

@@ -55,10 +55,22 @@ class AdapterSettings(_Settings):
     quantization: Literal["nf4"] | None = _LORA.quantization
 
 
+class StartingAdapter(_Settings):
+    """Where a continued job's adapter starts: the final adapter of a succeeded job
+    (`checkpoint_step` None) or one of a job's checkpoints. `name` is the
+    `fine_tuned_model` / `fine_tuned_model_checkpoint` the request gave as its model."""
+
+    name: str
+    job_id: str
+    checkpoint_step: int | None = None
+
+
 class JobSettings(_Settings):
     version: Literal[2] = VERSION
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     adapter: AdapterSettings = Field(default_factory=AdapterSettings)
+    # None: the adapter starts fresh (LoRA B = 0, CRMA at identity).
+    start_from: StartingAdapter | None = None
 
     def stored(self) -> dict[str, Any]:
         """The JSON written to `jobs.settings`."""
@@ -70,7 +82,7 @@ DEFAULT_ADAPTER = AdapterSettings()
 
 def resolve_job_settings(
     *, hyperparameters: Mapping[str, Any] | None, adapter: Mapping[str, Any] | None,
-    example_count: int,
+    example_count: int, start_from: StartingAdapter | None = None,
 ) -> JobSettings:
     """The settings of a new job: the request's values (already validated by the request
     schema), "auto" decided for a training file of `example_count` examples, the rest from
@@ -85,7 +97,7 @@ def resolve_job_settings(
         learning_rate_multiplier=1.0 if multiplier in (AUTO, None) else multiplier,
     )
     return JobSettings(hyperparameters=resolved,
-                       adapter=AdapterSettings(**dict(adapter or {})))
+                       adapter=AdapterSettings(**dict(adapter or {})), start_from=start_from)
 
 
 def load_job_settings(stored: Mapping[str, Any] | None) -> JobSettings:

@@ -3,7 +3,7 @@ the relay that delivers them).
 
 Events are shaped like OpenAI's webhook events::
 
-    {"object": "event", "id": "evt_…", "type": "fine_tuning.job.succeeded",
+    {"object": "event", "id": "evt-…", "type": "fine_tuning.job.succeeded",
      "created_at": 1719168000, "data": {"id": "ftjob-…"}}
 
 and signed per the Standard Webhooks specification (https://www.standardwebhooks.com/):
@@ -26,9 +26,10 @@ from typing import Any
 
 from standardwebhooks import Webhook
 
+from app.domain.ids import new_id
+
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
-EVENT_ID_PREFIX = "evt_"
 
 JOB_SUCCEEDED = "fine_tuning.job.succeeded"
 JOB_FAILED = "fine_tuning.job.failed"
@@ -66,8 +67,8 @@ def secret_hint(secret: str) -> str:
 
 
 def new_event_id() -> str:
-    """``evt_`` + 32 hex characters (OpenAI's form)."""
-    return EVENT_ID_PREFIX + secrets.token_hex(16)
+    """``evt-`` + 24 random characters: the event's id, sent as ``webhook-id``."""
+    return new_id("webhook_event")
 
 
 def unknown_event_types(types: Sequence[str]) -> list[str]:

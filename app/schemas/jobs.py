@@ -101,8 +101,10 @@ def check_metadata(value: Metadata | None) -> Metadata | None:
 
 
 class JobCreate(RequestModel):
-    model: str = Field(description="A base model id from GET /v1/models.",
-                       examples=[EXAMPLE_MODEL])
+    model: str = Field(description=(
+        "A base model id from GET /v1/models, or one of your `fine_tuned_model` or "
+        "`fine_tuned_model_checkpoint` names: the job then continues from that adapter "
+        "(same base model and adapter settings, fresh optimizer)."), examples=[EXAMPLE_MODEL])
     training_file: str = Field(description=FILE_REFERENCE)
     validation_file: str | None = Field(None, description="Optional held-out file (an id, or "
                                         "a filename as for training_file).")

@@ -32,7 +32,7 @@ from app.db.session import session_scope
 from app.domain.ids import new_id
 from app.domain.job_settings import JobSettings, RecipeConfigs, load_job_settings, recipe_configs
 from app.domain.job_state import ErrorCode, JobStatus
-from app.services import job_lifecycle, leases, worker_liveness
+from app.services import job_lifecycle, job_sources, leases, worker_liveness
 from app.services.events import record_event
 from app.services.job_errors import classify
 from app.services.job_lifecycle import job_error
@@ -216,6 +216,29 @@ class Attempt:
             s, dedupe_key=f"resumed:{self.number}",
             data={"step": step, "attempt": self.number},
             message=f"Resumed from the checkpoint at step {step} (attempt {self.number})"))
+
+    def download_start(self, target: Path) -> Path | None:
+        """A continued job's starting adapter (app/services/job_sources.py) in `target`;
+        None when the job starts fresh."""
+        start = self.job.job_settings.start_from
+        if start is None:
+            return None
+        return job_sources.download_start(
+            self.store, database_url=self.settings.resolved_database_url,
+            account_id=self.job.account_id, start=start, target=target)
+
+    def record_started_from(self, info: dict[str, Any]) -> None:
+        """The event that says where a continued job's adapter came from."""
+        start = self.job.job_settings.start_from
+        where = (f"the checkpoint at step {start.checkpoint_step} of {start.job_id}"
+                 if start.checkpoint_step is not None
+                 else f"the final adapter of {start.job_id}")
+        data = {"model": start.name, "job_id": start.job_id,
+                "checkpoint_step": start.checkpoint_step, **info}
+        self.fenced_write(lambda s: self._event(
+            s, dedupe_key="started_from", data=data,
+            message=f"Started from {start.name} ({where}; LoRA"
+                    f"{' and CRMA' if info.get('crma') else ''} weights, fresh optimizer)"))
 
     # -- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self, step: int, directory: Path, *, metrics: dict[str, Any]) -> bool:

@@ -210,6 +210,23 @@ def settle_job(session: Session, *, job_id: str, prices: Mapping[str, int]) -> N
                           day=job.created_at.astimezone(UTC).date())
 
 
+def settle_hold(session: Session, *, account_id: str, source_id: str,
+                capture_micros: int) -> int:
+    """Capture up to `capture_micros` of the hold placed for `source_id` (not a job: an
+    export's fee) and release the rest; idempotent like `settle_job`. Returns what was
+    captured (0 without a hold)."""
+    hold = _held_amount(session, source_id=source_id, kind=HOLD)
+    if hold is None:
+        return 0
+    captured = _held_amount(session, source_id=source_id, kind=CAPTURE)
+    if captured is None:
+        _settle_leg(session, source_id, account_id, CAPTURE, min(capture_micros, hold), REVENUE)
+        captured = _held_amount(session, source_id=source_id, kind=CAPTURE) or 0
+    if _held_amount(session, source_id=source_id, kind=RELEASE) is None:
+        _settle_leg(session, source_id, account_id, RELEASE, hold - captured, AVAILABLE)
+    return captured
+
+
 def _refunds_free_run(job) -> bool:  # noqa: ANN001 - a Row of settle_job's select
     """A free run is given back when the job failed through our fault, or was cancelled
     before it ever started (nothing was trained)."""

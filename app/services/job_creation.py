@@ -26,7 +26,7 @@ from app.domain.job_settings import JobSettings, resolve_job_settings
 from app.domain.job_state import JobStatus
 from app.domain.pricing import usd_to_micros
 from app.schemas.jobs import JobCreate
-from app.services import admission, events, outbox
+from app.services import admission, events, job_sources, outbox
 from app.services.admission import Admission
 from app.services.files import require_usable_file
 from app.settings import Settings
@@ -60,10 +60,17 @@ def draft_job(
     session: Session, *, account_id: str, model: str, training_file: str,
     validation_file: str | None, hyperparameters: dict[str, Any] | None,
     adapter: dict[str, Any] | None, seed: int | None, param_prefix: str = "",
+    continuable: bool = False,
 ) -> JobDraft:
     """Validate what a new job would train (model, files, settings) and resolve its
-    settings and estimate; reads only (the estimate endpoints call it too)."""
-    entry = catalog_model(model)
+    settings and estimate; reads only (the estimate endpoints call it too). With
+    `continuable`, `model` may also name one of the account's fine-tuned models or
+    checkpoints (app/services/job_sources.py): the job continues from that adapter."""
+    source = None
+    if continuable and job_sources.names_a_fine_tuned_model(model):
+        source = job_sources.resolve_source(session, account_id=account_id, model=model)
+        adapter = job_sources.adapter_for(source, adapter)
+    entry = catalog_model(source.base_model if source else model)
     train = require_usable_file(session, account_id=account_id, file_id=training_file,
                                 param=f"{param_prefix}training_file")
     valid = None
@@ -71,7 +78,8 @@ def draft_job(
         valid = require_usable_file(session, account_id=account_id, file_id=validation_file,
                                     param=f"{param_prefix}validation_file")
     job_settings = resolve_job_settings(hyperparameters=hyperparameters, adapter=adapter,
-                                        example_count=train.example_count)
+                                        example_count=train.example_count,
+                                        start_from=source.start if source else None)
     if job_settings.adapter.quantization and not entry.qlora:
         raise InvalidRequest(f"{model} does not offer QLoRA (quantization='nf4').",
                              param="adapter.quantization", code="qlora_not_supported")
@@ -199,7 +207,8 @@ def create_job(
         session, account_id=account_id, model=spec.model, training_file=spec.training_file,
         validation_file=spec.validation_file,
         hyperparameters=spec.hyperparameters.model_dump() if spec.hyperparameters else None,
-        adapter=spec.adapter.model_dump() if spec.adapter else None, seed=spec.seed,
+        adapter=spec.adapter.model_dump(exclude_unset=True) if spec.adapter else None,
+        seed=spec.seed, continuable=True,
     )
     max_cost = usd_to_micros(spec.max_cost) if spec.max_cost is not None else None
     return insert_job(session, account_id=account_id, draft=draft, settings=settings,

@@ -2,7 +2,8 @@
 transaction: start, finish (succeeded / failed / cancelled, settled with its status event),
 cancellation, hand-back to the queue, and the continual-run cascade (the next stage offered
 when one succeeds, the later stages cancelled when one fails or is cancelled, the run's
-status kept equal to `run_status` of its stages).
+status kept equal to `run_status` of its stages), and the webhook events of each ending
+(app/services/webhook_events.py: written in the same transaction).
 
 Every status change goes through `job_status.transition_job`, fenced by the attempt number
 where a worker writes. Callers: the API (cancel), app/services/attempts.py (a worker's
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session
 from app.db.base import db_now, utcnow
 from app.db.models import ContinualRun, Job
 from app.domain.job_state import PENDING, TERMINAL, ErrorCode, JobStatus, run_status
-from app.services import billing, leases
+from app.services import billing, leases, webhook_events
 from app.services.events import record_event
 from app.services.job_status import transition_job
 
@@ -89,8 +90,12 @@ def finish_job(
     billing.settle_job(session, job_id=job_id, prices=prices)
     record_status_event(session, job_id=job_id, status=to, attempt=attempt or 0, error=error)
     job = session.execute(
-        select(Job.kind, Job.continual_run_id, Job.stage_index).where(Job.id == job_id)
+        select(Job.account_id, Job.kind, Job.continual_run_id, Job.stage_index)
+        .where(Job.id == job_id)
     ).one()
+    webhook_events.job_finished(session, account_id=job.account_id, job_id=job_id,
+                                kind=job.kind, run_id=job.continual_run_id,
+                                stage_index=job.stage_index, status=to.value)
     if cascade and job.kind == "continual_stage" and job.continual_run_id is not None:
         _after_stage(session, run_id=job.continual_run_id, stage_index=job.stage_index,
                      status=to, prices=prices)
@@ -121,6 +126,10 @@ def cancel_job(session: Session, *, job: Job, prices: Mapping[str, int]) -> bool
         record_event(session, job_id=job.id, message="Job cancelled before it started.",
                      type="status", data={"status": "cancelled"},
                      dedupe_key="status:cancelled")
+        webhook_events.job_finished(session, account_id=job.account_id, job_id=job.id,
+                                    kind=job.kind, run_id=job.continual_run_id,
+                                    stage_index=job.stage_index,
+                                    status=JobStatus.CANCELLED.value)
         return True
     requested = session.execute(
         update(Job)
@@ -184,9 +193,12 @@ def sync_run_status(session: Session, *, run_id: str) -> JobStatus:
         values["finished_at"] = db_now(session)
         failed = [s.error for s in stages if s.status == JobStatus.FAILED.value]
         values["error"] = failed[0] if failed else None
-    session.execute(
+    changed = session.execute(
         update(ContinualRun).where(ContinualRun.id == run_id,
                                    ContinualRun.status != status.value)
         .values(**values).execution_options(synchronize_session=False)
-    )
+    ).rowcount
+    if changed and status in TERMINAL:
+        webhook_events.run_finished(session, run_id=run_id, status=status.value,
+                                    stages=len(stages))
     return status

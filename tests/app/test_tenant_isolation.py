@@ -13,8 +13,20 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app.db.base import utcnow
-from app.db.models import Artifact, ContinualRun, File, Job, JobEvent, OutboxMessage
+from app.db.models import (
+    Artifact,
+    ContinualRun,
+    File,
+    Job,
+    JobEvent,
+    ModelExport,
+    OutboxMessage,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from app.db.session import session_scope
+from app.domain.ids import new_id
+from app.services.webhooks import create_endpoint
 from app.storage import keys
 from app.storage.factory import open_store
 from tests.app.helpers import Tenant, create_tenant, make_settings, upload_id
@@ -23,10 +35,11 @@ from tests.factories import insert_job
 pytestmark = pytest.mark.integration
 
 # Path parameters that name a tenant-owned object, and the object of tenant A to aim at.
-OWNED = {"file_id", "job_id", "run_id", "name"}
+OWNED = {"file_id", "job_id", "run_id", "name", "webhook_id", "export_id"}
 GLOBAL = {"model_id"}  # the model catalog is the same for everyone
 MISSING = {"file_id": "file-000000000000000000000000", "job_id": "ftjob-000000000000000000000000",
-           "run_id": "clrun-000000000000000000000000"}
+           "run_id": "clrun-000000000000000000000000", "webhook_id": "wh-000000000000000000000000",
+           "export_id": "ftexp-000000000000000000000000"}
 
 
 def id_routes(app) -> list[tuple[str, str]]:
@@ -60,6 +73,11 @@ def _snapshot(pg_url: str, account_id: str, store) -> dict:
                 select(ContinualRun.id, ContinualRun.status).where(
                     ContinualRun.account_id == account_id).order_by(ContinualRun.id)).all()],
             "events": session.scalar(select(func.count()).select_from(JobEvent)),
+            "webhooks": [tuple(r) for r in session.execute(
+                select(WebhookEndpoint.id, WebhookEndpoint.status).where(
+                    WebhookEndpoint.account_id == account_id).order_by(WebhookEndpoint.id))],
+            "deliveries": session.scalar(select(func.count()).select_from(WebhookDelivery)),
+            "exports": session.scalar(select(func.count()).select_from(ModelExport)),
             "outbox": session.scalar(select(func.count()).select_from(OutboxMessage)),
             "objects": store.list_keys(keys.tenant_prefix(account_id)),
         }
@@ -86,8 +104,15 @@ def test_every_id_route_hides_other_tenants_objects(
         run_id = client.post("/v1/continual/runs", headers=owner.headers, json={
             "model": "tinyllama-1.1b-chat", "domains": [domain]}).json()["id"]
         name = "lora/adapter_config.json"
+        export_id = new_id("export")
         with session_scope(pg_url) as session:
-            for owner_id in (job_id, run_id):
+            webhook_id = create_endpoint(session, account_id=owner.account_id,
+                                         url="https://hooks.example.com/x", event_types=None,
+                                         description=None, settings=settings)[0].id
+            session.add(ModelExport(id=export_id, account_id=owner.account_id, job_id=job_id,
+                                    format="merged", dtype="bfloat16", status="succeeded",
+                                    created_at=utcnow()))
+            for owner_id in (job_id, run_id, export_id):
                 key = keys.artifact_key(owner.account_id, owner_id, name)
                 store.put_bytes(key, b"{}")
                 session.add(Artifact(owner_id=owner_id, account_id=owner.account_id, name=name,
@@ -97,7 +122,8 @@ def test_every_id_route_hides_other_tenants_objects(
         their_domain = {"name": "b", "training_file": upload_id(client, intruder),
                         "validation_file": upload_id(client, intruder)}
         bodies = {"/v1/continual/runs/{run_id}/domains": {"domains": [their_domain]}}
-        targets = {"file_id": file_id, "job_id": job_id, "run_id": run_id, "name": name}
+        targets = {"file_id": file_id, "job_id": job_id, "run_id": run_id, "name": name,
+                   "webhook_id": webhook_id, "export_id": export_id}
         missing = {**MISSING, "name": name}
 
         routes = id_routes(app)

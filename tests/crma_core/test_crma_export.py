@@ -29,14 +29,16 @@ PROMPT = torch.tensor([[5, 17, 33, 90, 4, 61, 12]])
 
 
 def make_bundle(root: Path, model_dir: Path, *, crma: CRMAConfig | None,
-                train_crma: bool = True) -> Path:
-    """A bundle as Recipe writes it, with LoRA B (and CRMA's writes) drawn instead of trained."""
-    built = build_model(model_dir, lora=LoraSettings(r=4, alpha=8), crma=crma, seed=0)
+                train_crma: bool = True, lora: LoraSettings = LoraSettings(r=4, alpha=8),
+                scale: float = 0.3) -> Path:
+    """A bundle as Recipe writes it, with LoRA B (std `scale`) and CRMA's writes drawn
+    instead of trained."""
+    built = build_model(model_dir, lora=lora, crma=crma, seed=0)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, parameter in built.model.named_parameters():
             if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
         if built.crma is not None and train_crma:
             for layer in built.crma.layers:
                 layer.write.copy_(torch.randn(layer.write.shape, generator=generator) * 0.5)

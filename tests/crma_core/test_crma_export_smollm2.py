@@ -10,11 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crma_core.artifacts import write_adapter
 from crma_core.export import export_merged
 from crma_core.loader import load_for_generation
-from crma_core.recipe import build_model
 from crma_core.settings import LoraSettings
+from tests.crma_core.test_crma_export import make_bundle
 from tests.serving.test_smollm2 import smollm2_dir
 
 MESSAGES = [{"role": "user", "content": "Name three colours of the rainbow."}]
@@ -28,14 +27,8 @@ def model_dir():
 def test_merged_smollm2_generates_what_peft_generates(model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    built = build_model(model_dir, lora=LoraSettings(r=8, alpha=16), crma=None, seed=0)
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, parameter in built.model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    write_adapter(tmp_path / "bundle", model=built.model, crma=None, info={})
-    del built
+    make_bundle(tmp_path / "bundle", model_dir, crma=None, lora=LoraSettings(r=8, alpha=16),
+                scale=0.05)
     export_merged(model_dir=model_dir, bundle_dir=tmp_path / "bundle", out_dir=tmp_path / "out",
                   max_shard_size="200MB")
     assert len(list((tmp_path / "out").glob("model-*.safetensors"))) > 1

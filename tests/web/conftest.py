@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -85,16 +86,18 @@ def _wait_ready(base: str, data_dir: Path, server: subprocess.Popen, log: Path,
                          + log.read_text()[-4000:])
 
 
-@pytest.fixture(scope="module")
-def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    tmp = tmp_path_factory.mktemp("dashboard")
+@contextmanager
+def running_dev(tmp: Path, extra_env: dict[str, str] | None = None) -> Iterator[DevServer]:
+    """`crma dev` on a fresh data directory under `tmp`, SmolLM2 from the shared model store,
+    `extra_env` on top of this process's environment; stopped on exit."""
     data_dir, log_path = tmp / "data", tmp / "dev.log"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "CRMA_DATA_DIR": str(data_dir), "CRMA_MODEL_STORE_DIR": str(MODEL_STORE),
-           "CRMA_WORKER_STEP_DELAY_S": STEP_DELAY_S}
-    for name in ("CRMA_DATABASE_URL", "CRMA_BROKER_URL", "CRMA_STORAGE_URL", "CRMA_API_KEY"):
+    env = {**os.environ, "CRMA_DATA_DIR": str(data_dir), "CRMA_MODEL_STORE_DIR": str(MODEL_STORE)}
+    for name in ("CRMA_DATABASE_URL", "CRMA_BROKER_URL", "CRMA_STORAGE_URL", "CRMA_API_KEY",
+                 "CRMA_WEBHOOK_ALLOW_PRIVATE_URLS"):
         env.pop(name, None)
+    env.update(extra_env or {})
     log = open(log_path, "wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "crma_cli.main", "dev", "--data-dir", str(data_dir),
@@ -112,6 +115,13 @@ def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    with running_dev(tmp_path_factory.mktemp("dashboard"),
+                     {"CRMA_WORKER_STEP_DELAY_S": STEP_DELAY_S}) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

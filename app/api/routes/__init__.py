@@ -7,14 +7,26 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.routes import billing, continual, estimates, files, health, jobs, models
+from app.api.routes import (
+    billing,
+    continual,
+    estimates,
+    exports,
+    files,
+    health,
+    jobs,
+    models,
+    webhooks,
+)
 
 ALL_ROUTERS: list[APIRouter] = [
     estimates.router,  # POST .../jobs/estimate, .../runs/estimate: before the {id} routes
     jobs.router,
+    exports.router,
     continual.router,
     files.router,
     billing.router,
     models.router,
+    webhooks.router,
     health.router,
 ]

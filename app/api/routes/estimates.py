@@ -31,10 +31,11 @@ def estimate_job(
         session, account_id=principal.account_id, model=spec.model,
         training_file=spec.training_file, validation_file=spec.validation_file,
         hyperparameters=spec.hyperparameters.model_dump() if spec.hyperparameters else None,
-        adapter=spec.adapter.model_dump() if spec.adapter else None, seed=spec.seed,
+        adapter=spec.adapter.model_dump(exclude_unset=True) if spec.adapter else None,
+        seed=spec.seed, continuable=True,
     )
     result = admission.estimate(
-        session, account_id=principal.account_id, model=spec.model,
+        session, account_id=principal.account_id, model=draft.model.id,
         stages=[(None, draft.job_settings.hyperparameters.n_epochs, draft.estimated_tokens)],
         max_cost_micros=usd_to_micros(spec.max_cost) if spec.max_cost is not None else None,
         settings=settings,

@@ -3,9 +3,11 @@
 from app.db.models.accounts import Account, ApiKey
 from app.db.models.billing import IdempotencyRecord, LedgerEntry, LedgerTransaction
 from app.db.models.continual import ContinualRun, ContinualStage
+from app.db.models.exports import ModelExport
 from app.db.models.files import File
 from app.db.models.jobs import Artifact, Checkpoint, Job, JobEvent
 from app.db.models.outbox import OutboxMessage, WorkerHeartbeat
+from app.db.models.webhooks import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 __all__ = [
     "Account",
@@ -20,6 +22,10 @@ __all__ = [
     "JobEvent",
     "LedgerEntry",
     "LedgerTransaction",
+    "ModelExport",
     "OutboxMessage",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
     "WorkerHeartbeat",
 ]

@@ -36,24 +36,24 @@ def test_event_body_is_openai_shaped_and_verifies():
 
 def test_signature_fails_for_another_secret_body_or_id():
     secret = webhooks.new_secret()
-    body = webhooks.event_body(event_id="evt_1", type=webhooks.JOB_FAILED, created_at=1,
+    body = webhooks.event_body(event_id="evt-1", type=webhooks.JOB_FAILED, created_at=1,
                                data={"id": "ftjob-x"})
-    headers = webhooks.signed_headers(secret=secret, event_id="evt_1", body=body)
+    headers = webhooks.signed_headers(secret=secret, event_id="evt-1", body=body)
     with pytest.raises(WebhookVerificationError):
         Webhook(webhooks.new_secret()).verify(body, headers)
     with pytest.raises(WebhookVerificationError):
         Webhook(secret).verify(body.replace(b"ftjob-x", b"ftjob-y"), headers)
     with pytest.raises(WebhookVerificationError):
-        Webhook(secret).verify(body, {**headers, "webhook-id": "evt_2"})
+        Webhook(secret).verify(body, {**headers, "webhook-id": "evt-2"})
 
 
 def test_a_retry_signs_a_fresh_timestamp_with_the_same_id():
     secret = webhooks.new_secret()
-    body = webhooks.event_body(event_id="evt_1", type=webhooks.JOB_CANCELLED, created_at=1,
+    body = webhooks.event_body(event_id="evt-1", type=webhooks.JOB_CANCELLED, created_at=1,
                                data={"id": "ftjob-x"})
     first_at = datetime.now(timezone.utc) - timedelta(hours=2)
-    first = webhooks.signed_headers(secret=secret, event_id="evt_1", body=body, at=first_at)
-    retry = webhooks.signed_headers(secret=secret, event_id="evt_1", body=body)
+    first = webhooks.signed_headers(secret=secret, event_id="evt-1", body=body, at=first_at)
+    retry = webhooks.signed_headers(secret=secret, event_id="evt-1", body=body)
     with pytest.raises(WebhookVerificationError, match="too old"):
         Webhook(secret).verify(body, first)  # receivers refuse replays of old attempts
     Webhook(secret).verify(body, retry)

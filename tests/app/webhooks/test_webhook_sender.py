@@ -26,7 +26,7 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def signed(secret: str, event_id: str = "evt_test"):
+def signed(secret: str, event_id: str = "evt-test"):
     body = webhooks.event_body(event_id=event_id, type=webhooks.JOB_SUCCEEDED,
                                created_at=1719168000, data={"id": "ftjob-abc"})
     return body, webhooks.signed_headers(secret=secret, event_id=event_id, body=body)

@@ -12,9 +12,15 @@ export default {
   async render({ main, query, signal, navigate }) {
     replace(main, pageHeader({ title: "New fine-tuning job", back: { href: "#/jobs", label: "Jobs" } }), spinner());
     const choices = await loadChoices(signal);
+    // ?model=ft:… (a checkpoint's "Continue" link): the job starts from that adapter.
+    const continueFrom = (query.get("model") || "").startsWith("ft:") ? query.get("model") : null;
+    const modelOptions = continueFrom
+      ? [{ value: continueFrom, label: `Continue from ${continueFrom}` }, ...choices.modelOptions]
+      : choices.modelOptions;
     const basics = [
-      { name: "model", label: "Base model", type: "select", required: true, options: choices.modelOptions,
-        value: choices.models.find((m) => m.available)?.id },
+      { name: "model", label: "Base model", type: "select", required: true, options: modelOptions,
+        value: continueFrom || choices.models.find((m) => m.available)?.id,
+        help: continueFrom ? "Same base model and adapter as that job; a fresh optimizer." : null },
       { name: "training_file", label: "Training file", type: "select", required: true,
         options: choices.fileOptions, value: query.get("training_file"), placeholder: "Choose a file" },
       { name: "validation_file", label: "Validation file", type: "select", options: choices.fileOptions,
@@ -40,6 +46,8 @@ export default {
       readBody: () => {
         const body = pruneAdapter(readBody(form, specs));
         if (!body.model) return { body: null, missing: "Choose a base model." };
+        // A continued job keeps its source's adapter: the form's adapter fields do not apply.
+        if (body.model.startsWith("ft:")) delete body.adapter;
         if (!body.training_file) return { body: null, missing: "Choose a training file (upload one on the Files page)." };
         return { body };
       },

@@ -55,6 +55,15 @@ function details(job) {
   ]);
 }
 
+function exportsView(rows, { signal }) {
+  if (!rows.length) return h("p", { class: "muted" }, "No export yet. \"Export merged weights\" builds one model folder that transformers loads on its own.");
+  return h("div", { class: "stack-gap" }, rows.map((e) => h("div", { class: "stack-gap", dataset: { export: e.id } },
+    h("p", {}, mono(e.id), " ", badge(e.status), ` ${e.format} · ${e.dtype} · ${usd(e.cost)} charged`,
+      e.format === "merged_crma" ? h("span", { class: "muted small" }, " · load with trust_remote_code=True (CRMA kept as code)") : null),
+    e.error ? errorView({ message: e.error.message }, { title: `Failed: ${e.error.code}` }) : null,
+    e.status === "succeeded" ? artifactsTable(e.files, { signal }) : null)));
+}
+
 function checkpointsTable(rows, job) {
   return table({
     caption: "Checkpoints",
@@ -66,6 +75,8 @@ function checkpointsTable(rows, job) {
       { label: "Valid loss", class: "num", cell: (c) => decimal(c.metrics.valid_loss, 4) },
       { label: "Saved", cell: (c) => h("time", { title: dateTime(c.created_at) }, relative(c.created_at)) },
       { label: "Checkpoint", cell: (c) => mono(c.fine_tuned_model_checkpoint) },
+      { label: "", class: "actions", cell: (c) => h("a", { class: "button small", href: `#/jobs/new?model=${encodeURIComponent(c.fine_tuned_model_checkpoint)}`,
+        "aria-label": `Continue from step ${c.step_number}` }, "Continue") },
     ],
   });
 }
@@ -88,15 +99,18 @@ export default {
     const checkpoints = h("div", {}, spinner());
     const artifacts = h("div", {}, spinner());
     const detailsCard = h("div");
+    const exportsSlot = h("div");
     const streamState = h("span", { class: "stream-state muted small", "aria-live": "polite" });
 
     function drawJob() {
       const cancel = isTerminal(job.status) ? null : button("Cancel job", { kind: "danger-outline", onClick: onCancel });
+      const exportButton = job.status === "succeeded" && !job.continual_run_id
+        ? button("Export merged weights", { kind: "secondary", onClick: onExport }) : null;
       replace(header, pageHeader({
         title: h("span", { class: "title-with-badge" }, mono(job.id), badge(job.status)),
         subtitle: job.fine_tuned_model || job.model,
         back: job.continual_run_id ? { href: `#/runs/${encodeURIComponent(job.continual_run_id)}`, label: "Continual run" } : { href: "#/jobs", label: "Jobs" },
-        actions: [streamState, cancel].filter(Boolean),
+        actions: [streamState, exportButton, cancel].filter(Boolean),
       }));
       replace(progress, progressBar(job, charts.metrics));
       replace(summaryCard, summary(job));
@@ -104,6 +118,38 @@ export default {
         { title: `Failed: ${job.error.code}` }) : null,
       job.cancel_requested && !isTerminal(job.status) ? h("div", { class: "alert tone-warning" }, "Cancellation requested: the worker stops at its next heartbeat.") : null);
       replace(detailsCard, details(job));
+    }
+
+    async function onExport() {
+      const crma = job.adapter?.crma !== false;
+      const ok = await confirmDialog({
+        title: "Export merged weights?",
+        message: crma
+          ? "One folder in bfloat16: the LoRA merged into the base weights. CRMA cannot be merged exactly, so it is kept as a small modeling_crma.py: load the folder with trust_remote_code=True."
+          : "One folder in bfloat16 (the LoRA merged into the base weights) that transformers loads with no peft.",
+        confirmLabel: "Export", cancelLabel: "Not now", tone: "primary",
+      });
+      if (!ok) return;
+      const made = await showingErrors(alerts, () => api.post(`${path}/exports`,
+        { format: crma ? "merged_crma" : "merged", dtype: "bfloat16" }, { signal }), { title: "Not exported" });
+      if (made) {
+        toast("Export queued: a worker builds the folder.");
+        await refreshExports(true);
+      }
+    }
+
+    async function refreshExports(follow = false) {
+      const page = await api.get(`${path}/exports`, { signal }).catch((e) => e);
+      if (page instanceof Error) {
+        if (page.name !== "AbortError") replace(exportsSlot, errorView(page));
+        return;
+      }
+      replace(exportsSlot, exportsView(page.data, { signal }));
+      const busy = page.data.some((e) => e.status === "queued" || e.status === "running");
+      if (follow && busy && !signal.aborted) {
+        await api.sleep(REFRESH_MS, signal);
+        if (!signal.aborted) await refreshExports(true);
+      }
     }
 
     async function onCancel() {
@@ -144,8 +190,10 @@ export default {
       h("h2", { class: "section-title" }, "Training"), charts.element,
       h("div", { class: "columns" }, card("Events", log.element), card("Checkpoints", checkpoints)),
       card("Adapter files", artifacts),
+      job.continual_run_id ? null : card("Merged exports", exportsSlot),
       card("Configuration", detailsCard));
     refreshLists();
+    if (!job.continual_run_id) refreshExports(true);
 
     // Live: the events stream feeds the log and the charts; the job itself is re-read on a
     // timer (cost, tokens, status) until the stream says it is finished.
