@@ -83,44 +83,36 @@ def api_request(*, mode: str, seed: int, drift_budget_pct: float = 0.5,
 
 
 def product_config(request: dict[str, Any], *, example_count: int):
-    """crma_core's ContinualConfig for an API request, resolved the way the product resolves
-    it (auto epochs and batch size from the file size, rates = defaults × multiplier).
+    """crma_core's ContinualConfig for an API request, built by the product's own code: the
+    body is validated by the API's request schema, resolved into the stage's JobSettings
+    (``resolve_job_settings``, "auto" decided from the file size), translated by
+    ``recipe_configs`` and ``continual_config`` (what the worker passes to run_stage), on
+    the CPU with no checkpoints; then only the HARNESS settings that do not change what a
+    stage computes (crma_core STAGE_MAY_CHANGE) and ``score_base``."""
+    import dataclasses
 
-    The one function a later harness swaps for the worker's own config builder."""
-    from crma_core.config import CRMAConfig
-    from crma_core.continual_state import ContinualConfig
-    from crma_core.settings import LoraSettings, TrainConfig
+    from app.domain.job_settings import continual_config, recipe_configs, resolve_job_settings
+    from app.schemas.continual import ContinualRunCreate
+    from crma_core.continual_config import STAGE_MAY_CHANGE
 
-    hp = request["hyperparameters"]
-    epochs = _auto_epochs(example_count) if hp["n_epochs"] == "auto" else int(hp["n_epochs"])
-    batch = max(1, min(32, example_count // 500)) if hp["batch_size"] == "auto" \
-        else int(hp["batch_size"])
-    multiplier = float(hp["learning_rate_multiplier"])
-    defaults = TrainConfig()
-    lr_rw = hp.get("lr_rw_base", defaults.lr_rw)
-    train = TrainConfig(
-        epochs=epochs, batch_size=batch, max_seq_len=int(hp["max_seq_len"]),
-        max_steps=int(hp["max_steps"]), seed=int(request["seed"]),
-        lr_main=defaults.lr_main * multiplier, lr_rw=lr_rw * multiplier,
-        lr_mix=defaults.lr_mix * multiplier, lr_gate=defaults.lr_gate * multiplier,
-        eval_batch_size=HARNESS["eval_batch_size"], eval_every=HARNESS["eval_every"])
-    adapter = {"n_streams": 4, "rank": 1, "lora_r": 16, "lora_alpha": 32, **request["adapter"]}
-    return ContinualConfig(mode=request["mode"],
-                           lora=LoraSettings(r=adapter["lora_r"], alpha=adapter["lora_alpha"]),
-                           crma=CRMAConfig(n=adapter["n_streams"], r=adapter["rank"]),
-                           train=train, score_base=request.get("score_base", True),
-                           drift_budget_pct=float(request["drift_budget_pct"]),
-                           baseline=bool(request["baseline"]))
-
-
-def _auto_epochs(example_count: int) -> int:
-    # app.domain.hyperparameters.auto_epochs (3 unless the file is tiny or huge)
-    passes = example_count * 3
-    if passes < 100:
-        return min(25, -(-100 // example_count))
-    if passes > 25_000:
-        return max(1, 25_000 // example_count)
-    return 3
+    body = ContinualRunCreate.model_validate({
+        "model": MODEL_ID, **{k: request[k] for k in ("mode", "seed", "drift_budget_pct",
+                                                        "baseline", "hyperparameters",
+                                                        "adapter")},
+        "domains": [{"name": "d", "training_file": "train", "validation_file": "holdout"}]})
+    settings = resolve_job_settings(
+        hyperparameters=body.hyperparameters.model_dump() if body.hyperparameters else None,
+        adapter=body.adapter.model_dump() if body.adapter else None,
+        example_count=example_count,
+        continual={"drift_budget_pct": body.drift_budget_pct, "baseline": body.baseline})
+    configs = recipe_configs(settings, seed=body.seed, token_budget=None,
+                             example_count=example_count, has_validation=True, device="cpu",
+                             checkpoint_every_steps=None, checkpoint_every_s=None)
+    config = continual_config(settings, configs, mode=body.mode)
+    harness = {k: HARNESS[k] for k in ("eval_batch_size", "eval_every")}
+    assert set(harness) <= set(STAGE_MAY_CHANGE)
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **harness),
+                               score_base=request.get("score_base", True))
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -291,7 +283,7 @@ def cmd_pilot(args) -> None:
     jobs = []
     for spec in args.attempt:
         mode, order, lr = spec.split(":")
-        extra = {} if lr == "-" else {"lr_rw_base": float(lr)}
+        extra = {} if lr == "-" else {"crma_learning_rate": float(lr)}
         request = api_request(mode=mode, seed=0, **extra)
         request["score_base"] = mode == "frozen"
         tag = f"pilot-{mode}-{order}" + (f"-rw{lr}" if extra else "")
@@ -302,7 +294,9 @@ def cmd_pilot(args) -> None:
     pilots = json.loads(log.read_text()) if log.is_file() else []
     for record in records:
         pilots.append({"tag": record["tag"], "mode": record["mode"], "order": record["order"],
-                       "lr_rw_base": record["request"]["hyperparameters"].get("lr_rw_base"),
+                       "lr_rw_base": record["request"]["hyperparameters"].get(
+                           "crma_learning_rate", record["request"]["hyperparameters"].get(
+                               "lr_rw_base")),
                        "config": record["config"], "domains": record["domains"],
                        "matrix": record["matrix"], "base_losses": record.get("base_losses"),
                        "seconds": record["seconds"], "started_at": started,
@@ -332,12 +326,11 @@ def cmd_run(args) -> None:
                 request["score_base"] = seed == 0
                 jobs.append(_job(args, tag=tag, request=request, order=order, split="report",
                                  general=str(args.general)))
-    # Modular (with its baseline) first, seed by seed; naive's seed 0 right after modular's,
-    # its other seeds last: if the machine is slower than planned, what finishes first
-    # covers both orders and every mode.
-    jobs.sort(key=lambda j: (j["request"]["seed"] if j["request"]["mode"] != "naive" else
-                             (0.5 if j["request"]["seed"] == 0 else 2.5 + j["request"]["seed"]),
-                             j["order"]))
+    # Seed by seed, modular (with its baseline: frozen's figures) then naive, both orders at
+    # once; frozen-mode runs (the cross-check of the baseline) last: if the machine is slower
+    # than planned, what finishes first covers both orders and every mode.
+    jobs.sort(key=lambda j: (j["request"]["seed"] + {"modular": 0, "naive": 0.5}.get(
+        j["request"]["mode"], 100), j["order"]))
     started = time.time()
     _run_jobs(jobs, args.jobs)
     batches = args.work_dir / "batches.json"

@@ -26,9 +26,7 @@ Nothing is pickled and nothing is unpickled.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
 import re
 import shutil
@@ -40,10 +38,14 @@ import torch
 from torch import nn
 
 from crma_core.artifacts import build_manifest
-from crma_core.config import CRMAConfig
-from crma_core.errors import CheckpointError, ConfigError
+from crma_core.continual_config import (  # noqa: F401 - re-exported
+    DEFAULT_DRIFT_BUDGET_PCT,
+    MODES,
+    STAGE_MAY_CHANGE,
+    ContinualConfig,
+)
+from crma_core.errors import CheckpointError
 from crma_core.io import load_tensors, save_tensors, sha256_file, write_json
-from crma_core.settings import LoraSettings, TrainConfig
 
 STATE_FORMAT = "crma-continual-state"
 STATE_VERSION = 2  # 2: per-domain CRMA snapshots, serving, baseline, general holdout
@@ -54,17 +56,11 @@ CRMA_DIR = "crma"
 HOLDOUTS_DIR = "holdouts"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
-MODES = ("modular", "frozen", "naive")
 NAIVE_ADAPTER = "shared"
 BASELINE_DIR = "baseline"  # the baseline LoRAs (b0, b1, ...) in a state and a bundle
 CRMA_STATES_DIR = "crma_states"  # CRMA snapshots that serve earlier domains
 GENERAL_HOLDOUT = "holdouts/general.jsonl"
-DEFAULT_DRIFT_BUDGET_PCT = 0.5
 BUNDLE_FORMAT = "crma-continual-bundle"
-# Train settings that do not change what a stage computes (unless a budget binds), so a
-# later stage may pass other values than the run was started with.
-STAGE_MAY_CHANGE = ("device", "eval_batch_size", "eval_every", "checkpoint_every_steps",
-                    "checkpoint_every_seconds", "token_budget")
 # What happens to optimizer state between domains (recorded in every state).
 OPTIMIZER_POLICY = {
     "lora": "fresh AdamW moments for every domain's LoRA (naive: the shared LoRA's moments "
@@ -74,80 +70,6 @@ OPTIMIZER_POLICY = {
     "clipper": "fresh ZClip/max-norm state for every domain",
     "lr_schedule": "restarts at every domain (warm-up, then decay over that domain's steps)",
 }
-
-
-@dataclass(frozen=True)
-class ContinualConfig:
-    """A continual run's settings, fixed when its first domain starts.
-
-    mode: "modular" (fresh LoRA per domain + one shared CRMA trained throughout), "frozen"
-    (fresh LoRA per domain, no CRMA in the forward pass) or "naive" (one LoRA trained
-    through every domain, no CRMA). ``crma`` is used in modular mode only. ``train`` holds
-    the per-domain training knobs; its ``seed`` is the run's seed. LoRA uses standard
-    initialisation (PiSSA would rewrite the shared base per adapter). ``score_base`` also
-    scores each new domain's holdout with the untrained base model (one more pass).
-
-    ``drift_budget_pct`` (modular): no earlier domain is served with a CRMA state whose
-    holdout loss is more than this many percent above the loss its own stage ended with
-    (``crma_core.serving``; 0 allowed). Frozen drift is 0 by construction; naive mode shows
-    forgetting on purpose and has no budget. ``baseline`` (modular, naive): every stage
-    also trains a plain per-domain LoRA (what frozen mode trains: same init and batches,
-    no CRMA), so the report compares the mode with frozen within the run; its tokens are
-    counted apart (``StageResult.baseline_trained_tokens``).
-    """
-
-    mode: str = "modular"
-    lora: LoraSettings = LoraSettings()
-    crma: CRMAConfig = CRMAConfig()
-    train: TrainConfig = TrainConfig()
-    score_base: bool = True
-    drift_budget_pct: float = DEFAULT_DRIFT_BUDGET_PCT
-    baseline: bool = False
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.lora.init != "default":
-            raise ConfigError("continual runs use standard LoRA init (PiSSA would rewrite the "
-                              "shared base model per adapter)")
-        budget = self.drift_budget_pct
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) \
-                or not math.isfinite(budget) or budget < 0:
-            raise ConfigError(f"drift_budget_pct must be a number >= 0, got {budget!r}")
-        if self.baseline and self.mode == "frozen":
-            raise ConfigError("baseline: frozen mode is the per-domain LoRA baseline itself")
-
-    @property
-    def seed(self) -> int:
-        return self.train.seed
-
-    @property
-    def uses_crma(self) -> bool:
-        return self.mode == "modular"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "lora": self.lora.to_dict(),
-                "crma": self.crma.to_dict() if self.uses_crma else None,
-                "train": self.train.to_dict(), "score_base": self.score_base,
-                "drift_budget_pct": self.drift_budget_pct, "baseline": self.baseline}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ContinualConfig:
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown ContinualConfig fields: {', '.join(unknown)}")
-        return cls(mode=data["mode"], lora=LoraSettings.from_dict(data["lora"]),
-                   crma=CRMAConfig.from_dict(data["crma"]) if data.get("crma") else CRMAConfig(),
-                   train=TrainConfig.from_dict(data["train"]),
-                   score_base=bool(data.get("score_base", True)),
-                   drift_budget_pct=data.get("drift_budget_pct", DEFAULT_DRIFT_BUDGET_PCT),
-                   baseline=bool(data.get("baseline", False)))
-
-    def fixed_part(self) -> dict[str, Any]:
-        """The settings every stage of a run must share."""
-        data = self.to_dict()
-        data["train"] = {k: v for k, v in data["train"].items() if k not in STAGE_MAY_CHANGE}
-        return data
 
 
 @dataclass(frozen=True)

@@ -21,20 +21,10 @@ from app.services.job_inputs import fetch_data_files
 from worker.training import HANDED_BACK, AttemptTraining, TrainingOutcome
 
 
-def stage_config(attempt: Attempt, *, mode: str):  # noqa: ANN201 - crma_core ContinualConfig
-    """The run's ContinualConfig from the stage's settings (every stage of a run is created
-    from the run's hyperparameters, adapter and seed)."""
-    from crma_core.config import CRMAConfig
-    from crma_core.continual_state import ContinualConfig
-
-    configs = attempt.recipe_configs(has_validation=True)
-    return ContinualConfig(mode=mode, lora=configs.lora, crma=configs.crma or CRMAConfig(),
-                           train=configs.train, score_base=True)
-
-
 def train_stage(training: AttemptTraining, *, model_dir: Path) -> TrainingOutcome:
     """Run stage `job.stage_index` of run `job.continual_run_id`; see the module docstring."""
     from crma_core.continual import run_stage
+    from crma_core.continual_config import GENERAL_HOLDOUT_FILE
     from crma_core.continual_state import DomainSpec, export_bundle
 
     attempt, workdir = training.attempt, training.workdir
@@ -46,7 +36,7 @@ def train_stage(training: AttemptTraining, *, model_dir: Path) -> TrainingOutcom
     train_file, holdout_file = fetch_data_files(
         store=attempt.store, training_key=job.training_key, validation_key=job.validation_key,
         workdir=workdir)
-    config = stage_config(attempt, mode=stage.mode)
+    config = continual_stages.stage_config(attempt, mode=stage.mode)
     training.total_steps = config.train.planned_steps(max(job.example_count, 1))
     state_out = workdir / "state-out"
     result = run_stage(state_in, DomainSpec(name=stage.name, train_file=train_file,
@@ -54,9 +44,13 @@ def train_stage(training: AttemptTraining, *, model_dir: Path) -> TrainingOutcom
                        state_out, model_dir=model_dir, config=config,
                        callbacks=training.callbacks(),
                        resume_from=training.download_checkpoint(),
-                       checkpoint_on_stop=HANDED_BACK)
+                       checkpoint_on_stop=HANDED_BACK,
+                       general_holdout=GENERAL_HOLDOUT_FILE if state_in is None else None)
+    # The baseline LoRA's tokens are trained (and billed) like the run's own.
     outcome = TrainingOutcome(stop_reason=result.stop_reason,
-                              trained_tokens=result.trained_tokens, result=result.summary())
+                              trained_tokens=result.trained_tokens
+                              + result.baseline_trained_tokens,
+                              result=result.summary())
     if not result.finished:
         return outcome
     continual_stages.upload_state(attempt, state_out)

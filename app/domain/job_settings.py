@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.domain.hyperparameters import auto_batch_size, auto_epochs
 from crma_core.config import CRMAConfig
+from crma_core.continual_config import DEFAULT_DRIFT_BUDGET_PCT, ContinualConfig
 from crma_core.settings import LoraSettings, TrainConfig, planned_steps
 
 VERSION = 2
@@ -42,6 +43,13 @@ class Hyperparameters(_Settings):
     n_epochs: int = _TRAIN.epochs
     batch_size: int = _TRAIN.batch_size
     learning_rate_multiplier: float = 1.0
+    # CRMA's own base rates (read/write projections, mixing logits, gate), each scaled by
+    # learning_rate_multiplier like the LoRA's.
+    crma_learning_rate: float = _TRAIN.lr_rw
+    crma_mixing_learning_rate: float = _TRAIN.lr_mix
+    crma_gate_learning_rate: float = _TRAIN.lr_gate
+    max_steps: int | None = _TRAIN.max_steps
+    max_seq_len: int = _TRAIN.max_seq_len
 
 
 class AdapterSettings(_Settings):
@@ -53,6 +61,13 @@ class AdapterSettings(_Settings):
     lora_r: int = _LORA.r
     lora_alpha: int = _LORA.alpha
     quantization: Literal["nf4"] | None = _LORA.quantization
+
+
+class ContinualSettings(_Settings):
+    """A continual-run stage's run-level settings (crma_core's ContinualConfig defaults)."""
+
+    drift_budget_pct: float = DEFAULT_DRIFT_BUDGET_PCT
+    baseline: bool = False
 
 
 class StartingAdapter(_Settings):
@@ -69,6 +84,7 @@ class JobSettings(_Settings):
     version: Literal[2] = VERSION
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     adapter: AdapterSettings = Field(default_factory=AdapterSettings)
+    continual: ContinualSettings | None = None  # continual-run stages only
     # None: the adapter starts fresh (LoRA B = 0, CRMA at identity).
     start_from: StartingAdapter | None = None
 
@@ -78,15 +94,22 @@ class JobSettings(_Settings):
 
 
 DEFAULT_ADAPTER = AdapterSettings()
+DEFAULT_HYPERPARAMETERS = Hyperparameters()
+
+
+# Request fields with no "auto" rule: "auto" or null means crma_core's default.
+_DEFAULTED = ("crma_learning_rate", "crma_mixing_learning_rate", "crma_gate_learning_rate",
+              "max_steps", "max_seq_len")
 
 
 def resolve_job_settings(
     *, hyperparameters: Mapping[str, Any] | None, adapter: Mapping[str, Any] | None,
-    example_count: int, start_from: StartingAdapter | None = None,
+    example_count: int, continual: Mapping[str, Any] | None = None,
+    start_from: StartingAdapter | None = None,
 ) -> JobSettings:
     """The settings of a new job: the request's values (already validated by the request
     schema), "auto" decided for a training file of `example_count` examples, the rest from
-    crma_core's defaults."""
+    crma_core's defaults. `continual` (drift_budget_pct, baseline) for a continual stage."""
     requested = dict(hyperparameters or {})
     epochs = requested.get("n_epochs", AUTO)
     batch = requested.get("batch_size", AUTO)
@@ -95,9 +118,12 @@ def resolve_job_settings(
         n_epochs=auto_epochs(example_count) if epochs in (AUTO, None) else epochs,
         batch_size=auto_batch_size(example_count) if batch in (AUTO, None) else batch,
         learning_rate_multiplier=1.0 if multiplier in (AUTO, None) else multiplier,
+        **{k: requested[k] for k in _DEFAULTED if requested.get(k) not in (AUTO, None)},
     )
     return JobSettings(hyperparameters=resolved,
-                       adapter=AdapterSettings(**dict(adapter or {})), start_from=start_from)
+                       adapter=AdapterSettings(**dict(adapter or {})),
+                       continual=None if continual is None else ContinualSettings(**continual),
+                       start_from=start_from)
 
 
 def load_job_settings(stored: Mapping[str, Any] | None) -> JobSettings:
@@ -127,12 +153,15 @@ def recipe_configs(
     """The one translation of a job's settings (plus what the worker decides: device,
     checkpoint cadence) into crma_core's CRMAConfig, LoraSettings and TrainConfig."""
     hp, adapter = settings.hyperparameters, settings.adapter
-    steps = planned_steps(max(example_count, 1), epochs=hp.n_epochs, batch_size=hp.batch_size)
+    steps = planned_steps(max(example_count, 1), epochs=hp.n_epochs, batch_size=hp.batch_size,
+                          max_steps=hp.max_steps)
+    multiplier = hp.learning_rate_multiplier
     train = TrainConfig(
-        epochs=hp.n_epochs, batch_size=hp.batch_size,
-        lr_main=_TRAIN.lr_main * hp.learning_rate_multiplier,
-        lr_mix=_TRAIN.lr_mix * hp.learning_rate_multiplier,
-        lr_gate=_TRAIN.lr_gate * hp.learning_rate_multiplier,
+        epochs=hp.n_epochs, batch_size=hp.batch_size, max_steps=hp.max_steps,
+        max_seq_len=hp.max_seq_len, lr_main=_TRAIN.lr_main * multiplier,
+        lr_rw=hp.crma_learning_rate * multiplier,
+        lr_mix=hp.crma_mixing_learning_rate * multiplier,
+        lr_gate=hp.crma_gate_learning_rate * multiplier,
         seed=int(seed), eval_every=max(1, steps // EVALS_PER_RUN) if has_validation else None,
         checkpoint_every_steps=checkpoint_every_steps,
         checkpoint_every_seconds=checkpoint_every_s, token_budget=token_budget, device=device,
@@ -142,3 +171,13 @@ def recipe_configs(
                         quantization=adapter.quantization)
     crma = CRMAConfig(n=adapter.n_streams, r=adapter.rank) if adapter.crma else None
     return RecipeConfigs(crma=crma, lora=lora, train=train)
+
+
+def continual_config(settings: JobSettings, configs: RecipeConfigs, *,
+                     mode: str) -> ContinualConfig:
+    """crma_core's ContinualConfig for a stage of a run in `mode`, from the stage's settings
+    and its `recipe_configs` (what the worker passes to run_stage)."""
+    run = settings.continual or ContinualSettings()
+    return ContinualConfig(mode=mode, lora=configs.lora, crma=configs.crma or CRMAConfig(),
+                           train=configs.train, score_base=True,
+                           drift_budget_pct=run.drift_budget_pct, baseline=run.baseline)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from app.schemas.common import EXAMPLE_MODEL, ListEnvelope, RequestModel
+from crma_core.continual_config import DEFAULT_DRIFT_BUDGET_PCT
 from app.schemas.jobs import (
     FILE_REFERENCE,
     AdapterIn,
@@ -17,6 +18,14 @@ from app.schemas.jobs import (
 )
 
 MAX_DOMAINS = 16
+MAX_DRIFT_BUDGET_PCT = 100.0
+MODES_DESCRIPTION = (
+    "modular: a new LoRA per domain plus one CRMA shared by all domains that keeps training "
+    "through them; each domain is served by its LoRA and a CRMA state chosen under "
+    "drift_budget_pct (the shared one, or the one its own stage ended with). "
+    "frozen: a new LoRA per domain and no CRMA (one plain LoRA per domain; earlier domains "
+    "never change). naive: one LoRA trained on every domain in turn, no CRMA (forgets "
+    "earlier domains; the reference for forgetting).")
 
 
 class DomainIn(RequestModel):
@@ -29,10 +38,19 @@ class DomainIn(RequestModel):
 
 class ContinualRunCreate(RequestModel):
     model: str = Field(examples=[EXAMPLE_MODEL])
-    mode: Literal["modular", "frozen", "naive"] = Field(
-        "modular", description="modular: one adapter per domain over a frozen shared base; "
-        "frozen: earlier adapters frozen; naive: one adapter trained on every domain in turn."
-    )
+    mode: Literal["modular", "frozen", "naive"] = Field("modular",
+                                                        description=MODES_DESCRIPTION)
+    drift_budget_pct: float = Field(
+        DEFAULT_DRIFT_BUDGET_PCT, ge=0, le=MAX_DRIFT_BUDGET_PCT, allow_inf_nan=False,
+        description="modular: no earlier domain is served with a CRMA state whose holdout loss "
+        "is more than this many percent above the loss its own stage ended with (0 allowed: "
+        "an earlier domain then moves to a newer CRMA only if its loss does not rise). "
+        "Ignored by frozen and naive.")
+    baseline: bool = Field(
+        False, description="Also train the per-domain LoRA baseline (what frozen mode trains) "
+        "beside each stage, so the report compares the run with it (backward, forward "
+        "transfer, general retention). Its tokens are trained and billed too (about twice "
+        "the tokens). Not for mode frozen (it is the baseline).")
     domains: list[DomainIn] = Field(min_length=1, max_length=MAX_DOMAINS)
     hyperparameters: HyperparametersIn | None = None
     adapter: AdapterIn | None = None
@@ -43,6 +61,14 @@ class ContinualRunCreate(RequestModel):
     @classmethod
     def _metadata(cls, value: Metadata | None) -> Metadata | None:
         return check_metadata(value)
+
+    @field_validator("baseline")
+    @classmethod
+    def _baseline_needs_another_mode(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("mode") == "frozen":
+            raise ValueError("mode frozen is the per-domain LoRA baseline itself; use "
+                             "baseline with mode modular or naive")
+        return value
 
     @field_validator("domains")
     @classmethod

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
 from app.domain.hyperparameters import MAX_EPOCHS
-from app.domain.job_settings import DEFAULT_ADAPTER
+from app.domain.job_settings import DEFAULT_ADAPTER, DEFAULT_HYPERPARAMETERS
 from app.schemas.common import (
     EXAMPLE_MODEL,
     EXAMPLE_TRAINING_FILE,
@@ -22,6 +22,8 @@ from app.schemas.common import (
 )
 
 Auto = Literal["auto"]
+MAX_STEPS = 1_000_000
+MIN_SEQ_LEN, MAX_SEQ_LEN = 32, 131_072  # crma_core.limits bounds it per model
 
 
 def _whole_or_auto(name: str, low: int, high: int):  # noqa: ANN202 - a validator factory
@@ -50,6 +52,37 @@ def _multiplier_or_auto(value: object) -> object:
     return float(value)
 
 
+def _rate_or_auto(name: str, high: float):  # noqa: ANN202 - a validator factory
+    def check(value: object) -> object:
+        if value is None or value == "auto":
+            return "auto"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name} must be a number or 'auto'")
+        if not 0 <= value <= high:
+            raise ValueError(f"{name} must be between 0 and {high:g}")
+        return float(value)
+
+    return BeforeValidator(check)
+
+
+def _rate(name: str, default: float, high: float, what: str):  # noqa: ANN202
+    return Annotated[Annotated[float, Field(ge=0, le=high)] | Auto,
+                     _rate_or_auto(name, high)], Field(
+        "auto", description=f"{what} Base rate, scaled by learning_rate_multiplier; 'auto' "
+        f"is {default:g}; 0 <= rate <= {high:g} (0 keeps that part of CRMA fixed). Only "
+        "used where CRMA trains (adapter.crma, continual mode modular).")
+
+
+_CRMA_RW = _rate("crma_learning_rate", DEFAULT_HYPERPARAMETERS.crma_learning_rate, 1e-2,
+                 "Learning rate of CRMA's read/write projections (far below LoRA's: a CRMA "
+                 "that moves fast undoes what earlier continual domains' LoRAs adapted to).")
+_CRMA_MIX = _rate("crma_mixing_learning_rate",
+                  DEFAULT_HYPERPARAMETERS.crma_mixing_learning_rate, 1e-1,
+                  "Learning rate of CRMA's stream-mixing logits.")
+_CRMA_GATE = _rate("crma_gate_learning_rate", DEFAULT_HYPERPARAMETERS.crma_gate_learning_rate,
+                   1e-2, "Learning rate of CRMA's output gate.")
+
+
 class HyperparametersIn(RequestModel):
     """Each value may be "auto" (or null): resolved from the training file at creation.
     Numbers are strict: `true`, `"3"` or `2.5` is a 422, not silently 1, 3 or 2 (`3.0` is the
@@ -63,8 +96,21 @@ class HyperparametersIn(RequestModel):
         "auto", description="Examples per optimizer step (1-256).")
     learning_rate_multiplier: Annotated[Annotated[float, Field(gt=0, le=10)] | Auto,
                                         BeforeValidator(_multiplier_or_auto)] = (
-        Field("auto", description="Scales the base learning rates (2e-4 for LoRA, 1e-3 for "
-              "the CRMA mixing matrix); 0 < m <= 10."))
+        Field("auto", description="Scales every base learning rate: LoRA's 2e-4 and CRMA's "
+              "three (crma_learning_rate, crma_mixing_learning_rate, "
+              "crma_gate_learning_rate); 0 < m <= 10."))
+    crma_learning_rate: _CRMA_RW[0] = _CRMA_RW[1]
+    crma_mixing_learning_rate: _CRMA_MIX[0] = _CRMA_MIX[1]
+    crma_gate_learning_rate: _CRMA_GATE[0] = _CRMA_GATE[1]
+    max_steps: Annotated[Annotated[int, Field(ge=1, le=MAX_STEPS)] | Auto,
+                         _whole_or_auto("max_steps", 1, MAX_STEPS)] = Field(
+        "auto", description=f"Stop after this many optimizer steps (1-{MAX_STEPS}; 'auto': "
+        "every epoch runs). Per stage in a continual run.")
+    max_seq_len: Annotated[Annotated[int, Field(ge=MIN_SEQ_LEN, le=MAX_SEQ_LEN)] | Auto,
+                           _whole_or_auto("max_seq_len", MIN_SEQ_LEN, MAX_SEQ_LEN)] = Field(
+        "auto", description=f"Tokens per training row; longer examples are cut "
+        f"({MIN_SEQ_LEN}-{MAX_SEQ_LEN}; 'auto' is "
+        f"{DEFAULT_HYPERPARAMETERS.max_seq_len}).")
 
 
 class AdapterIn(RequestModel):

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import ContinualRun, ContinualStage
 from app.db.session import session_scope
+from app.domain.job_settings import continual_config
 from app.services.attempts import Attempt
 from app.storage import keys
 from app.storage.base import download_prefix, upload_directory
@@ -32,6 +33,13 @@ class StageOfRun:
     mode: str  # the run's: modular | frozen | naive
     seed: int
     name: str  # the domain's
+
+
+def stage_config(attempt: Attempt, *, mode: str):  # noqa: ANN201 - crma_core ContinualConfig
+    """The run's ContinualConfig from the stage's settings: `recipe_configs` plus the run's
+    drift budget and baseline (every stage of a run is created from the run's settings)."""
+    return continual_config(attempt.job.job_settings,
+                            attempt.recipe_configs(has_validation=True), mode=mode)
 
 
 def stage_prefix(account_id: str, run_id: str, stage_index: int) -> str:
