@@ -36,6 +36,18 @@ DEFAULT_EXPORT_PRICES_MICROS: dict[str, int] = {
 }
 
 
+# Inference prices per 1M tokens (prompt + completion), in micro-dollars, by base model size
+# (a fine-tuned model is priced as its base). Below the market's serverless rates for models
+# of these sizes (about $0.10 per 1M tokens for <= 3B, $0.20 for 7B), since a CPU engine
+# serves them here.
+DEFAULT_INFERENCE_PRICES_MICROS_PER_MTOK: dict[str, int] = {
+    "smollm2-135m-instruct": 20_000,
+    "tinyllama-1.1b-chat": 50_000,
+    "gemma-2-2b-it": 80_000,
+    "mistral-7b-v0.3": 150_000,
+}
+
+
 class Settings(BaseSettings):
     """Service configuration. Embedded defaults need no external service (see `crma dev`)."""
 
@@ -124,6 +136,26 @@ class Settings(BaseSettings):
     )
     free_exports_per_day: int = 3
     export_max_shard_size: str = "2GB"
+
+    # Inference: chat and text completions through the engine (app/services/inference_*.py,
+    # serving/; docs/user-guide.md, "Using your model")
+    # The engine serving each base model; models not listed go to `engine_url` (one engine
+    # serves one base model: a request for a model it does not serve is a 503).
+    engine_url: str = "http://127.0.0.1:8100"
+    engine_urls: dict[str, str] = Field(default_factory=dict)
+    engine_connect_timeout_s: float = 2.0
+    # The longest the API waits for the engine's next event (its first token, the next token,
+    # or a keep-alive, which it sends every 15 s): never a hang.
+    engine_timeout_s: float = 60.0
+    engine_retry_after_s: int = 5
+    inference_prices_micros_per_mtok: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_INFERENCE_PRICES_MICROS_PER_MTOK)
+    )
+    # The free plan's prompt + completion tokens per UTC day, on its models.
+    free_inference_tokens_per_day: int = 200_000
+    # A request still `running` this long after it started lost its API process: its hold or
+    # allowance reservation is given back and nothing is charged.
+    inference_stale_after_s: float = 3600.0
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -29,6 +29,9 @@ class CatalogModel:
     num_key_value_heads: int = 0
     head_dim: int = 0
     tie_word_embeddings: bool = False
+    # The most tokens one chat or text completion may generate on this model (its
+    # fine-tuned models too); a larger max_tokens is a 400.
+    max_output_tokens: int = 1024
 
     def crma_parameters(self, n: int = 4, r: int = 1) -> int:
         """CRMA adapter size on this model: L·(2·d·n·r + n² + 1)."""
