@@ -5,6 +5,7 @@ from app.db.models.billing import IdempotencyRecord, LedgerEntry, LedgerTransact
 from app.db.models.continual import ContinualRun, ContinualStage
 from app.db.models.exports import ModelExport
 from app.db.models.files import File
+from app.db.models.inference import InferenceAllowance, InferenceRequest
 from app.db.models.jobs import Artifact, Checkpoint, Job, JobEvent
 from app.db.models.outbox import OutboxMessage, WorkerHeartbeat
 from app.db.models.webhooks import WebhookDelivery, WebhookEndpoint, WebhookEvent
@@ -18,6 +19,8 @@ __all__ = [
     "ContinualStage",
     "File",
     "IdempotencyRecord",
+    "InferenceAllowance",
+    "InferenceRequest",
     "Job",
     "JobEvent",
     "LedgerEntry",
