@@ -1,10 +1,11 @@
 """`crma train` against TRL's SFTTrainer + peft: same data, model, steps and settings (CPU).
 
     python bench/vs_trl.py [--repeats 3] [--threads 2] [--rows 32] [--max-seq-len 128]
-    python bench/vs_trl.py --tiny --out /tmp/vs_trl.json     # seconds; what the test runs
+    python bench/vs_trl.py --tiny --out /tmp/vs_trl.json     # minutes; what the test runs
 
 One run alternates the trainers, every one in a fresh process (A B C, then C B A, ...):
-TRL, `crma train --no-crma` and `crma train` (CRMA on, the product's default). Each
+TRL (bench/trl_side.py), `crma train --no-crma` and `crma train` (CRMA on, the product's
+default). Each
 process reports its training time (first step to last), and the harness measures its wall
 time and peak RSS (``os.wait4``); start-up is everything else (imports, model and data
 loading, TRL's dataset preparation). The harness then scores every adapter on the same
@@ -42,6 +43,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 # harness's own holdout scoring many times slower on a shared CPU.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from bench.trl_side import TRL_SETTINGS, trl_command  # noqa: E402 - after sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = ROOT / ".cache" / "crma-models" / "smollm2-135m-instruct"
 DEFAULT_DATA = ROOT / "bench" / "data" / "cache" / "domains"
@@ -59,25 +62,6 @@ OVERRIDES = {
     "max_seq_len": (128, "CPU budget: the medical examples are up to ~300 tokens; at 128 a "
                          "run of 8 steps takes a few minutes on the shared 2-core machine"),
 }
-# What TRL's SFTConfig gets instead of its own defaults, so both sides compute the same thing.
-TRL_SETTINGS = {
-    "learning_rate": (2e-4, "crma_core's default (TRL's is 2e-5)"),
-    "weight_decay": (0.01, "crma_core's default (TRL's is 0.0)"),
-    "bf16": (False, "float32 on both sides (TRL's default is bf16)"),
-    "gradient_checkpointing": (False, "off on both sides (TRL's default is on)"),
-    "max_length": ("max_seq_len", "the same truncation as crma's --max-seq-len"),
-    "num_train_epochs": ("epochs", "the same epochs"),
-    "per_device_train_batch_size": (4, "crma_core's default batch"),
-    "lr_scheduler_type": ("linear", "both default to linear decay without warm-up"),
-    "max_grad_norm": (1.0, "clip at 1.0 (crma's ZClip clips at its 1.0 cap for its first "
-                           "25 steps, i.e. the same rule on runs this short)"),
-    "use_cpu": (True, "the same device"),
-    "report_to": ("none", "no trackers"),
-    "save_strategy": ("no", "the adapter is saved once at the end, outside the timing"),
-    "dataloader_num_workers": (0, "both load data in the training process"),
-}
-
-
 # -- data ---------------------------------------------------------------------------------
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
@@ -109,7 +93,8 @@ def prepare_data(args: argparse.Namespace, work: Path) -> dict[str, Path]:
             from bench.data.build_domains import build_domains
 
             build_domains(out_dir=Path(args.data_dir), domains=[DOMAIN])
-        train, holdout = _read_jsonl(domain / "train.jsonl"), _read_jsonl(domain / "holdout.jsonl")
+        train = _read_jsonl(domain / "train.jsonl")
+        holdout = _read_jsonl(domain / "holdout.jsonl")
     short = short_rows(train, args.short_rows)
     return {
         "train": _write_jsonl(work / "data" / "train.jsonl", train[:args.rows]),
@@ -168,61 +153,6 @@ def ours_command(*, model_dir: Path, train: Path, out: Path, settings: dict[str,
                "--max-seq-len", str(settings["max_seq_len"]),
                "--threads", str(settings["threads"])]
     return command + ([] if crma else ["--no-crma"]) + (["--packing"] if packing else [])
-
-
-def trl_command(job: Path) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "_trl", str(job)]
-
-
-def trl_child(job_path: str) -> None:
-    """The TRL side (run as `vs_trl.py _trl job.json`): SFTTrainer + peft LoRA, then prints
-    {"train_s", "save_s", "tokens", "steps", "same_token_ids"} as the last stdout line."""
-    job = json.loads(Path(job_path).read_text())
-    import torch
-
-    torch.set_num_threads(job["threads"])
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
-
-    times: dict[str, tuple[float, float]] = {}
-
-    class Timer(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
-            times["begin"] = (time.perf_counter(), time.process_time())
-
-        def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
-            times["end"] = (time.perf_counter(), time.process_time())
-
-    tokenizer = AutoTokenizer.from_pretrained(job["model_dir"], local_files_only=True)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=torch.float32,
-                                                 local_files_only=True)
-    config = SFTConfig(output_dir=job["out"], seed=job["seed"], logging_steps=10,
-                       **{k: v for k, (v, _) in TRL_SETTINGS.items()
-                          if k not in ("max_length", "num_train_epochs")},
-                       max_length=job["max_seq_len"], num_train_epochs=job["epochs"])
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
-                      bias="none", task_type="CAUSAL_LM")
-    dataset = Dataset.from_list(_read_jsonl(Path(job["train"])))
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset,
-                         processing_class=tokenizer, peft_config=lora, callbacks=[Timer()])
-    result = trainer.train()
-    saved, saved_cpu = time.perf_counter(), time.process_time()
-    trainer.model.save_pretrained(job["out"])
-    save_s, save_cpu_s = time.perf_counter() - saved, time.process_time() - saved_cpu
-    ids = [list(x) for x in trainer.train_dataset["input_ids"]]
-    from crma_core.data import load_examples
-
-    ours, _ = load_examples(Path(job["train"]), tokenizer, max_seq_len=job["max_seq_len"])
-    print(json.dumps({"train_s": times["end"][0] - times["begin"][0],
-                      "train_cpu_s": times["end"][1] - times["begin"][1],
-                      "save_s": save_s, "save_cpu_s": save_cpu_s,
-                      "tokens": sum(len(x) for x in ids) * job["epochs"],
-                      "steps": result.global_step,
-                      "same_token_ids": sorted(ids) == sorted(e.input_ids for e in ours)}))
 
 
 def run_trainer(kind: str, *, repeat: int, model_dir: Path, train: Path, work: Path,
@@ -322,7 +252,8 @@ def summarize_packing(runs: list[dict[str, Any]]) -> dict[str, Any]:
                   for i in sorted(packed)]
     return {"tokens_per_s_ratio": _median(ratios), "pairs": [round(x, 4) for x in ratios],
             "tokens_per_cpu_s_ratio": _median(cpu_ratios),
-            "steps": {"packed": packed[min(packed)]["steps"], "unpacked": plain[min(plain)]["steps"]},
+            "steps": {"packed": packed[min(packed)]["steps"],
+                      "unpacked": plain[min(plain)]["steps"]},
             "tokens": {"packed": packed[min(packed)]["tokens"],
                        "unpacked": plain[min(plain)]["tokens"]},
             "holdout_loss": {"packed": _median([r["holdout_loss"] for r in packed.values()]),
@@ -361,7 +292,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                            "target_modules": "all-linear"},
                      **settings, "repeats": args.repeats},
         "overrides": {k: {"value": v, "reason": why} for k, (v, why) in OVERRIDES.items()},
-        "trl_settings": {k: {"value": v, "reason": why} for k, (v, why) in TRL_SETTINGS.items()},
+        "trl_settings": {k: {"value": v, "reason": why}
+                         for k, (v, why) in TRL_SETTINGS.items()},
         "fairness": {
             "data": "every trainer reads the same JSONL file (the first N rows of the domain)",
             "tokens": "TRL's tokenized rows are compared with crma_core's (same_token_ids "
@@ -442,9 +374,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["_trl"]:
-        trl_child(argv[1])
-        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))

@@ -32,7 +32,8 @@ TRAIN_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
      "decay after warm-up"),
     ("--warmup-steps", "warmup_steps", int, "linear warm-up length in steps"),
     ("--warmup-ratio", "warmup_ratio", float, "warm-up as a share of the planned steps"),
-    ("--weight-decay", "weight_decay", float, "AdamW weight decay of the LoRA and CRMA projections"),
+    ("--weight-decay", "weight_decay", float,
+     "AdamW weight decay of the LoRA and CRMA projections"),
     ("--clip", "clip", ("zclip", "max_norm", "none"), "gradient clipping"),
     ("--max-grad-norm", "max_grad_norm", float, "clipping threshold (zclip: its cap)"),
     ("--max-seq-len", "max_seq_len", int, "tokens per row (longer examples are truncated)"),
@@ -44,7 +45,8 @@ TRAIN_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--token-budget", "token_budget", int, "stop before training more tokens than this"),
     ("--eval-every", "eval_every", int, "evaluate the validation file every N steps"),
     ("--n-evals", "n_evals", int, "evaluations spread evenly over the run (the last at the end)"),
-    ("--eval-batch-size", "eval_batch_size", int, "rows per evaluation pass (default: micro-batch)"),
+    ("--eval-batch-size", "eval_batch_size", int,
+     "rows per evaluation pass (default: micro-batch)"),
     ("--n-checkpoints", "n_checkpoints", int,
      "checkpoints spread evenly over the run, each evaluated (needs --checkpoint-dir)"),
     ("--checkpoint-every", "checkpoint_every_steps", int,
@@ -57,7 +59,8 @@ TRAIN_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--gradient-checkpointing", "gradient_checkpointing", bool,
      "recompute activations in backward (less memory, ~30%% more compute)"),
     ("--compile", "compile", bool, "torch.compile the decoder layers and CRMA"),
-    ("--loss-chunk-tokens", "loss_chunk_tokens", int, "LM-head loss chunk (default: 1 GiB of logits)"),
+    ("--loss-chunk-tokens", "loss_chunk_tokens", int,
+     "LM-head loss chunk (default: 1 GiB of logits)"),
 )
 LORA_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--lora-r", "r", int, "LoRA rank"),
@@ -110,7 +113,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--no-crma", action="store_true", help="LoRA only")
     train.add_argument("--qlora", action="store_true", help="4-bit NF4 base (CUDA only)")
     train.add_argument("--data-dir", default=None,
-                       help="installation root for the model store (default $CRMA_DATA_DIR or ./.data)")
+                       help="installation root for the model store "
+                            "(default $CRMA_DATA_DIR or ./.data)")
     train.add_argument("--resume", type=Path, default=None, help="checkpoint directory")
     train.add_argument("--checkpoint-dir", type=Path, default=None,
                        help="keep checkpoints here (step-N/ each; see --n-checkpoints)")

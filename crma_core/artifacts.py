@@ -186,9 +186,9 @@ def crma_dropped(lora_dir: Path, crma_dir: Path | None) -> str | None:
     if not note or (crma_dir is not None and (Path(crma_dir) / CRMA_WEIGHTS).is_file()):
         return None
     figures = ""
-    if note.get("full_valid_loss") is not None and note.get("full_valid_loss_lora_only") is not None:
-        figures = (f" (validation loss {note['full_valid_loss']:.4f} with it, "
-                   f"{note['full_valid_loss_lora_only']:.4f} without)")
+    both, alone = note.get("full_valid_loss"), note.get("full_valid_loss_lora_only")
+    if both is not None and alone is not None:
+        figures = f" (validation loss {both:.4f} with it, {alone:.4f} without)"
     return (f"{lora_dir} was trained together with a CRMA adapter, which is not being loaded"
             f"{figures}: this is not the trained model. Load the whole bundle with "
             "crma_core.loader.load_for_generation.")

@@ -90,6 +90,21 @@ class CheckpointMetrics:
         return dataclasses.asdict(self)
 
     @classmethod
+    def of_state(cls, state: Any, *, total_steps: int) -> CheckpointMetrics:
+        """The metrics of a run's current step (``state``: a crma_core.loop.LoopState);
+        full_valid_* only when the last planned step has just been evaluated."""
+        scored = state.step > 0 and state.last_eval_step == state.step
+        final = scored and state.step == total_steps
+        return cls(
+            step=state.step, train_loss=state.last_loss,
+            train_mean_token_accuracy=state.last_accuracy,
+            valid_loss=state.last_val_loss if scored else None,
+            valid_mean_token_accuracy=state.last_val_accuracy if scored else None,
+            full_valid_loss=state.last_val_loss if final else None,
+            full_valid_mean_token_accuracy=state.last_val_accuracy if final else None,
+            is_best=scored and state.best_step == state.step)
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CheckpointMetrics:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
@@ -126,7 +141,7 @@ class TrainResult:
     CPU time (all threads) of the training loop.
     """
 
-    stop_reason: str
+    stop_reason: str | None
     steps: int
     trained_tokens: int
     final_train_loss: float | None
@@ -145,3 +160,30 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def of_state(cls, state: Any, *, stop_reason: str | None, validated: bool,
+                 lora_only: float | None = None, train_seconds: float = 0.0,
+                 train_cpu_seconds: float = 0.0) -> TrainResult:
+        """From a crma_core.loop.LoopState; ``validated``: the last evaluation scored the
+        final model on the whole validation file."""
+        full = validated and state.step > 0
+        return cls(
+            stop_reason=stop_reason, steps=state.step, trained_tokens=state.trained_tokens,
+            final_train_loss=state.last_loss, final_val_loss=state.last_val_loss,
+            peak_grad_norm=state.grad_norm_peak, mean_grad_norm=state.mean_grad_norm,
+            final_train_mean_token_accuracy=state.last_accuracy,
+            full_valid_loss=state.last_val_loss if full else None,
+            full_valid_mean_token_accuracy=state.last_val_accuracy if full else None,
+            full_valid_loss_lora_only=lora_only, best_step=state.best_step,
+            best_valid_loss=state.best_val_loss, micro_batch_size=state.micro_batch_size,
+            train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds)
+
+    def summary(self) -> dict[str, Any]:
+        """The run's results under OpenAI's names (metrics.jsonl's summary, the manifest)."""
+        return {"step": self.steps, "train_loss": self.final_train_loss,
+                "train_mean_token_accuracy": self.final_train_mean_token_accuracy,
+                "full_valid_loss": self.full_valid_loss,
+                "full_valid_mean_token_accuracy": self.full_valid_mean_token_accuracy,
+                "full_valid_loss_lora_only": self.full_valid_loss_lora_only,
+                "best_step": self.best_step, "best_valid_loss": self.best_valid_loss}

@@ -257,7 +257,8 @@ def collate(rows: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-def split_batch(batch: dict[str, torch.Tensor], micro_batch_size: int) -> list[dict[str, torch.Tensor]]:
+def split_batch(batch: dict[str, torch.Tensor],
+                micro_batch_size: int) -> list[dict[str, torch.Tensor]]:
     """A collated batch as micro-batches of at most ``micro_batch_size`` rows, in order, each
     cut to its own longest row (rows are right-padded, so the cut columns are padding)."""
     rows = batch["input_ids"].shape[0]

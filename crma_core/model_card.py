@@ -119,7 +119,8 @@ def model_card(info: dict[str, Any]) -> str:
         "|---|---|",
     ]
     for label, value in (
-            ("epochs", train.get("epochs")), ("batch size (rows per step)", train.get("batch_size")),
+            ("epochs", train.get("epochs")),
+            ("batch size (rows per step)", train.get("batch_size")),
             ("micro-batch (rows per pass)", info.get("micro_batch_size")),
             ("max sequence length", train.get("max_seq_len")), ("packing", train.get("packing")),
             ("learning rate (LoRA)", train.get("lr_main")),

@@ -328,19 +328,10 @@ class Recipe:
                 lora_only = self.evaluate()
             finally:
                 built.crma.enabled = True
-        full = has_val and state.step > 0
-        self.result = TrainResult(
-            stop_reason=reason, steps=state.step, trained_tokens=state.trained_tokens,
-            final_train_loss=state.last_loss, final_val_loss=state.last_val_loss,
-            peak_grad_norm=state.grad_norm_peak, mean_grad_norm=state.mean_grad_norm,
-            final_train_mean_token_accuracy=state.last_accuracy,
-            full_valid_loss=state.last_val_loss if full else None,
-            full_valid_mean_token_accuracy=state.last_val_accuracy if full else None,
-            full_valid_loss_lora_only=lora_only, best_step=state.best_step,
-            best_valid_loss=state.best_val_loss, micro_batch_size=state.micro_batch_size,
-            train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds,
-        )
-        state.history.append({"type": "summary", **self.metrics()})
+        self.result = TrainResult.of_state(
+            state, stop_reason=reason, validated=has_val, lora_only=lora_only,
+            train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds)
+        state.history.append({"type": "summary", **self.result.summary()})
         return self.result
 
     def _keep_best(self, state: LoopState) -> None:
@@ -349,30 +340,8 @@ class Recipe:
 
     def checkpoint_metrics(self) -> CheckpointMetrics:
         """The current step's metrics under OpenAI's names (see CheckpointMetrics)."""
-        state = self.state
-        scored = state.last_eval_step == state.step and state.step > 0
-        final = scored and state.step == self.plan.total_steps(len(self.rows))
-        return CheckpointMetrics(
-            step=state.step, train_loss=state.last_loss,
-            train_mean_token_accuracy=state.last_accuracy,
-            valid_loss=state.last_val_loss if scored else None,
-            valid_mean_token_accuracy=state.last_val_accuracy if scored else None,
-            full_valid_loss=state.last_val_loss if final else None,
-            full_valid_mean_token_accuracy=state.last_val_accuracy if final else None,
-            is_best=scored and state.best_step == state.step)
-
-    def metrics(self) -> dict[str, Any]:
-        """The run's results under OpenAI's names (for the manifest and metrics.jsonl)."""
-        result = self.result
-        return {
-            "step": self.state.step, "train_loss": self.state.last_loss,
-            "train_mean_token_accuracy": self.state.last_accuracy,
-            "full_valid_loss": result.full_valid_loss if result else None,
-            "full_valid_mean_token_accuracy":
-                result.full_valid_mean_token_accuracy if result else None,
-            "full_valid_loss_lora_only": result.full_valid_loss_lora_only if result else None,
-            "best_step": self.state.best_step, "best_valid_loss": self.state.best_val_loss,
-        }
+        return CheckpointMetrics.of_state(self.state,
+                                          total_steps=self.plan.total_steps(len(self.rows)))
 
     def _emit_checkpoint(self, state: LoopState) -> None:
         directory = Path(tempfile.mkdtemp(prefix=f"crma-ckpt-{state.step}-"))
@@ -401,6 +370,8 @@ class Recipe:
     def export_artifacts(self, out_dir: Path) -> dict[str, Any]:
         """Write the adapter bundle (see crma_core.artifacts) and return its manifest."""
         built = self._require_setup()
+        result = self.result or TrainResult.of_state(self.state, stop_reason=None,
+                                                     validated=False)
         info = {
             "base_model": {"family": built.family, "dir_name": self.model_dir.name},
             "crma": self.crma_config.to_dict() if self.crma_config else None,
@@ -413,12 +384,11 @@ class Recipe:
             "final_val_loss": self.state.last_val_loss,
             "peak_grad_norm": self.state.grad_norm_peak,
             "mean_grad_norm": self.state.mean_grad_norm,
-            "stop_reason": self.result.stop_reason if self.result else None,
+            "stop_reason": result.stop_reason,
             "micro_batch_size": self.state.micro_batch_size,
-            "metrics": self.metrics(),
-            "full_valid_loss": self.result.full_valid_loss if self.result else None,
-            "full_valid_loss_lora_only":
-                self.result.full_valid_loss_lora_only if self.result else None,
+            "metrics": result.summary(),
+            "full_valid_loss": result.full_valid_loss,
+            "full_valid_loss_lora_only": result.full_valid_loss_lora_only,
             "best": ({"step": self.best.step, "valid_loss": self.state.best_val_loss}
                      if self.best is not None else None),
         }

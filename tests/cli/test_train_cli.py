@@ -26,7 +26,8 @@ def test_help_lists_every_knob(capsys):
     assert flagged == {f.name for f in dataclasses.fields(TrainConfig)}
     lora_flagged = {name for _, name, _, _ in LORA_FLAGS} | {"quantization"}  # --qlora
     assert lora_flagged == {f.name for f in dataclasses.fields(LoraSettings)}
-    assert {name for _, name, _, _ in CRMA_FLAGS} <= {f.name for f in dataclasses.fields(CRMAConfig)}
+    crma_fields = {f.name for f in dataclasses.fields(CRMAConfig)}
+    assert {name for _, name, _, _ in CRMA_FLAGS} <= crma_fields
     for flag, name, _, _ in TRAIN_FLAGS + LORA_FLAGS + CRMA_FLAGS:
         assert flag in text, flag
     for flag in ("--qlora", "--no-crma", "--learning-rate", "--lr-scheduler", "--no-packing"):

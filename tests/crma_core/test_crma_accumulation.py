@@ -205,8 +205,8 @@ def test_memory_model_orders_and_plans():
         shape = ModelShape.of_catalog(model)
         lora = LoraSettings()
         plain = memory_model(shape, lora=lora, train=TrainConfig(dtype="bfloat16"))
-        checkpointed = memory_model(shape, lora=lora,
-                                    train=TrainConfig(dtype="bfloat16", gradient_checkpointing=True))
+        checkpointed = memory_model(
+            shape, lora=lora, train=TrainConfig(dtype="bfloat16", gradient_checkpointing=True))
         dropout = memory_model(shape, lora=LoraSettings(dropout=0.1),
                                train=TrainConfig(dtype="bfloat16"))
         assert checkpointed.per_token_bytes < plain.per_token_bytes < dropout.per_token_bytes
