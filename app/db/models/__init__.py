@@ -7,6 +7,7 @@ from app.db.models.exports import ModelExport
 from app.db.models.files import File
 from app.db.models.inference import InferenceAllowance, InferenceRequest
 from app.db.models.jobs import Artifact, Checkpoint, Job, JobEvent
+from app.db.models.model_installs import ModelInstall
 from app.db.models.outbox import OutboxMessage, WorkerHeartbeat
 from app.db.models.webhooks import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
@@ -26,6 +27,7 @@ __all__ = [
     "LedgerEntry",
     "LedgerTransaction",
     "ModelExport",
+    "ModelInstall",
     "OutboxMessage",
     "WebhookDelivery",
     "WebhookEndpoint",

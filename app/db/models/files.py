@@ -35,6 +35,9 @@ class File(Base):
     # How each family's count was made: "tokenizer:<model>", "tokenizer_sample:<model>" or
     # "heuristic:<n>_bytes_per_token" (app/services/tokens.py).
     token_estimate_method: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    # Per installed model, the exact row lengths of the rendered training sequences as
+    # histograms (app/services/tokens.py): a job's trained tokens at its max_seq_len.
+    token_lengths: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     # First errors only ([{"line", "field", "code", "message"}]); error_count has the total.
     errors: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
     error_count: Mapped[int] = mapped_column(Integer, default=0)
