@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crma_core.errors import CheckpointError
+from crma_core.errors import CheckpointError, StaleCheckpointError
 from crma_core.io import load_crma_into, load_tensors, save_crma, save_tensors, write_json
 from crma_core.loop import LoopState
 from crma_core.model import CRMAHandle
@@ -126,9 +126,23 @@ def settings_difference(a: dict, b: dict, prefix: str = "") -> str:
     return ", ".join(out)
 
 
+# Before CRMA's read/write projections had their own optimizer group and rate (lr_rw), they
+# trained in the LoRA's group: such an optimizer state cannot continue with today's groups.
+STALE_CRMA_GROUPS = (
+    "this checkpoint was written before CRMA's read/write projections got their own "
+    "optimizer group and learning rate (lr_rw, far below the LoRA's), so it cannot be "
+    "resumed; start the run again")
+
+
 def read_run_settings(directory: Path) -> dict[str, Any]:
-    """The ``run`` settings dict stored by ``save_checkpoint``."""
-    return _trainer_meta(Path(directory))["run"]
+    """The ``run`` settings dict stored by ``save_checkpoint`` (a single-task run's, or a
+    continual stage's under "continual"). Raises StaleCheckpointError for a CRMA
+    checkpoint written before lr_rw existed."""
+    run = _trainer_meta(Path(directory))["run"]
+    settings = (run.get("continual") or {}).get("config") or run
+    if settings.get("crma") and "lr_rw" not in (settings.get("train") or {}):
+        raise StaleCheckpointError(STALE_CRMA_GROUPS)
+    return run
 
 
 def _trainer_meta(directory: Path) -> dict[str, Any]:

@@ -23,3 +23,8 @@ class QuantizationUnavailableError(CRMAError, RuntimeError):
 
 class CheckpointError(CRMAError, ValueError):
     """A checkpoint or artifact directory is incomplete or does not match the model."""
+
+
+class StaleCheckpointError(CheckpointError):
+    """A checkpoint written by an earlier trainer whose optimizer this one cannot continue
+    (the message says what changed)."""

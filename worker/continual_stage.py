@@ -4,9 +4,13 @@ stage's state, the run's report and the bundle (app/services/continual_stages.py
 stored state and the report).
 
 The stage's bundle (published by the runner with the run id as owner, so stages add to the
-run's artifacts): one LoRA per domain under `loras/<i>-<name>/` (modular, frozen) or `lora/`
-(naive), the current CRMA (modular), `continual_report.json`, `plots/loss_matrix.png`,
-`manifest.json`. The run's `report` gets the loss matrix, drift and per-stage figures (a
+run's artifacts; crma_core.continual_state.export_bundle): one LoRA per domain under
+`loras/<i>-<name>/` (modular, frozen) or `lora/` (naive); with `baseline`, each domain's
+baseline LoRA under `baseline/<i>-<name>/`; modular: every CRMA state that serves a domain
+under `crma/after-<k>/` and the shared CRMA at the top; `continual_report.json`,
+`plots/loss_matrix.png` (and `plots/versus_baseline.png`), `manifest.json` (per domain the
+paths of its served pair). The run's `report` gets crma_core's report (versus_baseline,
+general_retention, serving, the matrices, drift), the per-stage figures and those paths (a
 fenced write, before the runner publishes and finishes the stage)."""
 
 from __future__ import annotations
@@ -55,17 +59,22 @@ def train_stage(training: AttemptTraining, *, model_dir: Path) -> TrainingOutcom
         return outcome
     continual_stages.upload_state(attempt, state_out)
     outcome.bundle_dir = workdir / "bundle"
-    export_bundle(state_out, outcome.bundle_dir)
-    continual_stages.write_report(attempt, _report(state_out, mode=stage.mode, seed=stage.seed))
+    manifest = export_bundle(state_out, outcome.bundle_dir)
+    continual_stages.write_report(attempt, _report(state_out, mode=stage.mode, seed=stage.seed,
+                                                   files=manifest["domains"]))
     shutil.rmtree(state_out, ignore_errors=True)
     return outcome
 
 
-def _report(state_dir: Path, *, mode: str, seed: int) -> dict:
+def _report(state_dir: Path, *, mode: str, seed: int, files: list[dict]) -> dict:
+    """The run's report: crma_core's (versus_baseline, general_retention, serving, matrix,
+    drift), the stages' figures, and where each domain's served pair is in the artifacts."""
     from crma_core.continual_state import REPORT_FILE, read_state
 
     state = read_state(state_dir)
     report = json.loads((state_dir / REPORT_FILE).read_text())
     return {"mode": mode, "seed": seed, **report,
+            "baseline": bool(state["config"].get("baseline")),
+            "served_files": files,
             "stages": [entry.get("stage") for entry in state["domains"]],
             "optimizer_policy": state["optimizer_policy"]}

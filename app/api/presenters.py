@@ -112,6 +112,7 @@ def run_public(view: RunView) -> ContinualRunPublic:
     return ContinualRunPublic(
         id=run.id, created_at=unix(run.created_at), finished_at=unix(view.finished_at),
         model=run.model, mode=run.mode, status=view.status, seed=run.seed,
+        drift_budget_pct=view.continual.drift_budget_pct, baseline=view.continual.baseline,
         hyperparameters=dict(run.hyperparameters or {}), adapter=dict(run.adapter or {}),
         metadata=run.user_metadata, report=run.report, error=run.error,
         stages=[

@@ -136,6 +136,20 @@ def load_job_settings(stored: Mapping[str, Any] | None) -> JobSettings:
     return JobSettings.model_validate({"version": version, **data})
 
 
+def estimated_stage_tokens(settings: JobSettings, *, tokens: int,
+                           example_count: int) -> tuple[int, int]:
+    """(the job's own, the baseline LoRA's) estimated trained tokens, from `tokens` (every
+    epoch of the file): `max_steps` trains its share of the planned steps, and a continual
+    stage with `baseline` trains the same rows a second time for the baseline LoRA."""
+    hp = settings.hyperparameters
+    if hp.max_steps is not None:
+        planned = planned_steps(max(example_count, 1), epochs=hp.n_epochs,
+                                batch_size=hp.batch_size)
+        tokens = -(-tokens * min(hp.max_steps, planned) // planned)
+    baseline = settings.continual is not None and settings.continual.baseline
+    return tokens, tokens if baseline else 0
+
+
 @dataclass(frozen=True)
 class RecipeConfigs:
     """crma_core's configs for one job: `crma` is None for plain LoRA."""

@@ -77,7 +77,9 @@ class UsageList(ListEnvelope):
 class StageEstimatePublic(BaseModel):
     name: str | None = None
     n_epochs: int
-    estimated_tokens: int = Field(description="Tokens in the training file x epochs.")
+    estimated_tokens: int = Field(description="Tokens in the training file x epochs (the "
+                                  "planned share with max_steps; twice with a continual "
+                                  "run's baseline).")
     trained_tokens: int = Field(description="What would be trained: the estimate, capped by "
                                 "the token budget (free-tier cap or max_cost).")
     token_budget: int | None
@@ -114,4 +116,7 @@ class JobEstimatePublic(EstimateBase, StageEstimatePublic):
 class ContinualEstimatePublic(EstimateBase):
     object: Literal["continual.run.estimate"] = "continual.run.estimate"
     runs_needed: int = Field(description="Free-tier runs this takes: one per stage.")
+    baseline_tokens: int = Field(0, description="Of estimated_tokens, those of the per-domain "
+                                 "LoRA baseline (`baseline: true`): trained and billed like "
+                                 "the run's own.")
     stages: list[StageEstimatePublic]

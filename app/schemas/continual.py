@@ -120,13 +120,21 @@ class ContinualRunPublic(BaseModel):
     mode: str
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     seed: int
+    drift_budget_pct: float
+    baseline: bool
     hyperparameters: dict[str, Any]
     adapter: dict[str, Any]
     metadata: Metadata | None
     stages: list[StagePublic]
     report: dict[str, Any] | None = Field(
-        description="Once stages have finished: the loss matrix L[t][i] (holdout loss of "
-        "domain i after stage t), drift per domain and the summary."
+        description="Once a stage has finished (docs/user-guide.md, 'Continual runs'): "
+        "`versus_baseline` (modular/naive with `baseline: true`: each earlier domain's final "
+        "loss and each domain's own loss after its stage vs the per-domain LoRA baseline, "
+        "positive = better than the baseline), `general_retention` (loss on a general-text "
+        "holdout under each domain's served adapter vs the base model), `serving` (which "
+        "CRMA state serves each domain and why), the served loss matrix L[t][i] (holdout "
+        "loss of domain i after stage t), `drift_pct` per earlier domain, and for modular "
+        "the shared CRMA's `shared_matrix` and `shared_drift_pct`."
     )
     error: dict[str, Any] | None
 

@@ -18,6 +18,7 @@ from app.db.base import utcnow
 from app.db.models import ContinualRun, ContinualStage, Job
 from app.domain.errors import Conflict, InvalidRequest, NotFound
 from app.domain.ids import new_id
+from app.domain.job_settings import ContinualSettings, load_job_settings
 from app.domain.job_state import TERMINAL, JobStatus, run_status
 from app.schemas.continual import ContinualRunCreate, DomainIn
 from app.services.admission import Admission
@@ -38,12 +39,19 @@ class StageView:
     trained_tokens: int
     error: dict[str, Any] | None
     finished_at: datetime | None
+    job_settings: dict[str, Any] | None = None  # the stage job's stored JobSettings
 
 
 @dataclass(frozen=True)
 class RunView:
     run: ContinualRun
     stages: list[StageView]
+
+    @property
+    def continual(self) -> ContinualSettings:
+        """The run's drift budget and baseline: every stage's JobSettings holds them."""
+        first = load_job_settings(self.stages[0].job_settings) if self.stages else None
+        return (first.continual if first else None) or ContinualSettings()
 
     @property
     def status(self) -> str:
@@ -70,8 +78,10 @@ def create_run(
     )
     session.add(run)
     session.flush()
+    continual = ContinualSettings(drift_budget_pct=spec.drift_budget_pct,
+                                  baseline=spec.baseline)
     admitted = _add_stages(session, account_id=account_id, run=run, domains=spec.domains,
-                           start=0, settings=settings)
+                           start=0, settings=settings, continual=continual)
     return load_run(session, account_id=account_id, run_id=run.id), admitted
 
 
@@ -95,7 +105,7 @@ def append_domains(
         raise InvalidRequest(f"Domain names already used in this run: {', '.join(clash)}.",
                              param="domains", code="duplicate_domain")
     admitted = _add_stages(session, account_id=account_id, run=run, domains=domains,
-                           start=len(view.stages), settings=settings)
+                           start=len(view.stages), settings=settings, continual=view.continual)
     job_lifecycle.sync_run_status(session, run_id=run.id)
     session.expire(run)
     return load_run(session, account_id=account_id, run_id=run_id), admitted
@@ -103,13 +113,14 @@ def append_domains(
 
 def _add_stages(
     session: Session, *, account_id: str, run: ContinualRun, domains: list[DomainIn], start: int,
-    settings: Settings,
+    settings: Settings, continual: ContinualSettings,
 ) -> Admission | None:
     drafts = [
         draft_job(
             session, account_id=account_id, model=run.model, training_file=d.training_file,
             validation_file=d.validation_file, hyperparameters=run.hyperparameters or None,
             adapter=run.adapter or None, seed=run.seed, param_prefix=f"domains[{i}].",
+            continual=continual.model_dump(),
         )
         for i, d in enumerate(domains)
     ]
@@ -152,16 +163,17 @@ def _stages_by_run(session: Session, run_ids: list[str]) -> dict[str, list[Stage
     if not run_ids:
         return result
     rows = session.execute(
-        select(ContinualStage, Job.status, Job.trained_tokens, Job.error, Job.finished_at)
+        select(ContinualStage, Job.status, Job.trained_tokens, Job.error, Job.finished_at,
+               Job.settings)
         .join(Job, Job.id == ContinualStage.job_id)
         .where(ContinualStage.run_id.in_(run_ids))
         .order_by(ContinualStage.run_id, ContinualStage.index)
     ).all()
-    for stage, status, tokens, error, finished in rows:
+    for stage, status, tokens, error, finished, job_settings in rows:
         result[stage.run_id].append(StageView(
             index=stage.index, name=stage.name, training_file_id=stage.training_file_id,
             validation_file_id=stage.validation_file_id, job_id=stage.job_id, status=status,
-            trained_tokens=tokens, error=error, finished_at=finished,
+            trained_tokens=tokens, error=error, finished_at=finished, job_settings=job_settings,
         ))
     return result
 

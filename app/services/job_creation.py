@@ -22,7 +22,7 @@ from app.domain.errors import InvalidRequest
 from app.domain.hyperparameters import trained_tokens
 from app.domain.ids import new_id
 from app.domain.job_options import job_queue
-from app.domain.job_settings import JobSettings, resolve_job_settings
+from app.domain.job_settings import JobSettings, estimated_stage_tokens, resolve_job_settings
 from app.domain.job_state import JobStatus
 from app.domain.pricing import usd_to_micros
 from app.schemas.jobs import JobCreate
@@ -44,6 +44,7 @@ class JobDraft:
     seed: int
     estimated_tokens: int
     account_plan: str | None = None  # read with the training file; admission needs it
+    baseline_tokens: int = 0  # of estimated_tokens: a continual run's baseline LoRA
 
 
 def catalog_model(model_id: str) -> CatalogModel:
@@ -60,7 +61,7 @@ def draft_job(
     session: Session, *, account_id: str, model: str, training_file: str,
     validation_file: str | None, hyperparameters: dict[str, Any] | None,
     adapter: dict[str, Any] | None, seed: int | None, param_prefix: str = "",
-    continuable: bool = False,
+    continuable: bool = False, continual: dict[str, Any] | None = None,
 ) -> JobDraft:
     """Validate what a new job would train (model, files, settings) and resolve its
     settings and estimate; reads only (the estimate endpoints call it too). With
@@ -79,16 +80,20 @@ def draft_job(
                                     param=f"{param_prefix}validation_file")
     job_settings = resolve_job_settings(hyperparameters=hyperparameters, adapter=adapter,
                                         example_count=train.example_count,
-                                        start_from=source.start if source else None)
+                                        start_from=source.start if source else None,
+                                        continual=continual)
     if job_settings.adapter.quantization and not entry.qlora:
         raise InvalidRequest(f"{model} does not offer QLoRA (quantization='nf4').",
                              param="adapter.quantization", code="qlora_not_supported")
     file_tokens = int((train.token_counts or {}).get(entry.family, 0))
     epochs = job_settings.hyperparameters.n_epochs
+    own, baseline = estimated_stage_tokens(
+        job_settings, tokens=trained_tokens(file_tokens=file_tokens, n_epochs=epochs),
+        example_count=train.example_count)
     return JobDraft(
         model=entry, training_file=train, validation_file=valid, job_settings=job_settings,
         seed=secrets.randbelow(2**31) if seed is None else seed,
-        estimated_tokens=trained_tokens(file_tokens=file_tokens, n_epochs=epochs),
+        estimated_tokens=own + baseline, baseline_tokens=baseline,
         account_plan=train.account_plan,
     )
 

@@ -26,7 +26,7 @@ def _is_oom(exc: BaseException) -> bool:
 
 def classify(exc: BaseException) -> tuple[ErrorCode, str]:
     """(error code, user-facing message) for an exception raised by a job."""
-    from crma_core.errors import DataError
+    from crma_core.errors import DataError, StaleCheckpointError
 
     if _is_oom(exc):
         return ErrorCode.OUT_OF_MEMORY, OOM_MESSAGE
@@ -35,4 +35,8 @@ def classify(exc: BaseException) -> tuple[ErrorCode, str]:
         return ErrorCode.INVALID_TRAINING_FILE, f"The training data cannot be used: {exc}"[:1000]
     if isinstance(exc, ModelUnavailable):
         return ErrorCode.MODEL_UNAVAILABLE, str(exc)
+    if isinstance(exc, StaleCheckpointError):
+        # Our update broke the resume: the platform's fault, so free, but say why.
+        return ErrorCode.INTERNAL_ERROR, (f"The job could not be resumed: {exc}. It will not "
+                                          "be charged.")
     return ErrorCode.INTERNAL_ERROR, INTERNAL_MESSAGE

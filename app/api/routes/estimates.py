@@ -56,20 +56,22 @@ def estimate_continual_run(
     spec = files.with_file_ids(session, account_id=principal.account_id, spec=spec)
     hyperparameters = spec.hyperparameters.model_dump() if spec.hyperparameters else None
     adapter = spec.adapter.model_dump() if spec.adapter else None
-    stages = []
+    stages, baseline_tokens = [], 0
     for index, domain in enumerate(spec.domains):
         draft = job_creation.draft_job(
             session, account_id=principal.account_id, model=spec.model,
             training_file=domain.training_file, validation_file=domain.validation_file,
             hyperparameters=hyperparameters, adapter=adapter, seed=spec.seed,
             param_prefix=f"domains[{index}].",
+            continual={"drift_budget_pct": spec.drift_budget_pct, "baseline": spec.baseline},
         )
+        baseline_tokens += draft.baseline_tokens
         stages.append((domain.name, draft.job_settings.hyperparameters.n_epochs,
                        draft.estimated_tokens))
     result = admission.estimate(session, account_id=principal.account_id, model=spec.model,
                                 stages=stages, settings=settings)
     return ContinualEstimatePublic(
-        runs_needed=len(stages),
+        runs_needed=len(stages), baseline_tokens=baseline_tokens,
         stages=[StageEstimatePublic(**vars(s)) for s in result.stages],
         **_summary(result),
     )
