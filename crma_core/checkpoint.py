@@ -127,8 +127,10 @@ def settings_difference(a: dict, b: dict, prefix: str = "") -> str:
 
 
 # Before CRMA's read/write projections had their own optimizer group and rate (lr_rw), they
-# trained in the LoRA's group: such an optimizer state cannot continue with today's groups.
-STALE_CRMA_GROUPS = (
+# trained in the LoRA's group and run settings had no lr_rw: such a checkpoint's optimizer
+# state and settings cannot continue with today's (a LoRA-only one differs in lr_rw only,
+# but the settings check cannot tell which rate it would have used).
+STALE_OPTIMIZER_GROUPS = (
     "this checkpoint was written before CRMA's read/write projections got their own "
     "optimizer group and learning rate (lr_rw, far below the LoRA's), so it cannot be "
     "resumed; start the run again")
@@ -136,12 +138,12 @@ STALE_CRMA_GROUPS = (
 
 def read_run_settings(directory: Path) -> dict[str, Any]:
     """The ``run`` settings dict stored by ``save_checkpoint`` (a single-task run's, or a
-    continual stage's under "continual"). Raises StaleCheckpointError for a CRMA
-    checkpoint written before lr_rw existed."""
+    continual stage's under "continual"). Raises StaleCheckpointError for a checkpoint
+    written before lr_rw existed."""
     run = _trainer_meta(Path(directory))["run"]
     settings = (run.get("continual") or {}).get("config") or run
-    if settings.get("crma") and "lr_rw" not in (settings.get("train") or {}):
-        raise StaleCheckpointError(STALE_CRMA_GROUPS)
+    if "lr_rw" not in (settings.get("train") or {}):
+        raise StaleCheckpointError(STALE_OPTIMIZER_GROUPS)
     return run
 
 

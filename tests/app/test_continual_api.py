@@ -177,3 +177,86 @@ def test_list_runs_and_report(client: TestClient, pg_url: str) -> None:
     assert all(len(r["stages"]) == 1 for r in page["data"])
     one = client.get(f"/v1/continual/runs/{ids[0]}", headers=owner.headers).json()
     assert one["report"] == report
+
+
+def _stage_settings(pg_url: str, job_ids: list[str]) -> list[dict]:
+    with session_scope(pg_url) as session:
+        jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(job_ids)))}
+        return [jobs[i].settings for i in job_ids]
+
+
+def test_drift_budget_and_baseline_are_the_runs_and_every_stage_keeps_them(
+    client: TestClient, tenant: Tenant, pg_url: str
+) -> None:
+    default = client.post("/v1/continual/runs", headers=tenant.headers, json={
+        "model": MODEL, "domains": _domains(client, tenant, ["a"])}).json()
+    assert (default["drift_budget_pct"], default["baseline"]) == (0.5, False)
+    run = client.post("/v1/continual/runs", headers=tenant.headers, json={
+        "model": MODEL, "domains": _domains(client, tenant, ["a", "b"]), "drift_budget_pct": 0,
+        "baseline": True,
+        "hyperparameters": {"crma_learning_rate": 1e-5, "learning_rate_multiplier": 2,
+                            "max_steps": 7, "max_seq_len": 128}}).json()
+    assert (run["drift_budget_pct"], run["baseline"]) == (0.0, True)
+    url = f"/v1/continual/runs/{run['id']}"
+    job_ids = [s["job_id"] for s in run["stages"]]
+    for stored in _stage_settings(pg_url, job_ids):
+        assert stored["continual"] == {"drift_budget_pct": 0.0, "baseline": True}
+        hp = stored["hyperparameters"]
+        assert (hp["crma_learning_rate"], hp["max_steps"], hp["max_seq_len"]) == (1e-5, 7, 128)
+    _set_stage_status(pg_url, job_ids, "succeeded")
+    appended = client.post(url + "/domains", headers=tenant.headers,
+                           json={"domains": _domains(client, tenant, ["c"])}).json()
+    new_stage = appended["stages"][2]["job_id"]
+    assert _stage_settings(pg_url, [new_stage])[0]["continual"] == {
+        "drift_budget_pct": 0.0, "baseline": True}
+    shown = client.get(url, headers=tenant.headers).json()
+    assert (shown["drift_budget_pct"], shown["baseline"]) == (0.0, True)
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"drift_budget_pct": -0.1}, "drift_budget_pct"),
+    ({"drift_budget_pct": "lots"}, "drift_budget_pct"),
+    ({"drift_budget_pct": 101}, "drift_budget_pct"),
+    ({"baseline": "yes please"}, "baseline"),
+    ({"mode": "frozen", "baseline": True}, "baseline"),
+    ({"hyperparameters": {"crma_learning_rate": -1e-5}}, "hyperparameters.crma_learning_rate"),
+    ({"hyperparameters": {"crma_learning_rate": 0.5}}, "hyperparameters.crma_learning_rate"),
+    ({"hyperparameters": {"crma_mixing_learning_rate": True}},
+     "hyperparameters.crma_mixing_learning_rate"),
+    ({"hyperparameters": {"crma_gate_learning_rate": "fast"}},
+     "hyperparameters.crma_gate_learning_rate"),
+    ({"hyperparameters": {"max_steps": 0}}, "hyperparameters.max_steps"),
+    ({"hyperparameters": {"max_seq_len": 8}}, "hyperparameters.max_seq_len"),
+])
+def test_bad_continual_settings_are_refused_by_name(
+    client: TestClient, tenant: Tenant, extra: dict, param: str
+) -> None:
+    body = {"model": MODEL, "domains": _domains(client, tenant, ["a"]), **extra}
+    for path in ("/v1/continual/runs", "/v1/continual/runs/estimate"):
+        response = client.post(path, headers=tenant.headers, json=body)
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["param"] == param and error["message"], error
+
+
+def test_the_estimate_counts_the_baseline_and_max_steps(client: TestClient,
+                                                        tenant: Tenant) -> None:
+    domains = _domains(client, tenant, ["a", "b"])
+
+    def estimate(**extra) -> dict:
+        response = client.post("/v1/continual/runs/estimate", headers=tenant.headers,
+                               json={"model": MODEL, "domains": domains, **extra})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    plain, doubled = estimate(), estimate(baseline=True)
+    assert plain["estimated_tokens"] > 0 and plain["baseline_tokens"] == 0
+    assert doubled["estimated_tokens"] == 2 * plain["estimated_tokens"]
+    assert doubled["baseline_tokens"] == plain["estimated_tokens"]
+    assert doubled["list_price_micros"] >= 2 * plain["list_price_micros"] - 1
+    # upload_id's file holds 10 examples: 4 epochs at batch 1 plan 40 steps per stage, so
+    # max_steps 4 trains a tenth of the tokens (rounded up).
+    capped = estimate(hyperparameters={"n_epochs": 4, "batch_size": 1, "max_steps": 4})
+    full = estimate(hyperparameters={"n_epochs": 4, "batch_size": 1})
+    assert [s["estimated_tokens"] for s in capped["stages"]] == [
+        -(-s["estimated_tokens"] // 10) for s in full["stages"]]

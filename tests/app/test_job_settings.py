@@ -8,8 +8,11 @@ from pydantic import ValidationError
 
 from app.domain.job_settings import (
     AdapterSettings,
+    ContinualSettings,
     Hyperparameters,
     JobSettings,
+    continual_config,
+    estimated_stage_tokens,
     load_job_settings,
     recipe_configs,
     resolve_job_settings,
@@ -67,3 +70,59 @@ def test_one_translation_into_crma_core() -> None:
     plain = configs(JobSettings(adapter=AdapterSettings(crma=False)), device="cuda:0")
     assert plain.crma is None and plain.train.dtype == "bfloat16"
     assert plain.train.eval_every is None
+
+
+def test_the_multiplier_scales_every_rate_crma_s_included() -> None:
+    settings = resolve_job_settings(
+        hyperparameters={"learning_rate_multiplier": 10, "crma_learning_rate": 2e-6,
+                         "crma_gate_learning_rate": "auto", "max_steps": 48,
+                         "max_seq_len": 64},
+        adapter=None, example_count=400)
+    train = configs(settings).train
+    base = TrainConfig()
+    assert train.lr_main == pytest.approx(base.lr_main * 10)
+    assert train.lr_rw == pytest.approx(2e-6 * 10)
+    assert train.lr_mix == pytest.approx(base.lr_mix * 10)
+    assert train.lr_gate == pytest.approx(base.lr_gate * 10)
+    assert (train.max_steps, train.max_seq_len) == (48, 64)
+    # Unset: crma_core's defaults, unscaled at multiplier 1.
+    plain = configs(resolve_job_settings(hyperparameters=None, adapter=None,
+                                         example_count=400)).train
+    assert (plain.lr_rw, plain.lr_mix, plain.lr_gate) == (base.lr_rw, base.lr_mix, base.lr_gate)
+    assert (plain.max_steps, plain.max_seq_len) == (None, base.max_seq_len)
+    assert load_job_settings(settings.stored()) == settings
+    # Rows stored before these fields existed load with crma_core's defaults.
+    old = {"version": 2, "hyperparameters": {"n_epochs": 1, "batch_size": 2,
+                                             "learning_rate_multiplier": 1.0}}
+    assert load_job_settings(old).hyperparameters.crma_learning_rate == base.lr_rw
+    assert load_job_settings(old).continual is None
+
+
+def test_a_continual_stage_s_config_carries_the_run_s_budget_and_baseline() -> None:
+    settings = resolve_job_settings(hyperparameters={"n_epochs": 1}, adapter=None,
+                                    example_count=20,
+                                    continual={"drift_budget_pct": 0.0, "baseline": True})
+    assert settings.continual == ContinualSettings(drift_budget_pct=0.0, baseline=True)
+    built = configs(settings, has_validation=True)
+    config = continual_config(settings, built, mode="modular")
+    assert (config.mode, config.drift_budget_pct, config.baseline) == ("modular", 0.0, True)
+    assert config.train == built.train and config.lora == built.lora
+    assert config.crma == built.crma
+    # A stage stored without continual settings gets crma_core's defaults.
+    default = continual_config(JobSettings(), configs(JobSettings()), mode="naive")
+    assert (default.drift_budget_pct, default.baseline) == (0.5, False)
+
+
+def test_the_estimate_takes_max_steps_share_and_doubles_with_a_baseline() -> None:
+    def settings(**hp):  # noqa: ANN202
+        return JobSettings(hyperparameters=Hyperparameters(n_epochs=3, batch_size=1, **hp))
+
+    assert estimated_stage_tokens(settings(), tokens=3000, example_count=100) == (3000, 0)
+    # 300 planned steps, 30 run: a tenth of the tokens.
+    assert estimated_stage_tokens(settings(max_steps=30), tokens=3000,
+                                  example_count=100) == (300, 0)
+    assert estimated_stage_tokens(settings(max_steps=10_000), tokens=3000,
+                                  example_count=100) == (3000, 0)
+    with_baseline = settings().model_copy(
+        update={"continual": ContinualSettings(baseline=True)})
+    assert estimated_stage_tokens(with_baseline, tokens=3000, example_count=100) == (3000, 3000)
