@@ -272,6 +272,16 @@ def split_batch(batch: dict[str, torch.Tensor],
     return parts
 
 
+def batch_trained_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """The trained tokens of a training batch, what a fine-tuning job is billed for: every
+    real (non-padding) token of its rows, loss-bearing or not (the prompt and the chat
+    template's markup go through the model as much as the response does). A packed row holds
+    the tokens of the examples packed into it, so packing counts the same. Anything trained
+    (a continual run's baseline LoRA included) is counted with this one function; the service
+    counts the same tokens at upload time from the examples' rendered lengths."""
+    return int(batch["token_mask"].sum())
+
+
 def scored_tokens(batch: dict[str, torch.Tensor]) -> int:
     """Labels the loss scores: every trained label but a row's first (nothing predicts it)."""
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from crma_core.callbacks import EvalMetrics, MemoryEvent, StepMetrics, TrainCallbacks
-from crma_core.data import Example, epoch_batches
+from crma_core.data import Example, batch_trained_tokens, epoch_batches
 from crma_core.loss import LossOptions
 from crma_core.memory import MemoryLimit
 from crma_core.optim import lr_factor, set_learning_rates
@@ -202,7 +202,7 @@ def train_loop(*, model: nn.Module, rows: list[Example], optimizer: torch.optim.
             if reason:
                 return reason
         index, batch = position
-        tokens = int(batch["token_mask"].sum())
+        tokens = batch_trained_tokens(batch)
         if plan.token_budget is not None and state.trained_tokens + tokens > plan.token_budget:
             return "budget"
         set_learning_rates(optimizer, lr_factor(state.step, total_steps=total,
