@@ -22,6 +22,7 @@ from app.schemas.jobs import (
     UsagePublic,
 )
 from app.schemas.models import ModelPublic
+from app.services.admission import cap_reason
 from app.services.continual_runs import RunView
 from app.services.models import ModelOffer
 
@@ -84,6 +85,9 @@ def job_public(job: Job, *, throughput: dict[str, int] | None = None) -> JobPubl
             estimated_tokens=job.estimated_tokens, token_budget=job.token_budget,
             trained_tokens=job.trained_tokens, hold=format_usd(job.hold_micros),
             hold_micros=job.hold_micros,
+            capped_by=cap_reason(estimated_tokens=job.estimated_tokens,
+                                 token_budget=job.token_budget,
+                                 max_cost_micros=job.max_cost_micros),
         ),
         cancel_requested=job.cancel_requested_at is not None,
         continual_run_id=job.continual_run_id, stage_index=job.stage_index,
