@@ -298,7 +298,9 @@ def cmd_pilot(args) -> None:
                            "crma_learning_rate", record["request"]["hyperparameters"].get(
                                "lr_rw_base")),
                        "config": record["config"], "domains": record["domains"],
-                       "matrix": record["matrix"], "base_losses": record.get("base_losses"),
+                       "matrix": record["matrix"],
+                       "shared_matrix": record["report"].get("shared_matrix"),
+                       "base_losses": record.get("base_losses"),
                        "seconds": record["seconds"], "started_at": started,
                        "parallel": args.jobs})
     log.write_text(json.dumps(pilots, indent=2) + "\n")

@@ -52,6 +52,24 @@ def _pilot_lines(pilot: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _repeated_served_losses(pilot: dict[str, Any]) -> list[str]:
+    """Why a pilot's served losses can repeat exactly from stage to stage (not a bug)."""
+    lines = []
+    for a in pilot["attempts"]:
+        shared = a.get("shared_drift_pct") or []
+        if shared and all(v > BUDGET_PCT for v in shared):
+            lines.append(
+                f"- {a['tag']}: every earlier domain's served loss is the same number at every "
+                "later stage. Not a bug: the shared CRMA did move (its drift on the earlier "
+                "domains " + ", ".join(f"{v:+.2f}%" for v in shared) + f", all over the "
+                f"{BUDGET_PCT}% budget at every stage), so the guard served each earlier "
+                "domain with the CRMA state its own stage ended with; that pair (its LoRA, "
+                "that snapshot) never changes and scoring is deterministic, so its loss "
+                "repeats bit for bit (the raw shared-CRMA losses are in the pilot's "
+                "`shared_matrix`).")
+    return [""] + lines if lines else []
+
+
 def markdown_section(report: dict[str, Any]) -> str:
     orders, cfg = report["orders"], report["config"]
     names = list(orders)
@@ -63,14 +81,18 @@ def markdown_section(report: dict[str, Any]) -> str:
         "(`bench/data`) in two orders — " + "; ".join(
             f"{o}: {' → '.join(orders[o]['domains'])}" for o in names)
         + f" — {seeds} seed{'s' if seeds != 1 else ''} each. Every run goes stage by stage through "
-        "`crma_core.continual.run_stage` (what a `/v1/continual/runs` stage job calls) with a "
-        "config built by `bench/continual.py:product_config` from an API request: the "
-        "product's defaults (LoRA r 16/α 32, CRMA n 4 r 1, auto epochs and batch size, the "
-        "default learning rates, ZClip, linear decay, drift budget "
-        f"{request['drift_budget_pct']}%) except the overrides the CPU forces, listed below. "
-        "Modular runs train the frozen baseline alongside (`baseline: true`): frozen mode's "
-        "figures are that baseline (the same computation as a frozen-mode run, checked bit "
-        "for bit in tests/crma_core/test_continual_budget.py). Raw numbers: "
+        "`crma_core.continual.run_stage` (what a `/v1/continual/runs` stage job calls) with the "
+        "config the product builds for that request: the body is validated by the API's "
+        "request schema and turned into the stage's JobSettings (`resolve_job_settings`) and "
+        "crma_core's configs (`recipe_configs`, `continual_config`), the worker's own code "
+        "path, so a user reproduces any row by sending `config.request` (below and in the "
+        "JSON) with their files. The product's defaults apply (LoRA r 16/α 32, CRMA n 4 r 1, "
+        "auto epochs and batch size, the default learning rates, ZClip, linear decay, drift "
+        f"budget {request['drift_budget_pct']}%) except the overrides the CPU forces, listed "
+        "below. Modular runs train the frozen baseline alongside (`baseline: true`): frozen "
+        "mode's figures are that baseline (the same computation as a frozen-mode run, checked "
+        "bit for bit in tests/crma_core/test_continual_budget.py and, on this benchmark, by "
+        "the separate frozen-mode runs under *Frozen cross-check*). Raw numbers: "
         "`docs/benchmarks/continual.json`; plots: `docs/benchmarks/continual_<order>_"
         "<mode>_seed0.png` (served loss matrices) and `continual_<order>_vs_baseline.png`.",
         "", "### What CRMA adds over one LoRA per domain", "",
@@ -105,9 +127,12 @@ def markdown_section(report: dict[str, Any]) -> str:
               "holdout (BSD fortune cookies of no domain; `bench/data/general.py`) under each "
               "domain's served adapter vs the untrained base model (mean over domains and "
               "seeds; positive = general text got worse).", "",
+              "*Peak* drift is each earlier domain's largest drift at any later stage, not only "
+              "the last (mid-run forgetting), averaged over the earlier domains.", "",
               "| mode | " + " | ".join(f"drift, {o}" for o in names) + " | "
+              + " | ".join(f"peak drift, {o}" for o in names) + " | "
               + " | ".join(f"general, {o}" for o in names) + " | paper drift |",
-              "|---|" + "---|" * (2 * len(names) + 1)]
+              "|---|" + "---|" * (3 * len(names) + 1)]
     paper = report["paper"]
     paper_cells = {"modular": f"{paper['modular_drift_mean_pct']:+.2f}% ± "
                               f"{paper['modular_drift_std_pct']}",
@@ -119,6 +144,8 @@ def markdown_section(report: dict[str, Any]) -> str:
              for o in names}
         lines.append(f"| {m} | " + " | ".join(
             _fmt(s[o]["drift_mean_pct"], s[o]["drift_std_pct"]) for o in names) + " | "
+            + " | ".join(_fmt(s[o].get("peak_drift_mean_pct"), s[o].get("peak_drift_std_pct"))
+                         for o in names) + " | "
             + " | ".join(_fmt(s[o].get("general_change_mean_pct"),
                               s[o].get("general_change_std_pct")) for o in names)
             + f" | {paper_cells[m]} |")
@@ -132,6 +159,16 @@ def markdown_section(report: dict[str, Any]) -> str:
                      f"{counts.get('shared', 0)} times, by an earlier state "
                      f"{counts.get('earlier', 0)}, by their own state {counts.get('own', 0)} "
                      f"(of {3 * seeds}).")
+    checks = report.get("frozen_check") or []
+    lines += ["", "### Frozen cross-check", ""]
+    if checks:
+        lines += [f"- {c['order']} order, seed {c['seed']}: a separate `mode: frozen` run vs "
+                  f"the baseline trained inside the modular run: largest difference in any "
+                  f"loss {c['max_abs_diff']:.1e} ("
+                  + ("bit-identical" if c["max_abs_diff"] == 0 else "NOT identical") + ")."
+                  for c in checks]
+    else:
+        lines.append("- Not run: frozen's figures rest on the bit-for-bit test alone.")
     lines += ["", "### Targets (issue 22; mean of the seeds, per order)", "",
               "| order | modular drift ≤ +0.5% | modular not worse than frozen beyond the "
               "noise floor on any earlier domain | naive drift ≥ +10% | general retention "
@@ -172,6 +209,7 @@ def markdown_section(report: dict[str, Any]) -> str:
                  if pilot["reverse_order_confirmation"] is not None
                  else "not run (the benchmark's reversed order is the confirmation)") + ".", ""]
     lines += _pilot_lines(pilot)
+    lines += _repeated_served_losses(pilot)
     frozen_pilot = next((a for a in pilot["attempts"] if "meets_settings_rule" in a), None)
     lines += ["", "Settings (a user can send the same request; only these differ from the "
               "product's defaults):", ""]
@@ -191,7 +229,7 @@ def markdown_section(report: dict[str, Any]) -> str:
                  if v < MIN_OWN_IMPROVEMENT_PCT]
         lines.append(f"- The frozen pilot falls short of the {MIN_OWN_IMPROVEMENT_PCT:.0f}% "
                      f"own-improvement rule on {', '.join(short)}; the settings were kept "
-                     "(see the notes).")
+                     "(see the notes for why and what it means).")
     timings = report["timings"]
     span = timings.get("benchmark_span_seconds") or 0
     lines += ["", f"Wall time: pilots {sum(timings['pilots_seconds']) / 60:.0f} min of compute "

@@ -71,7 +71,8 @@ def analyse_pilots(pilots: list[dict[str, Any]]) -> dict[str, Any]:
             entry["meets_settings_rule"] = min(entry["own_improvement_pct"].values()) \
                 >= MIN_OWN_IMPROVEMENT_PCT
         elif ref is not None:
-            matrix = pilot["matrix"]
+            # The raw (shared-CRMA) matrix: `matrix` of a modular record is the served one.
+            matrix = pilot.get("shared_matrix") or pilot["matrix"]
             served = served_matrix(matrix, serving_history(matrix, BUDGET_PCT))[-1]
             frozen_loss = [ref["matrix"][i][i] for i in range(4)]
             entry["served_vs_frozen_pct"] = dict(zip(pilot["domains"], (
@@ -106,10 +107,20 @@ def frozen_from_baseline(record: dict[str, Any]) -> dict[str, Any]:
     return {"mode": "frozen", "seed": record["seed"], "order": record["order"],
             "domains": record["domains"], "matrix": matrix,
             "drift_pct": dict.fromkeys(record["domains"][:-1], 0.0), "drift_mean_pct": 0.0,
-            "bwt": 0.0, "general": general,
+            "bwt": 0.0, "peak_drift_mean_pct": 0.0, "general": general,
             "trained_tokens": [s["baseline_trained_tokens"] for s in record["stages"]],
             "audit": (record.get("audit") or {}).get("baseline"),
             "source": f"baseline of {record['tag']}"}
+
+
+def peak_drift_mean_pct(matrix: list[list[float]]) -> float | None:
+    """Mid-run forgetting: for each earlier domain the largest drift at ANY later stage
+    (not only the last), averaged over those domains. A run whose last domain happens to
+    undo earlier forgetting has a small final drift but a large peak."""
+    peaks = [max(100 * (matrix[t][i] - matrix[i][i]) / matrix[i][i]
+                 for t in range(i + 1, len(matrix)))
+             for i in range(len(matrix) - 1)]
+    return sum(peaks) / len(peaks) if peaks else None
 
 
 def _run_entry(record: dict[str, Any]) -> dict[str, Any]:
@@ -117,8 +128,8 @@ def _run_entry(record: dict[str, Any]) -> dict[str, Any]:
     entry = {"mode": record["mode"], "seed": record["seed"], "order": record["order"],
              "domains": record["domains"], "matrix": record["matrix"],
              "drift_pct": record["drift_pct"], "drift_mean_pct": record["drift_mean_pct"],
-             "bwt": record["bwt"], "general": (report.get("general_retention") or {}).get(
-                 "served"),
+             "bwt": record["bwt"], "peak_drift_mean_pct": peak_drift_mean_pct(record["matrix"]),
+             "general": (report.get("general_retention") or {}).get("served"),
              "trained_tokens": [s["trained_tokens"] for s in record["stages"]],
              "audit": (record.get("audit") or {}).get("served"),
              "seconds": record["seconds"], "source": record["tag"]}
@@ -132,8 +143,10 @@ def _run_entry(record: dict[str, Any]) -> dict[str, Any]:
 def _summary(runs: list[dict[str, Any]], base: dict[str, float] | None) -> dict[str, Any]:
     drift = mean_std([r["drift_mean_pct"] for r in runs])
     bwt = mean_std([r["bwt"] for r in runs])
+    peak = mean_std([r["peak_drift_mean_pct"] for r in runs])
     out = {"seeds": [r["seed"] for r in runs], "drift_mean_pct": drift[0],
-           "drift_std_pct": drift[1], "bwt_mean": bwt[0], "bwt_std": bwt[1]}
+           "drift_std_pct": drift[1], "bwt_mean": bwt[0], "bwt_std": bwt[1],
+           "peak_drift_mean_pct": peak[0], "peak_drift_std_pct": peak[1]}
     names = runs[0]["domains"]
     if base:
         out["own_improvement_pct"] = {

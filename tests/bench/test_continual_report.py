@@ -45,7 +45,7 @@ def _run(setup, monkeypatch, *, mode: str, seed: int, order: str, split: str = "
     monkeypatch.setattr(harness, "HOLDOUT_EXAMPLES", 3)
     monkeypatch.setattr(harness, "DEV_EXAMPLES", 4)
     request = harness.api_request(mode=mode, seed=seed, baseline=mode == "modular",
-                                  max_steps=2, max_seq_len=24)
+                                  max_steps=2, max_seq_len=32)
     request["score_base"] = seed == 0
     job = {"tag": f"{'bench' if split == 'report' else 'pilot'}-{order}-{mode}-seed{seed}",
            "request": request, "order": order, "split": split, "work": str(root / "work"),

@@ -54,6 +54,49 @@ def _wait_until_ready(base: str, data_dir: Path, server: subprocess.Popen, timeo
     raise AssertionError("crma dev did not become ready with SmolLM2 installed")
 
 
+def _check_continual_report(run: dict, output: str) -> None:
+    """SmolLM2, two domains, `baseline: true`: the report's new fields, as the README shows."""
+    assert (run["baseline"], run["drift_budget_pct"]) == (True, 0.5)
+    report = run["report"]
+    matrix = report["matrix"]
+    assert len(matrix) == 2 and all(value is not None for value in matrix[1][:2])
+    versus = report["versus_baseline"]
+    assert set(versus["backward_pct"]) == {"cooking"}
+    assert set(versus["forward_pct"]) == {"cooking", "astronomy"}
+    general = report["general_retention"]
+    assert general["base_loss"] > 0
+    assert set(general["served"]) == set(general["baseline"]) == {"cooking", "astronomy"}
+    serving = {entry["domain"]: entry for entry in report["serving"]}
+    assert serving["astronomy"]["crma_state"] == "shared"
+    assert serving["cooking"]["crma_state"] in ("shared", "own") and serving["cooking"]["reason"]
+    assert report["drift_pct"]["cooking"] <= 0.5
+    for name in ("versus_baseline", "general_retention", "serving", "baseline_tokens"):
+        assert f'"{name}"' in output, name  # the walkthrough printed it
+
+
+def _check_served_pair(base: str, headers: dict, run: dict, model_dir: Path,
+                       bundle: Path) -> None:
+    """A domain's served pair downloaded through the API reproduces its reported loss."""
+    from crma_core.data import eval_batches, load_examples
+    from crma_core.loader import load_for_generation
+    from crma_core.loop import evaluate_loss
+
+    listed = httpx.get(f"{base}/v1/continual/runs/{run['id']}/artifacts", headers=headers)
+    for artifact in listed.json()["data"]:
+        response = httpx.get(artifact["url"] if artifact["url"].startswith("http")
+                             else base + artifact["url"], headers=headers,
+                             follow_redirects=True, timeout=60)
+        assert response.status_code == 200, artifact["name"]
+        (bundle / artifact["name"]).parent.mkdir(parents=True, exist_ok=True)
+        (bundle / artifact["name"]).write_bytes(response.content)
+    report = run["report"]
+    model, tokenizer = load_for_generation(model_dir, bundle, domain="cooking")
+    rows, _ = load_examples(ROOT / "examples" / "continual" / "cooking_valid.jsonl", tokenizer,
+                            max_seq_len=1024)
+    loss = evaluate_loss(model, eval_batches(rows, batch_size=4, pad_id=tokenizer.pad_token_id))
+    assert loss == pytest.approx(report["matrix"][-1][0], rel=1e-4)
+
+
 @pytest.mark.integration
 @pytest.mark.e2e
 def test_readme_walkthrough_against_crma_dev(tmp_path: Path) -> None:
@@ -92,8 +135,9 @@ def test_readme_walkthrough_against_crma_dev(tmp_path: Path) -> None:
         run = httpx.get(f"{base}/v1/continual/runs/{run_id}", headers=headers).json()
         assert run["status"] == "succeeded"
         assert [stage["status"] for stage in run["stages"]] == ["succeeded", "succeeded"]
-        matrix = run["report"]["matrix"]
-        assert len(matrix) == 2 and all(value is not None for value in matrix[1][:2])
+        _check_continual_report(run, output)
+        _check_served_pair(base, headers, run, data_dir / "models" / "smollm2-135m-instruct",
+                           tmp_path / "run-bundle")
     finally:
         server.terminate()
         try:

@@ -253,6 +253,7 @@ def test_a_continual_run_shows_its_stages_heatmap_and_comparison(page, dev_serve
             page.select_option(select, _option_for(page, select, f"{domain}_{part}.jsonl"))
     page.fill("[name='hyperparameters.n_epochs']", "1")
     page.fill("[name='hyperparameters.batch_size']", "4")
+    page.check("[name='baseline']")  # the report then compares with one LoRA per domain
     page.wait_for_selector(".verdict[data-allowed='true']")
     assert page.locator(".estimate tbody tr").count() == 2  # per stage
     page.click("button:has-text('Start run')")
@@ -271,7 +272,26 @@ def test_a_continual_run_shows_its_stages_heatmap_and_comparison(page, dev_serve
     assert page.locator(".bar-group").count() == 2
     assert page.locator(".drift-list li[data-domain='cooking']").count() == 1
     assert [page.get_attribute(f"tr[data-key='{i}'] .badge", "data-status") for i in (0, 1)] == ["succeeded"] * 2
-    save_screenshot(page, "dashboard-run.png", height=1400)
+    # What CRMA adds over the baseline, which state serves each domain, general retention:
+    # drawn from the report's own numbers.
+    report = run["report"]
+    versus = report["versus_baseline"]
+    drawn = page.eval_on_selector_all(
+        ".versus-baseline .diverge-row",
+        "els => els.map(e => [e.closest('.bar-group').dataset.domain, Number(e.dataset.value)])")
+    expected = [("cooking", versus["forward_pct"]["cooking"]),
+                ("cooking", versus["backward_pct"]["cooking"]),
+                ("astronomy", versus["forward_pct"]["astronomy"])]
+    assert [(d, pytest.approx(v)) for d, v in drawn] == [(d, pytest.approx(v)) for d, v in expected]
+    states = page.eval_on_selector_all(".serving-table tbody tr",
+                                       "els => els.map(e => [e.dataset.domain, e.dataset.state])")
+    assert states == [[s["domain"], s["crma_state"]] for s in report["serving"]]
+    general = page.eval_on_selector_all(".general-table tbody td[data-value]",
+                                        "els => els.map(e => Number(e.dataset.value))")
+    retention = report["general_retention"]
+    assert general == pytest.approx([retention[kind][d]["change_pct"] for d in ("cooking", "astronomy")
+                                     for kind in ("served", "baseline")])
+    save_screenshot(page, "dashboard-run.png", height=1900)
 
     # Adding a domain: the API's error is shown on the field it names; nothing is queued.
     form = page.locator("form.add-domain")

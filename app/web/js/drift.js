@@ -104,3 +104,89 @@ export function comparison(report) {
           h("span", { class: "bar-value" }, decimal(value, 3)));
       })))));
 }
+
+function finite(value) {
+  return typeof value === "number" && Number.isFinite(value);
+}
+
+/** One diverging bar around 0: positive values grow right in the "better" colour, negative
+ * ones left in the "worse" colour; `scale` is the value drawn at full half-width. */
+function divergingRow(label, value, scale, note) {
+  const negative = h("span", { class: "diverge-half negative" });
+  const positive = h("span", { class: "diverge-half positive" });
+  if (finite(value)) {
+    const bar = h("span", { class: ["diverge-bar", value >= 0 ? "is-better" : "is-worse"] });
+    bar.style.width = `${Math.max(2, (Math.abs(value) / scale) * 100)}%`;
+    (value >= 0 ? positive : negative).append(bar);
+  }
+  return h("div", { class: "diverge-row", dataset: { value: finite(value) ? String(value) : "" }, title: note },
+    h("span", { class: "diverge-label" }, label),
+    h("span", { class: "diverge-track" }, negative, positive),
+    h("span", { class: ["bar-value", finite(value) && (value >= 0 ? "tone-success" : "tone-danger")] },
+      finite(value) ? percent(value, 2) : "—"));
+}
+
+/** What CRMA adds over one plain LoRA per domain (report.versus_baseline, runs with
+ * `baseline: true`): per domain, forward (its own loss right after its stage) and backward
+ * (its final served loss), in percent of the baseline LoRA's loss; positive = CRMA better. */
+export function versusBaseline(report) {
+  const versus = report.versus_baseline;
+  if (!versus) {
+    return h("p", { class: "muted" },
+      "Not measured: start a run with “Train the per-domain LoRA baseline too” (baseline: true) to see what CRMA adds over one plain LoRA per domain.");
+  }
+  const domains = report.domains || [];
+  const values = domains.flatMap((d) => [versus.forward_pct[d], versus.backward_pct[d]]).filter(finite);
+  const scale = Math.max(0.5, ...values.map(Math.abs));
+  const mean = (v) => (finite(v) ? percent(v, 2) : "—");
+  return h("figure", { class: "versus-baseline" },
+    h("div", { class: "bar-groups" }, domains.map((name) => h("div", { class: "bar-group", dataset: { domain: name } },
+      h("div", { class: "bar-group-name" }, name),
+      divergingRow("forward", versus.forward_pct[name], scale, "Own holdout loss right after its stage vs the baseline LoRA's"),
+      name in versus.backward_pct
+        ? divergingRow("backward", versus.backward_pct[name], scale, "Holdout loss now (served pair) vs the baseline LoRA's")
+        : h("p", { class: "muted small" }, "backward: the newest domain, nothing trained after it yet")))),
+    h("figcaption", { class: "muted small" },
+      `Mean forward ${mean(versus.forward_mean_pct)} · mean backward ${mean(versus.backward_mean_pct)}. ` +
+      "Change of the holdout loss against one plain LoRA per domain (the frozen baseline, same init and batches); right and green = CRMA better."));
+}
+
+const STATE_LABELS = { shared: "shared CRMA", own: "its own stage's CRMA", earlier: "an earlier CRMA state" };
+
+/** Which CRMA state serves each domain and why (report.serving, modular runs). */
+export function servingTable(report) {
+  const serving = report.serving;
+  if (!serving) return h("p", { class: "muted" }, "Only modular runs have a CRMA: each domain is served by its own LoRA.");
+  const rows = serving.map((s) => h("tr", { dataset: { domain: s.domain, state: s.crma_state } },
+    h("th", { scope: "row" }, s.domain),
+    h("td", {}, h("span", { class: ["badge", s.crma_state === "shared" ? "tone-info" : "tone-muted"] }, STATE_LABELS[s.crma_state] || s.crma_state),
+      h("span", { class: "muted small" }, ` after stage ${s.crma_stage + 1}`)),
+    h("td", { class: "num" }, percent(s.drift_pct, 2)),
+    h("td", { class: "num" }, percent(s.shared_drift_pct, 2)),
+    h("td", { class: "small" }, s.reason)));
+  return h("div", { class: "table-wrap" },
+    h("table", { class: "table serving-table" },
+      h("caption", {}, `Drift budget ${report.drift_budget_pct}%: an earlier domain moves to the newest shared CRMA only while its holdout loss stays within it.`),
+      h("thead", {}, h("tr", {}, ["Domain", "Served with", "Drift", "Shared CRMA's drift", "Why"].map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, rows)));
+}
+
+/** Loss on the general-text holdout under each domain's adapter vs the untrained model
+ * (report.general_retention): positive = the adapter costs general capability. */
+export function generalRetention(report) {
+  const general = report.general_retention;
+  if (!general) return h("p", { class: "muted" }, "No general-text holdout was scored for this run.");
+  const domains = report.domains || [];
+  const cell = (rows, name) => {
+    const row = rows && rows[name];
+    return row ? h("td", { class: ["num", row.change_pct > 0 ? "tone-danger" : "tone-success"], dataset: { value: String(row.change_pct) } },
+      percent(row.change_pct, 2), h("span", { class: "muted small" }, ` (${decimal(row.loss, 3)})`)) : h("td", { class: "num" }, "—");
+  };
+  return h("div", { class: "table-wrap" },
+    h("table", { class: "table general-table" },
+      h("caption", {}, `General-text loss of the untrained model: ${decimal(general.base_loss, 3)}. Change under each domain's adapter; positive = general text got worse.`),
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Domain"), h("th", { scope: "col" }, "Served adapter"),
+        general.baseline ? h("th", { scope: "col" }, "Baseline LoRA") : null)),
+      h("tbody", {}, domains.map((name) => h("tr", { dataset: { domain: name } },
+        h("th", { scope: "row" }, name), cell(general.served, name), general.baseline ? cell(general.baseline, name) : null)))));
+}

@@ -12,7 +12,20 @@ export const HYPERPARAMETERS = [
     placeholder: "auto", help: "Examples per optimizer step (1–256)." },
   { name: "hyperparameters.learning_rate_multiplier", label: "Learning-rate multiplier", type: "number",
     min: 0, max: 10, step: "any", placeholder: "auto",
-    help: "Scales the base rates (2e-4 for LoRA, 1e-3 for CRMA's mixing matrix)." },
+    help: "Scales every base rate: LoRA's 2e-4 and CRMA's three." },
+  { name: "hyperparameters.max_steps", label: "Max steps", type: "number", min: 1, max: 1000000, step: 1,
+    placeholder: "auto", help: "Stop after this many optimizer steps (per stage in a continual run). Empty: every epoch." },
+  { name: "hyperparameters.max_seq_len", label: "Max sequence length", type: "number", min: 32, max: 131072, step: 1,
+    placeholder: "1024", help: "Tokens per training row; longer examples are cut." },
+];
+
+export const CRMA_RATES = [
+  { name: "hyperparameters.crma_learning_rate", label: "CRMA read/write rate", type: "number", min: 0, max: 0.01, step: "any",
+    placeholder: "5e-6", help: "Far below LoRA's: a CRMA that moves fast undoes what earlier domains' LoRAs adapted to." },
+  { name: "hyperparameters.crma_mixing_learning_rate", label: "CRMA mixing rate", type: "number", min: 0, max: 0.1, step: "any",
+    placeholder: "1e-3" },
+  { name: "hyperparameters.crma_gate_learning_rate", label: "CRMA gate rate", type: "number", min: 0, max: 0.01, step: "any",
+    placeholder: "1e-4" },
 ];
 
 export const ADAPTER = [

@@ -4,13 +4,19 @@
 import { button, h, pageHeader, replace, spinner } from "../dom.js";
 import { field, fieldset, readBody } from "../forms.js";
 import { wireCreateForm } from "../create-form.js";
-import { ADAPTER, ADVANCED, HYPERPARAMETERS, loadChoices, pruneAdapter } from "./job-fields.js";
+import { ADAPTER, ADVANCED, CRMA_RATES, HYPERPARAMETERS, loadChoices, pruneAdapter } from "./job-fields.js";
 
 const MAX_DOMAINS = 16;
 const MODES = [
-  { value: "modular", label: "modular: a LoRA per domain, one shared CRMA keeps training" },
-  { value: "frozen", label: "frozen: earlier adapters frozen" },
-  { value: "naive", label: "naive: one LoRA trained on every domain in turn" },
+  { value: "modular", label: "modular: a LoRA per domain + one shared CRMA, served under the drift budget" },
+  { value: "frozen", label: "frozen: one plain LoRA per domain, no CRMA" },
+  { value: "naive", label: "naive: one LoRA trained on every domain in turn (forgets)" },
+];
+const CONTINUAL = [
+  { name: "drift_budget_pct", label: "Drift budget (%)", type: "number", min: 0, max: 100, step: "any", placeholder: "0.5",
+    help: "modular: an earlier domain moves to the newest shared CRMA only while its holdout loss stays within this many percent of what its own stage ended with; otherwise it keeps its CRMA state. 0 allowed." },
+  { name: "baseline", label: "Train the per-domain LoRA baseline too", type: "checkbox", value: false,
+    help: "Also trains what frozen mode trains, so the report shows what CRMA adds over it. About twice the tokens, billed. Not for frozen mode." },
 ];
 
 function domainSpecs(i, fileOptions) {
@@ -78,12 +84,13 @@ export default {
         value: choices.models.find((m) => m.available)?.id },
       { name: "mode", label: "Mode", type: "select", required: true, options: MODES, value: "modular" },
     ];
-    const specs = [...basics, ...HYPERPARAMETERS, ...ADAPTER, ...ADVANCED];
+    const specs = [...basics, ...CONTINUAL, ...HYPERPARAMETERS, ...CRMA_RATES, ...ADAPTER, ...ADVANCED];
     let controls = null;
     const domains = new DomainList(choices.fileOptions, () => controls?.refresh());
     const form = h("form", { class: "create-form", novalidate: true, "aria-label": "New continual run" },
-      fieldset("Model and mode", basics), domains.element,
+      fieldset("Model and mode", basics), fieldset("Forgetting and the baseline", CONTINUAL), domains.element,
       fieldset("Hyperparameters", HYPERPARAMETERS, { description: "The same for every stage. Empty: chosen by the service." }),
+      fieldset("CRMA learning rates", CRMA_RATES, { open: false, description: "Base rates, each scaled by the learning-rate multiplier. Empty: the defaults." }),
       fieldset("Adapter", ADAPTER, { open: false }),
       fieldset("More", ADVANCED, { open: false }));
 

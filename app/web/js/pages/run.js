@@ -1,10 +1,12 @@
-// One continual run: stages, the drift heatmap and per-domain comparison drawn from the
-// report, the run's files, cancel, and adding the next domain to a finished run.
+// One continual run: stages; drawn from the report, what CRMA adds over one LoRA per domain
+// (with `baseline: true`), which CRMA state serves each domain, general-text retention, the
+// drift heatmap and the per-domain comparison; the run's files, cancel, and adding the next
+// domain to a finished run.
 
 import * as api from "../api.js";
 import { artifactsTable } from "../artifacts.js";
 import { badge, button, card, confirmDialog, facts, h, link, mono, pageHeader, replace, table, toast } from "../dom.js";
-import { comparison, driftSummary, heatmap } from "../drift.js";
+import { comparison, driftSummary, generalRetention, heatmap, servingTable, versusBaseline } from "../drift.js";
 import { errorView, showingErrors } from "../errors.js";
 import { fieldset, markFieldError, readBody } from "../forms.js";
 import { compact, dateTime, relative } from "../format.js";
@@ -104,6 +106,8 @@ export default {
       replace(alerts, run.error ? errorView({ message: run.error.message || run.error.code }, { title: "Run failed" }) : null);
       replace(summary, facts([
         ["Mode", run.mode], ["Base model", run.model],
+        ["Drift budget", run.mode === "modular" ? `${run.drift_budget_pct}%` : "n/a (no CRMA)"],
+        ["Baseline", run.baseline ? "trained alongside (one plain LoRA per domain)" : "not trained"],
         ["Created", h("time", { title: dateTime(run.created_at) }, relative(run.created_at))],
         ["Finished", run.finished_at ? dateTime(run.finished_at) : null],
         ["Stages", `${run.stages.filter((s) => s.status === "succeeded").length} of ${run.stages.length} done`],
@@ -112,10 +116,15 @@ export default {
       replace(stages, stagesTable(run));
       const r = run.report;
       replace(report, r && r.matrix && r.matrix.length
-        ? h("div", { class: "report-grid" },
-          card("Loss matrix", heatmap(r), driftSummary(r)),
-          card("Per domain: base model, own stage, now", comparison(r)))
-        : card("Drift report", h("p", { class: "muted" }, "The report appears once the first stage has been scored.")));
+        ? h("div", {},
+          card("What CRMA adds over one LoRA per domain", versusBaseline(r)),
+          h("div", { class: "report-grid" },
+            card("Which CRMA state serves each domain", servingTable(r)),
+            card("General-text retention", generalRetention(r))),
+          h("div", { class: "report-grid" },
+            card("Loss matrix (served pairs)", heatmap(r), driftSummary(r)),
+            card("Per domain: base model, own stage, now", comparison(r))))
+        : card("Report", h("p", { class: "muted" }, "The report appears once the first stage has been scored.")));
       if (run.status === "succeeded" && choices) {
         if (!addDomain.querySelector("form")) {
           replace(addDomain, card(null, addDomainForm(run, choices, { signal, onAdded: (updated) => { run = updated; replace(addDomain); draw(); poll(); } })));
@@ -153,7 +162,7 @@ export default {
 
     draw();
     replace(main, header, alerts, card(null, summary), card("Stages", stages),
-      h("h2", { class: "section-title" }, "Drift"), report, addDomain, card("Files", artifacts));
+      h("h2", { class: "section-title" }, "Report"), report, addDomain, card("Files", artifacts));
     refreshArtifacts();
     loadChoices(signal).then((c) => { choices = c; draw(); }).catch(() => {});
     poll();
