@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +13,7 @@ from starlette.types import Scope
 
 from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
+from app.api.inference import close_engines, sweep_stale_requests
 from app.api.logs import configure_logging
 from app.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.api.openapi_links import add_links
@@ -53,7 +55,9 @@ TAGS = [
     {"name": "files", "description": "Upload and manage JSONL training files."},
     {"name": "fine-tuning", "description": "Fine-tuning jobs, events, checkpoints, adapters."},
     {"name": "continual", "description": "Sequential continual-learning runs with drift reports."},
-    {"name": "models", "description": "The base-model catalog."},
+    {"name": "inference", "description": "Call fine-tuned models, continual runs and base "
+     "models: OpenAI's chat and text completions."},
+    {"name": "models", "description": "The base models and your fine-tuned models."},
     {"name": "ops", "description": "Health, readiness and metrics."},
 ]
 
@@ -130,7 +134,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # which was most of job creation's p99 under load (docs/benchmarks.md, API load).
         gc.collect()
         gc.freeze()
+    sweeper = asyncio.create_task(sweep_stale_requests(app.state.settings))
     yield
+    sweeper.cancel()
+    await close_engines(app)
     await app.state.reader.close()
     await app.state.transactions.close()
     await app.state.upload_checks.close()

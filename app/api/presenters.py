@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 from fastapi.responses import Response
 from pydantic import BaseModel
 
 from app.db.models import Checkpoint, File, Job, JobEvent
-from app.domain.job_options import checkpoint_model_name, fine_tuned_model_name
+from app.domain.job_options import (
+    checkpoint_model_name,
+    fine_tuned_model_name,
+    run_model_name,
+)
 from app.domain.job_settings import load_job_settings
 from app.domain.pricing import format_usd
 from app.schemas.continual import ContinualRunPublic, StagePublic
@@ -21,10 +26,12 @@ from app.schemas.jobs import (
     JobPublic,
     UsagePublic,
 )
-from app.schemas.models import ModelPublic
+from app.schemas.models import FineTunedModelPublic, ModelPublic
 from app.services.admission import cap_reason
 from app.services.continual_runs import RunView
+from app.services.inference_targets import FineTunedModel
 from app.services.models import ModelOffer
+from crma_core.catalog import CATALOG
 
 
 def unix(value: datetime | None) -> int | None:
@@ -119,6 +126,9 @@ def run_public(view: RunView) -> ContinualRunPublic:
         drift_budget_pct=view.continual.drift_budget_pct, baseline=view.continual.baseline,
         hyperparameters=dict(run.hyperparameters or {}), adapter=dict(run.adapter or {}),
         metadata=run.user_metadata, report=run.report, error=run.error,
+        fine_tuned_model=run_model_name(model=run.model, account_id=run.account_id,
+                                        run_id=run.id)
+        if any(s.status == "succeeded" for s in view.stages) else None,
         stages=[
             StagePublic(index=s.index, name=s.name, training_file=s.training_file_id,
                         validation_file=s.validation_file_id, job_id=s.job_id, status=s.status,
@@ -128,13 +138,31 @@ def run_public(view: RunView) -> ContinualRunPublic:
     )
 
 
-def model_public(offer: ModelOffer) -> ModelPublic:
+def model_public(offer: ModelOffer, *,
+                 inference_prices: Mapping[str, int] | None = None) -> ModelPublic:
     m = offer.model
+    inference = int((inference_prices or {}).get(m.id, 0))
     return ModelPublic(
         id=m.id, display_name=m.display_name, family=m.family, parameters=m.parameters,
         context_length=m.context_length, free_tier=m.free_tier, qlora=m.qlora,
         available=offer.available, price_per_1m_tokens=offer.price_usd,
         price_per_1m_tokens_micros=offer.price_micros_per_mtok, hf_name=m.hf_name,
+        max_output_tokens=m.max_output_tokens,
+        inference_price_per_1m_tokens=format_usd(inference),
+        inference_price_per_1m_tokens_micros=inference,
+    )
+
+
+def fine_tuned_model_public(model: FineTunedModel, *, inference_prices: Mapping[str, int],
+                            domains: list[str] | None = None) -> FineTunedModelPublic:
+    base = CATALOG[model.base_model]
+    price = int(inference_prices.get(base.id, 0))
+    return FineTunedModelPublic(
+        id=model.id, created=unix(model.created_at) or 0, owned_by=model.owned_by,
+        kind=model.kind, base_model=base.id, source_id=model.source_id, domains=domains,
+        context_length=base.context_length, max_output_tokens=base.max_output_tokens,
+        inference_price_per_1m_tokens=format_usd(price),
+        inference_price_per_1m_tokens_micros=price,
     )
 
 

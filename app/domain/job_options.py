@@ -38,3 +38,9 @@ def parse_fine_tuned_model(name: str) -> tuple[str, int | None] | None:
     if len(parts) < 4:
         return None
     return parts[-1], step
+
+
+def run_model_name(*, model: str, account_id: str, run_id: str) -> str:
+    """A continual run's model, in the same shape: ft:<base>:<org>:<run id> (what chat and
+    text completions take; its domains are chosen per request)."""
+    return ":".join(["ft", model, account_id, run_id])

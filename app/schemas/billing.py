@@ -65,12 +65,30 @@ class UsageBucketPublic(BaseModel):
     cost_micros: int
 
 
+class InferenceUsageBucketPublic(BaseModel):
+    object: Literal["usage.inference_bucket"] = "usage.inference_bucket"
+    date: str = Field(description="UTC day the requests started (YYYY-MM-DD).")
+    model: str = Field(description="The base model (a fine-tuned model is billed as its base).")
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: str
+    cost_micros: int
+
+
 class UsageList(ListEnvelope):
-    data: list[UsageBucketPublic]
+    data: list[UsageBucketPublic] = Field(description="Training: jobs and continual-run stages.")
+    inference: list[InferenceUsageBucketPublic] = Field(
+        default_factory=list, description="Chat and text completions.")
     start_date: str
     end_date: str
     total_trained_tokens: int
-    total_cost: str
+    total_training_cost: str
+    total_training_cost_micros: int
+    total_inference_tokens: int = Field(description="Prompt + completion tokens.")
+    total_inference_cost: str
+    total_inference_cost_micros: int
+    total_cost: str = Field(description="Training and inference.")
     total_cost_micros: int
 
 

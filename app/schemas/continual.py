@@ -126,6 +126,10 @@ class ContinualRunPublic(BaseModel):
     adapter: dict[str, Any]
     metadata: Metadata | None
     stages: list[StagePublic]
+    fine_tuned_model: str | None = Field(
+        None, description="The run's model for /v1/chat/completions and /v1/completions "
+        "(ft:<base>:<account>:<run id>), once a stage has succeeded: each request is routed "
+        "to the domain whose adapter fits its prompt best, or names one in `domain`.")
     report: dict[str, Any] | None = Field(
         description="Once a stage has finished (docs/user-guide.md, 'Continual runs'): "
         "`versus_baseline` (modular/naive with `baseline: true`: each earlier domain's final "

@@ -1,4 +1,4 @@
-"""The model catalog as served by GET /v1/models."""
+"""GET /v1/models: the base-model catalog, and your fine-tuned models next to it."""
 
 from __future__ import annotations
 
@@ -24,7 +24,37 @@ class ModelPublic(BaseModel):
     price_per_1m_tokens: str = Field(description="USD per 1M trained tokens.")
     price_per_1m_tokens_micros: int
     hf_name: str
+    max_output_tokens: int = Field(1024, description="The largest max_tokens a chat or text "
+                                   "completion may ask of this model.")
+    inference_price_per_1m_tokens: str = Field(
+        "0.00", description="USD per 1M tokens (prompt + completion) when called through "
+        "/v1/chat/completions or /v1/completions (its fine-tuned models too).")
+    inference_price_per_1m_tokens_micros: int = 0
 
 
 class ModelList(ListEnvelope):
     data: list[ModelPublic]
+
+
+class FineTunedModelPublic(BaseModel):
+    """One of your callable models: a succeeded job's `fine_tuned_model`, a checkpoint's
+    `fine_tuned_model_checkpoint` (retrieve only) or a continual run's model."""
+
+    id: str = Field(examples=["ft:smollm2-135m-instruct:acct-abc:capitals:ftjob-abc"])
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = Field(description="Your account id.")
+    kind: Literal["fine_tune", "checkpoint", "continual_run"]
+    base_model: str
+    source_id: str = Field(description="The job (ftjob-...) or continual run (clrun-...).")
+    domains: list[str] | None = Field(
+        None, description="A continual run's domains (retrieve only; null in the list).")
+    context_length: int
+    max_output_tokens: int = Field(description="The largest max_tokens a completion may ask.")
+    inference_price_per_1m_tokens: str = Field(
+        description="USD per 1M tokens (prompt + completion), the base model's.")
+    inference_price_per_1m_tokens_micros: int
+
+
+class AnyModelList(ListEnvelope):
+    data: list[ModelPublic | FineTunedModelPublic]

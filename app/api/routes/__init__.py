@@ -14,6 +14,7 @@ from app.api.routes import (
     exports,
     files,
     health,
+    inference,
     jobs,
     models,
     webhooks,
@@ -22,6 +23,7 @@ from app.api.routes import (
 ALL_ROUTERS: list[APIRouter] = [
     estimates.router,  # POST .../jobs/estimate, .../runs/estimate: before the {id} routes
     jobs.router,
+    inference.router,
     exports.router,
     continual.router,
     files.router,

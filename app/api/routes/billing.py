@@ -15,6 +15,7 @@ from app.domain.pricing import format_usd
 from app.schemas.billing import (
     BalancePublic,
     FreeRunsPublic,
+    InferenceUsageBucketPublic,
     LedgerEntryPublic,
     LedgerList,
     LedgerTransactionPublic,
@@ -22,7 +23,7 @@ from app.schemas.billing import (
     UsageList,
 )
 from app.schemas.common import AfterParam, LimitParam, error_responses
-from app.services import billing, quotas
+from app.services import billing, inference_metering, quotas
 
 router = APIRouter(tags=["billing"])
 
@@ -93,8 +94,9 @@ def get_usage(
     end_date: Annotated[IsoDate | None, Query(description="Last UTC day, inclusive; "
                                            "default today.")] = None,
 ) -> UsageList:
-    """Trained tokens and cost per UTC day and model (jobs and continual-run stages, counted
-    on the day they finished). At most 366 days per request (400 `invalid_request_error`
+    """Training (trained tokens and cost per UTC day and model: jobs and continual-run stages,
+    counted on the day they finished) and inference (requests, prompt and completion tokens
+    and cost per UTC day and base model). At most 366 days per request (400 `invalid_request_error`
     naming `start_date` beyond that, or when start_date is after end_date)."""
     end = end_date or datetime.now(UTC).date()
     # Near date.min the default window would start before year 1 (OverflowError, a 500).
@@ -105,7 +107,10 @@ def get_usage(
         raise InvalidRequest(f"start_date to end_date spans {(end - start).days + 1} days; at "
                              f"most {MAX_USAGE_DAYS} per request.", param="start_date")
     rows = billing.usage(session, account_id=principal.account_id, start=start, end=end)
-    total_cost = sum(r.cost_micros for r in rows)
+    calls = inference_metering.usage(session, account_id=principal.account_id, start=start,
+                                     end=end)
+    training_cost = sum(r.cost_micros for r in rows)
+    inference_cost = sum(r.cost_micros for r in calls)
     return UsageList(
         data=[
             UsageBucketPublic(date=r.day.isoformat(), model=r.model, jobs=r.jobs,
@@ -113,9 +118,22 @@ def get_usage(
                               cost_micros=r.cost_micros)
             for r in rows
         ],
+        inference=[
+            InferenceUsageBucketPublic(
+                date=r.day.isoformat(), model=r.model, requests=r.requests,
+                prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
+                cost=format_usd(r.cost_micros), cost_micros=r.cost_micros)
+            for r in calls
+        ],
         start_date=start.isoformat(), end_date=end.isoformat(),
         total_trained_tokens=sum(r.trained_tokens for r in rows),
-        total_cost=format_usd(total_cost), total_cost_micros=total_cost,
+        total_training_cost=format_usd(training_cost),
+        total_training_cost_micros=training_cost,
+        total_inference_tokens=sum(r.prompt_tokens + r.completion_tokens for r in calls),
+        total_inference_cost=format_usd(inference_cost),
+        total_inference_cost_micros=inference_cost,
+        total_cost=format_usd(training_cost + inference_cost),
+        total_cost_micros=training_cost + inference_cost,
     )
 
 
