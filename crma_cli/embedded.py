@@ -1,8 +1,9 @@
 """`crma dev`: the whole service on one machine with no external server.
 
 SQLite database, local-directory object store and a SQLite Celery broker, all under
---data-dir. Starts the API (this process), one CPU worker, the outbox relay and the reaper
-(child processes, supervised: restarted when they die, crma_cli/supervisor.py), installs
+--data-dir. Starts the API (this process), one CPU worker, the outbox relay, the reaper and the
+inference engine (child processes, supervised: restarted when they die,
+crma_cli/supervisor.py; the API finds the engine through CRMA_ENGINE_URL), installs
 SmolLM2-135M into the model store in the background, creates a dev account on first start and
 prints its key. Ctrl-C stops everything; no child outlives this process, however it ends."""
 
@@ -25,6 +26,7 @@ DEV_CREDIT_MICROS = 25_000_000  # $25 of play money for the dev account
 WORKER_NAME_PREFIX = "crma-dev-"
 # On top of the worker's own shutdown window: the step in progress and the hand-back.
 STOP_MARGIN_S = 30.0
+ENGINE_PORT = 8100  # crma_cli/engine.py's default, and Settings.engine_url's
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,6 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dev.add_argument("--data-dir", default=None, help="installation root (default ./.data)")
     dev.add_argument("--no-model-install", action="store_true",
                      help="do not install SmolLM2-135M into the model store")
+    dev.add_argument("--engine-port", type=int, default=None,
+                     help=f"port of the inference engine (default {ENGINE_PORT}, or a free one "
+                          "if that is taken)")
+    dev.add_argument("--no-engine", action="store_true",
+                     help="do not start the inference engine (completions answer 503)")
     dev.set_defaults(func=run_dev)
 
 
@@ -44,6 +51,9 @@ def run_dev(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     os.environ["CRMA_DATA_DIR"] = str(data_dir)
     os.environ.setdefault("CRMA_PUBLIC_BASE_URL", f"http://{args.host}:{args.port}")
+    engine_port = None if args.no_engine else (args.engine_port or _engine_port())
+    if engine_port is not None:
+        os.environ["CRMA_ENGINE_URL"] = f"http://127.0.0.1:{engine_port}"
     # A dev installation's webhooks go to receivers on this machine or its network (http,
     # loopback, private addresses); a production setting never allows them.
     os.environ.setdefault("CRMA_WEBHOOK_ALLOW_PRIVATE_URLS", "true")
@@ -55,7 +65,8 @@ def run_dev(args: argparse.Namespace) -> int:
     upgrade(settings.resolved_database_url)
     account = ensure_dev_account(settings.resolved_database_url, data_dir)
     supervisor = supervise_children(data_dir, database_url=settings.resolved_database_url,
-                                    grace_s=settings.worker_shutdown_grace_s + STOP_MARGIN_S)
+                                    grace_s=settings.worker_shutdown_grace_s + STOP_MARGIN_S,
+                                    engine_port=engine_port)
     # uvicorn restores the previous SIGTERM handler and re-raises the signal after its own
     # shutdown: with the default handler this process would die before `finally` stops the
     # children; this one turns it into SystemExit so they are stopped in order.
@@ -67,7 +78,7 @@ def run_dev(args: argparse.Namespace) -> int:
                 target=install_default_model, args=(settings.resolved_model_store_dir, data_dir),
                 name="model-install", daemon=True,
             ).start()
-        print_banner(args.host, args.port, data_dir, account)
+        print_banner(args.host, args.port, data_dir, account, engine_port=engine_port)
         import uvicorn
 
         uvicorn.run("app.main:create_server_app", factory=True, host=args.host, port=args.port,
@@ -118,9 +129,24 @@ def install_default_model(store_root: Path, data_dir: Path) -> None:
     print(f"[crma dev] {SMOLLM2_ID} installed", file=sys.stderr, flush=True)
 
 
-def supervise_children(data_dir: Path, *, database_url: str, grace_s: float) -> Supervisor:
+def _engine_port() -> int:
+    """ENGINE_PORT if free, else one the kernel picks (several `crma dev` on one machine)."""
+    for port in (ENGINE_PORT, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    raise RuntimeError("no free port for the inference engine")
+
+
+def supervise_children(data_dir: Path, *, database_url: str, grace_s: float,
+                       engine_port: int | None = None) -> Supervisor:
     """The worker (solo pool: one job per process, and a shutdown that cannot hang in a pool
-    join), the relay and the reaper, each restarted when it dies and ended with this process."""
+    join), the relay, the reaper and the inference engine (on `engine_port`; it waits for
+    the model install, then serves SmolLM2 with adapters from the local object store), each
+    restarted when it dies and ended with this process."""
     from app.services.health import retire_workers
 
     crma = [sys.executable, "-m", "crma_cli.main"]
@@ -133,7 +159,7 @@ def supervise_children(data_dir: Path, *, database_url: str, grace_s: float) -> 
 
     # Rows of the workers of an earlier `crma dev` here, killed before it could retire them.
     retire_workers(database_url, prefix=WORKER_NAME_PREFIX)
-    return Supervisor([
+    children = [
         ChildSpec("worker", lambda generation: [
             *crma, "worker", *common, "--queues", "small,large,maintenance", "--pool", "solo",
             "--name", worker_name(generation), "--loglevel", "warning"],
@@ -141,11 +167,21 @@ def supervise_children(data_dir: Path, *, database_url: str, grace_s: float) -> 
                                                       worker_ids=[worker_name(generation)])),
         ChildSpec("relay", lambda _: [*crma, "relay", *common]),
         ChildSpec("reaper", lambda _: [*crma, "reaper", *common]),
-    ], grace_s=grace_s)
+    ]
+    if engine_port is not None:
+        # One torch thread: it shares the machine with the worker (and the engine's one
+        # scheduler thread decodes for every request anyway).
+        children.append(ChildSpec("engine", lambda _: [
+            *crma, "engine", *common, "--port", str(engine_port), "--wait-for-model",
+            "--threads", "1", "--log-level", "warning"]))
+    return Supervisor(children, grace_s=grace_s)
 
 
-def print_banner(host: str, port: int, data_dir: Path, account: dict[str, str]) -> None:
+def print_banner(host: str, port: int, data_dir: Path, account: dict[str, str], *,
+                 engine_port: int | None = None) -> None:
     base = f"http://{host}:{port}"
+    engine = (f"http://127.0.0.1:{engine_port} (SmolLM2 and its fine-tuned models, once "
+              "installed; the API calls it)" if engine_port else "not started (--no-engine)")
     print(
         "\n".join([
             "",
@@ -156,7 +192,10 @@ def print_banner(host: str, port: int, data_dir: Path, account: dict[str, str]) 
             f"  account    : {account['account_id']}",
             f"  API key    : {account['api_key']}",
             f"  export CRMA_API_KEY={account['api_key']}",
-            "The worker, relay and reaper are restarted if they die; Ctrl-C stops them all.",
+            f"  engine     : {engine}",
+            f"  chat       : POST {base}/v1/chat/completions (model: a job's fine_tuned_model)",
+            "The worker, relay, reaper and engine are restarted if they die; Ctrl-C stops "
+            "them all.",
             "",
         ]),
         flush=True,

@@ -11,9 +11,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 from pathlib import Path
 
+from crma_cli.worker import _add_supervision_arguments
+
 DEFAULT_PORT = 8100
+MODEL_POLL_S = 2.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     engine.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     engine.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     engine.add_argument("--log-level", default="info")
+    engine.add_argument("--wait-for-model", action="store_true",
+                        help="if the model is not installed yet, wait for it (crma dev installs "
+                             "it in the background) instead of exiting")
+    _add_supervision_arguments(engine)
     engine.set_defaults(func=run_engine)
 
 
@@ -79,6 +87,11 @@ def resolve_model(args: argparse.Namespace, settings) -> tuple[str, Path]:  # no
         return args.model or directory.name, directory
     model_id = args.model or SMOLLM2_ID
     store = ModelStore(settings.resolved_model_store_dir)
+    if getattr(args, "wait_for_model", False) and not store.is_installed(model_id):
+        logging.getLogger("crma.engine").info("waiting for %s to be installed in %s",
+                                              model_id, store.root)
+        while not store.is_installed(model_id):
+            time.sleep(MODEL_POLL_S)
     if not store.is_installed(model_id):
         raise SystemExit(f"model {model_id!r} is not installed in {store.root}; "
                          f"run `crma models install {model_id}` or pass --model-dir")
@@ -86,23 +99,28 @@ def resolve_model(args: argparse.Namespace, settings) -> tuple[str, Path]:  # no
 
 
 def run_engine(args: argparse.Namespace) -> int:
+    if args.exit_with_parent is not None:  # a child of `crma dev` (crma_cli/supervisor.py)
+        from crma_cli.parent_watch import follow_parent
+
+        follow_parent(args.exit_with_parent, grace_s=args.exit_grace)
     if args.data_dir:
         os.environ["CRMA_DATA_DIR"] = os.path.abspath(args.data_dir)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app.settings import get_settings
+
+    get_settings.cache_clear()
+    settings = get_settings()
+    model_id, model_dir = resolve_model(args, settings)  # before torch: waiting costs no RAM
     import torch
     import uvicorn
 
-    from app.settings import get_settings
     from serving.engine import MiB, EngineConfig
     from serving.server import create_app
     from serving.transformers_engine import TransformersEngine
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    get_settings.cache_clear()
-    settings = get_settings()
-    model_id, model_dir = resolve_model(args, settings)
     config = EngineConfig(max_batch=args.max_batch, max_waiting=args.max_waiting,
                           max_adapters=args.max_adapters,
                           max_adapter_bytes=args.max_adapter_mb * MiB,

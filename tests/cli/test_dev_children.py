@@ -221,7 +221,11 @@ def test_sigterm_to_crma_dev_stops_every_child(tmp_path: Path) -> None:
         wait_until_healthy(f"http://127.0.0.1:{port}", dev, 120,
                            describe=lambda: (tmp_path / "dev.log").read_text()[-3000:])
         children = [pid for pid in dev_processes(data_dir) if pid != dev.pid]
-        assert len(children) >= 3, children  # worker, relay, reaper
+        assert len(children) >= 4, children  # worker, relay, reaper, engine
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in children]
+        # The engine waits for the model (not installed here) before it loads anything.
+        assert any(b"engine" in command and b"--wait-for-model" in command
+                   for command in commands), commands
         dev.send_signal(signal.SIGTERM)
         # 143 = SystemExit from dev's own handler, after `finally` stopped the children in
         # order (uvicorn's re-raised SIGTERM would otherwise kill it at once: -15).

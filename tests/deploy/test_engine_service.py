@@ -53,3 +53,11 @@ def test_the_image_holds_every_package():
         "tool"]["setuptools"]["packages"]["find"]["include"]
     copied = set(re.findall(r"^COPY (\w+) ", (ROOT / "Dockerfile.gpu").read_text(), re.M))
     assert {p.rstrip("*") for p in packages} <= copied
+
+
+def test_the_api_calls_the_engine_service():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    url = compose["services"]["api"]["environment"]["CRMA_ENGINE_URL"]
+    engine = compose["services"]["engine"]
+    port = engine["command"][engine["command"].index("--port") + 1]
+    assert url == f"http://engine:{port}"
