@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from crma_core import compile as crma_compile
-from crma_core.artifacts import export_bundle
+from crma_core.artifacts import export_bundle, write_adapter
 from crma_core.callbacks import CHECKPOINT_METRICS, CheckpointMetrics, TrainCallbacks, TrainResult
 from crma_core.checkpoint import (
     load_checkpoint,
@@ -370,9 +370,27 @@ class Recipe:
     def export_artifacts(self, out_dir: Path) -> dict[str, Any]:
         """Write the adapter bundle (see crma_core.artifacts) and return its manifest."""
         built = self._require_setup()
+        return export_bundle(Path(out_dir), model=built.model, crma=built.crma,
+                             history=self.state.history, info=self._bundle_info(),
+                             pissa_init_dir=self._pissa_init,
+                             base_model_name=self.model_dir.name, best=self.best)
+
+    def export_adapter(self, out_dir: Path) -> Path:
+        """The current weights as a servable adapter in ``out_dir``: ``lora/`` (PEFT; a PiSSA
+        LoRA converted to a plain one) and the CRMA files, as in a bundle but without its
+        plots, metrics and best weights. Small; the worker stores one in every checkpoint
+        (``serving/``) so that a checkpoint can be served. Changes nothing in training."""
+        built = self._require_setup()
+        write_adapter(Path(out_dir), model=built.model, crma=built.crma,
+                      info=self._bundle_info(), pissa_init_dir=self._pissa_init,
+                      base_model_name=self.model_dir.name)
+        return Path(out_dir)
+
+    def _bundle_info(self) -> dict[str, Any]:
+        built = self._require_setup()
         result = self.result or TrainResult.of_state(self.state, stop_reason=None,
                                                      validated=False)
-        info = {
+        return {
             "base_model": {"family": built.family, "dir_name": self.model_dir.name},
             "crma": self.crma_config.to_dict() if self.crma_config else None,
             "crma_parameters": built.crma.num_parameters() if built.crma else 0,
@@ -392,10 +410,6 @@ class Recipe:
             "best": ({"step": self.best.step, "valid_loss": self.state.best_val_loss}
                      if self.best is not None else None),
         }
-        return export_bundle(Path(out_dir), model=built.model, crma=built.crma,
-                             history=self.state.history, info=info,
-                             pissa_init_dir=self._pissa_init,
-                             base_model_name=self.model_dir.name, best=self.best)
 
     def cleanup(self) -> None:
         """Unhook CRMA, drop the model and optimizer, delete temporary files."""

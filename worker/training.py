@@ -4,6 +4,7 @@ cancel, budget, lost lease, shutdown or the time limit."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -11,8 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from app.services.attempts import Attempt
+from app.services.inference_targets import CHECKPOINT_SERVING_DIR
 from app.services.job_inputs import fetch_data_files
 from worker.lease_keeper import LeaseKeeper
+
+log = logging.getLogger(__name__)
 
 # Stop reasons after which the adapter is published (budget: a job stopped at its budget
 # still delivers the adapter trained so far).
@@ -41,6 +45,7 @@ class AttemptTraining:
         self.total_steps: int | None = None
         self.last_step: Any = None  # crma_core StepMetrics
         self.last_val_loss: float | None = None
+        self.recipe: Any = None  # crma_core Recipe of a fine-tune (not a continual stage)
 
     def callbacks(self):  # noqa: ANN201 - crma_core.TrainCallbacks
         from crma_core.callbacks import TrainCallbacks
@@ -69,6 +74,8 @@ class AttemptTraining:
         self.save_checkpoint(step, directory)
 
     def save_checkpoint(self, step: int, directory: Path) -> bool:
+        if self.recipe is not None:
+            self._export_for_serving(directory / CHECKPOINT_SERVING_DIR)
         tokens = (self.last_step.trained_tokens if self.last_step
                   else self.attempt.trained_tokens)
         metrics: dict[str, Any] = {"trained_tokens": tokens}
@@ -77,6 +84,16 @@ class AttemptTraining:
         if self.last_val_loss is not None:
             metrics["valid_loss"] = self.last_val_loss
         return self.attempt.save_checkpoint(step, directory, metrics=metrics)
+
+    def _export_for_serving(self, directory: Path) -> None:
+        """The checkpoint's weights as an adapter the engine serves (its
+        `fine_tuned_model_checkpoint` name calls it): small, stored with the checkpoint."""
+        try:
+            self.recipe.export_adapter(directory)
+        except Exception:  # noqa: BLE001 - a checkpoint without it still resumes training
+            log.warning("job %s: no serving export in this checkpoint", self.attempt.job.id,
+                        exc_info=True)
+            shutil.rmtree(directory, ignore_errors=True)
 
     def download_checkpoint(self) -> Path | None:
         return self.attempt.download_checkpoint(self.workdir / "resume")
@@ -104,6 +121,7 @@ class AttemptTraining:
         recipe = Recipe(model_dir=model_dir, train_file=train_file,
                         validation_file=validation_file, crma=configs.crma, lora=configs.lora,
                         train=configs.train, callbacks=self.callbacks())
+        self.recipe = recipe
         try:
             resume = self.download_checkpoint()
             recipe.setup(resume_from=resume)

@@ -56,6 +56,7 @@ def test_submitted_job_succeeds_with_events_checkpoints_and_verified_artifacts(w
         checkpoints = s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)
                                 .order_by(Checkpoint.step)).all()
         assert [(c.step, c.attempt) for c in checkpoints] == [(4, 1), (8, 1), (12, 1)]
+        prefixes = [c.storage_prefix for c in checkpoints]
         artifacts = s.scalars(select(Artifact).where(Artifact.owner_id == job_id)).all()
         captures = s.scalars(select(LedgerTransaction).where(
             LedgerTransaction.source_id == job_id, LedgerTransaction.kind == "capture")).all()
@@ -65,6 +66,11 @@ def test_submitted_job_succeeds_with_events_checkpoints_and_verified_artifacts(w
             "crma_config.json", "metrics.jsonl", "manifest.json", "plots/loss.png",
             "plots/grad_norm.png"} <= names
     store = open_store(stack.settings)
+    for prefix in prefixes:  # each checkpoint carries the adapter the engine serves
+        stored = set(store.list_keys(prefix))
+        assert {prefix + "serving/lora/adapter_model.safetensors",
+                prefix + "serving/lora/adapter_config.json",
+                prefix + "serving/crma.safetensors"} <= stored, stored
     for artifact in artifacts:
         assert artifact.account_id == account_id
         data = b"".join(store.iter_chunks(artifact.storage_key))
