@@ -14,21 +14,27 @@ is the recipe for a new knob."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.domain.hyperparameters import auto_batch_size, auto_epochs
+from app.domain.hyperparameters import (
+    DEFAULT_N_EVALS,
+    auto_batch_size,
+    auto_epochs,
+    auto_n_checkpoints,
+    auto_n_evals,
+)
 from crma_core.config import CRMAConfig
 from crma_core.continual_config import DEFAULT_DRIFT_BUDGET_PCT, ContinualConfig
 from crma_core.settings import LoraSettings, TrainConfig, planned_steps
 
 VERSION = 2
 AUTO = "auto"
-# Evaluate the validation file about this many times per run.
-EVALS_PER_RUN = 10
+LrScheduler = Literal["linear", "cosine", "constant"]  # crma_core.settings.LR_SCHEDULES
 
 _TRAIN, _LORA, _CRMA = TrainConfig(), LoraSettings(), CRMAConfig()
 
@@ -50,6 +56,18 @@ class Hyperparameters(_Settings):
     crma_gate_learning_rate: float = _TRAIN.lr_gate
     max_steps: int | None = _TRAIN.max_steps
     max_seq_len: int = _TRAIN.max_seq_len
+    # The training recipe (docs/user-guide.md, "Hyperparameters").
+    lr_scheduler_type: LrScheduler = _TRAIN.lr_schedule  # type: ignore[assignment]
+    warmup_ratio: float = _TRAIN.warmup_ratio
+    weight_decay: float = _TRAIN.weight_decay
+    # The cap of ZClip's adaptive clipping; 0 turns clipping off.
+    max_grad_norm: float = _TRAIN.max_grad_norm or 0.0
+    train_on_inputs: bool = _TRAIN.train_on_inputs
+    packing: bool = _TRAIN.packing
+    # None (rows stored before these fields): DEFAULT_N_EVALS evaluations with a validation
+    # file, and only the worker's fault-tolerance checkpoints.
+    n_evals: int | None = _TRAIN.n_evals
+    n_checkpoints: int | None = _TRAIN.n_checkpoints
 
 
 class AdapterSettings(_Settings):
@@ -60,6 +78,9 @@ class AdapterSettings(_Settings):
     rank: int = _CRMA.r
     lora_r: int = _LORA.r
     lora_alpha: int = _LORA.alpha
+    lora_dropout: float = _LORA.dropout
+    # "all-linear" or the projection names (crma_core.settings.LINEAR_MODULES).
+    lora_trainable_modules: str | tuple[str, ...] = _LORA.target_modules
     quantization: Literal["nf4"] | None = _LORA.quantization
 
 
@@ -99,26 +120,37 @@ DEFAULT_HYPERPARAMETERS = Hyperparameters()
 
 # Request fields with no "auto" rule: "auto" or null means crma_core's default.
 _DEFAULTED = ("crma_learning_rate", "crma_mixing_learning_rate", "crma_gate_learning_rate",
-              "max_steps", "max_seq_len")
+              "max_steps", "max_seq_len", "lr_scheduler_type", "warmup_ratio", "weight_decay",
+              "max_grad_norm", "train_on_inputs", "packing")
+
+
+def _given(requested: Mapping[str, Any], name: str) -> bool:
+    return requested.get(name) not in (AUTO, None)
 
 
 def resolve_job_settings(
     *, hyperparameters: Mapping[str, Any] | None, adapter: Mapping[str, Any] | None,
     example_count: int, continual: Mapping[str, Any] | None = None,
-    start_from: StartingAdapter | None = None,
+    start_from: StartingAdapter | None = None, has_validation: bool = False,
 ) -> JobSettings:
     """The settings of a new job: the request's values (already validated by the request
-    schema), "auto" decided for a training file of `example_count` examples, the rest from
-    crma_core's defaults. `continual` (drift_budget_pct, baseline) for a continual stage."""
+    schema), "auto" decided for a training file of `example_count` examples (and whether
+    the job has a validation file), the rest from crma_core's defaults. `continual`
+    (drift_budget_pct, baseline) for a continual stage."""
     requested = dict(hyperparameters or {})
-    epochs = requested.get("n_epochs", AUTO)
-    batch = requested.get("batch_size", AUTO)
-    multiplier = requested.get("learning_rate_multiplier", AUTO)
+    epochs = requested["n_epochs"] if _given(requested, "n_epochs") else auto_epochs(example_count)
     resolved = Hyperparameters(
-        n_epochs=auto_epochs(example_count) if epochs in (AUTO, None) else epochs,
-        batch_size=auto_batch_size(example_count) if batch in (AUTO, None) else batch,
-        learning_rate_multiplier=1.0 if multiplier in (AUTO, None) else multiplier,
-        **{k: requested[k] for k in _DEFAULTED if requested.get(k) not in (AUTO, None)},
+        n_epochs=epochs,
+        batch_size=requested["batch_size"] if _given(requested, "batch_size")
+        else auto_batch_size(example_count),
+        learning_rate_multiplier=requested["learning_rate_multiplier"]
+        if _given(requested, "learning_rate_multiplier") else 1.0,
+        n_evals=requested["n_evals"] if _given(requested, "n_evals")
+        else auto_n_evals(has_validation=has_validation),
+        # A continual stage checkpoints only for fault tolerance (crma_core.continual).
+        n_checkpoints=requested["n_checkpoints"] if _given(requested, "n_checkpoints")
+        else auto_n_checkpoints(epochs) if continual is None else None,
+        **{k: requested[k] for k in _DEFAULTED if _given(requested, k)},
     )
     return JobSettings(hyperparameters=resolved,
                        adapter=AdapterSettings(**dict(adapter or {})),
@@ -136,16 +168,11 @@ def load_job_settings(stored: Mapping[str, Any] | None) -> JobSettings:
     return JobSettings.model_validate({"version": version, **data})
 
 
-def estimated_stage_tokens(settings: JobSettings, *, tokens: int,
-                           example_count: int) -> tuple[int, int]:
-    """(the job's own, the baseline LoRA's) estimated trained tokens, from `tokens` (every
-    epoch of the file): `max_steps` trains its share of the planned steps, and a continual
-    stage with `baseline` trains the same rows a second time for the baseline LoRA."""
-    hp = settings.hyperparameters
-    if hp.max_steps is not None:
-        planned = planned_steps(max(example_count, 1), epochs=hp.n_epochs,
-                                batch_size=hp.batch_size)
-        tokens = -(-tokens * min(hp.max_steps, planned) // planned)
+def estimated_stage_tokens(settings: JobSettings, *, tokens: int) -> tuple[int, int]:
+    """(the job's own, the baseline LoRA's) estimated trained tokens, from `tokens`, the
+    job's own (app/services/tokens.job_tokens: epochs, max_seq_len and max_steps applied): a
+    continual stage with `baseline` trains the same rows a second time for the baseline
+    LoRA."""
     baseline = settings.continual is not None and settings.continual.baseline
     return tokens, tokens if baseline else 0
 
@@ -162,26 +189,41 @@ class RecipeConfigs:
 def recipe_configs(
     settings: JobSettings, *, seed: int, token_budget: int | None, example_count: int,
     has_validation: bool, device: str, checkpoint_every_steps: int | None,
-    checkpoint_every_s: float | None,
+    checkpoint_every_s: float | None, memory_budget_mb: int | None = None,
 ) -> RecipeConfigs:
     """The one translation of a job's settings (plus what the worker decides: device,
-    checkpoint cadence) into crma_core's CRMAConfig, LoraSettings and TrainConfig."""
+    checkpoint cadence, memory budget) into crma_core's CRMAConfig, LoraSettings and
+    TrainConfig.
+
+    A continual stage's loop (crma_core.continual) plans evaluations by `eval_every` and
+    warm-up by `warmup_steps`: its n_evals and warmup_ratio become those, over the steps
+    planned for `example_count` rows."""
     hp, adapter = settings.hyperparameters, settings.adapter
-    steps = planned_steps(max(example_count, 1), epochs=hp.n_epochs, batch_size=hp.batch_size,
-                          max_steps=hp.max_steps)
     multiplier = hp.learning_rate_multiplier
+    n_evals = (DEFAULT_N_EVALS if hp.n_evals is None else hp.n_evals) if has_validation else 0
+    schedule: dict[str, Any] = {"n_evals": n_evals or None, "warmup_ratio": hp.warmup_ratio}
+    if settings.continual is not None:
+        steps = planned_steps(max(example_count, 1), epochs=hp.n_epochs,
+                              batch_size=hp.batch_size, max_steps=hp.max_steps)
+        schedule = {"eval_every": max(1, steps // n_evals) if n_evals else None,
+                    "warmup_steps": math.ceil(hp.warmup_ratio * steps)}
     train = TrainConfig(
         epochs=hp.n_epochs, batch_size=hp.batch_size, max_steps=hp.max_steps,
         max_seq_len=hp.max_seq_len, lr_main=_TRAIN.lr_main * multiplier,
         lr_rw=hp.crma_learning_rate * multiplier,
         lr_mix=hp.crma_mixing_learning_rate * multiplier,
         lr_gate=hp.crma_gate_learning_rate * multiplier,
-        seed=int(seed), eval_every=max(1, steps // EVALS_PER_RUN) if has_validation else None,
-        checkpoint_every_steps=checkpoint_every_steps,
+        lr_schedule=hp.lr_scheduler_type, weight_decay=hp.weight_decay,
+        clip=_TRAIN.clip if hp.max_grad_norm > 0 else "none",
+        max_grad_norm=hp.max_grad_norm if hp.max_grad_norm > 0 else None,
+        train_on_inputs=hp.train_on_inputs, packing=hp.packing,
+        n_checkpoints=hp.n_checkpoints or None, memory_budget_mb=memory_budget_mb,
+        seed=int(seed), checkpoint_every_steps=checkpoint_every_steps,
         checkpoint_every_seconds=checkpoint_every_s, token_budget=token_budget, device=device,
-        dtype="bfloat16" if device.startswith("cuda") else "float32",
+        dtype="bfloat16" if device.startswith("cuda") else "float32", **schedule,
     )
-    lora = LoraSettings(r=adapter.lora_r, alpha=adapter.lora_alpha,
+    lora = LoraSettings(r=adapter.lora_r, alpha=adapter.lora_alpha, dropout=adapter.lora_dropout,
+                        target_modules=adapter.lora_trainable_modules,
                         quantization=adapter.quantization)
     crma = CRMAConfig(n=adapter.n_streams, r=adapter.rank) if adapter.crma else None
     return RecipeConfigs(crma=crma, lora=lora, train=train)

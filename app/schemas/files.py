@@ -31,11 +31,15 @@ class FilePublic(BaseModel):
     )
     example_count: int
     token_estimates: dict[str, int] = Field(
-        description="Estimated tokens per model family (llama, mistral, gemma2), one epoch."
+        description="Tokens per model family (llama, mistral, gemma2) of one epoch, before "
+        "max_seq_len cuts long examples (a job's estimate applies its max_seq_len)."
     )
     token_estimate_method: dict[str, str] = Field(
-        description="Per family: `tokenizer:<model>` (exact), `tokenizer_sample:<model>` "
-        "(exact on the first 4 MiB of text, extrapolated) or `heuristic:<n>_bytes_per_token`."
+        description="Per family: `tokenizer:<model>` (every example rendered and counted "
+        "with that installed model's tokenizer and chat template: exact), "
+        "`tokenizer_partial:<model>` (the same, but a few examples could not be counted "
+        "exactly) or `heuristic:<n>_bytes_per_token` (no model of the family was installed "
+        "at upload: a job's estimate adds a margin)."
     )
     errors: list[LineError] = Field(default_factory=list)
 

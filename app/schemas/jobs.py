@@ -9,9 +9,18 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
-from app.domain.hyperparameters import MAX_EPOCHS
+from app.domain.hyperparameters import DEFAULT_N_EVALS, MAX_EPOCHS
+from app.domain.job_limits import LR_SCHEDULER_TYPES, TRAINABLE_MODULES, widest
 from app.domain.job_settings import DEFAULT_ADAPTER, DEFAULT_HYPERPARAMETERS
 from app.schemas.common import (
     EXAMPLE_MODEL,
@@ -65,6 +74,68 @@ def _rate_or_auto(name: str, high: float):  # noqa: ANN202 - a validator factory
     return BeforeValidator(check)
 
 
+def _number_or_auto(name: str, low: float, high: float):  # noqa: ANN202 - a validator factory
+    def check(value: object) -> object:
+        if value is None or value == "auto":
+            return "auto"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name} must be a number or 'auto'")
+        if not low <= value <= high:
+            raise ValueError(f"{name} must be between {low:g} and {high:g}")
+        return float(value)
+
+    return BeforeValidator(check)
+
+
+def _number(name: str, section: str, field: str, what: str, default: float):  # noqa: ANN202
+    """A float knob bounded by crma_core.limits (the widest over the catalog)."""
+    low, high = widest(section, field)
+    if name == "max_grad_norm":
+        low = 0.0  # 0 turns clipping off (crma_core's clip="none")
+    return Annotated[Annotated[float, Field(ge=low, le=high)] | Auto,
+                     _number_or_auto(name, low, high)], Field(
+        "auto", description=f"{what} 'auto' is {default:g}; {low:g}-{high:g}.")
+
+
+def _count(name: str, field: str, what: str):  # noqa: ANN202
+    low, high = (int(v) for v in widest("train", field))
+    return Annotated[Annotated[int, Field(ge=low, le=high)] | Auto,
+                     _whole_or_auto(name, low, high)], Field(
+        "auto", description=f"{what} ({low}-{high})")
+
+
+def _scheduler(value: object) -> object:
+    """A schedule name, or Together's `{"lr_scheduler_type": ..., "lr_scheduler_args": ...}`
+    (the only args accepted are those of the schedule as trained: decay to 0)."""
+    if isinstance(value, dict):
+        unknown = set(value) - {"lr_scheduler_type", "lr_scheduler_args"}
+        if unknown:
+            raise ValueError(f"unknown lr_scheduler fields: {', '.join(sorted(unknown))}")
+        args = value.get("lr_scheduler_args") or {}
+        if any(args.get(k, d) != d for k, d in (("min_lr_ratio", 0.0), ("num_cycles", 0.5))) \
+                or set(args) - {"min_lr_ratio", "num_cycles"}:
+            raise ValueError("lr_scheduler_args: the schedule decays to 0 (min_lr_ratio 0, "
+                             "one half-cosine); other arguments are not offered")
+        value = value.get("lr_scheduler_type", "auto")
+    if value is None:
+        return "auto"
+    return value
+
+
+def _modules(value: object) -> object:
+    """"all-linear", a list of projection names, or Together's comma-separated string; a
+    tuple without repeats (a job continued from another compares it with the source's)."""
+    if isinstance(value, str) and value != "all-linear":
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list | tuple):
+        unknown = [m for m in value if m not in TRAINABLE_MODULES]
+        if unknown or not value:
+            raise ValueError(f"lora_trainable_modules: {', '.join(map(str, unknown)) or 'none'}"
+                             f" not among {', '.join(TRAINABLE_MODULES)} (or 'all-linear')")
+        return tuple(dict.fromkeys(value))
+    return value
+
+
 def _rate(name: str, default: float, high: float, what: str):  # noqa: ANN202
     return Annotated[Annotated[float, Field(ge=0, le=high)] | Auto,
                      _rate_or_auto(name, high)], Field(
@@ -81,6 +152,20 @@ _CRMA_MIX = _rate("crma_mixing_learning_rate",
                   "Learning rate of CRMA's stream-mixing logits.")
 _CRMA_GATE = _rate("crma_gate_learning_rate", DEFAULT_HYPERPARAMETERS.crma_gate_learning_rate,
                    1e-2, "Learning rate of CRMA's output gate.")
+
+_WARMUP = _number("warmup_ratio", "train", "warmup_ratio", "Share of the planned steps over "
+                  "which the learning rate rises linearly from 0.",
+                  DEFAULT_HYPERPARAMETERS.warmup_ratio)
+_DECAY = _number("weight_decay", "train", "weight_decay", "AdamW's decoupled weight decay on "
+                 "the LoRA and CRMA weights.", DEFAULT_HYPERPARAMETERS.weight_decay)
+_GRAD_NORM = _number("max_grad_norm", "train", "max_grad_norm", "Gradient-norm cap: "
+                     "gradients are clipped adaptively (ZClip) and never above this norm; 0 "
+                     "turns clipping off.", DEFAULT_HYPERPARAMETERS.max_grad_norm)
+_N_EVALS = _count("n_evals", "n_evals", "Evaluations of the validation file, evenly spaced, the "
+                  f"last at the end; 'auto': {DEFAULT_N_EVALS} with a validation file, else 0")
+_N_CHECKPOINTS = _count("n_checkpoints", "n_checkpoints", "Checkpoints evenly spaced over the "
+                        "run, the last at the end, each evaluated when there is a validation "
+                        "file; 'auto': one per epoch. Fine-tuning jobs only")
 
 
 class HyperparametersIn(RequestModel):
@@ -108,9 +193,42 @@ class HyperparametersIn(RequestModel):
         "every epoch runs). Per stage in a continual run.")
     max_seq_len: Annotated[Annotated[int, Field(ge=MIN_SEQ_LEN, le=MAX_SEQ_LEN)] | Auto,
                            _whole_or_auto("max_seq_len", MIN_SEQ_LEN, MAX_SEQ_LEN)] = Field(
-        "auto", description=f"Tokens per training row; longer examples are cut "
-        f"({MIN_SEQ_LEN}-{MAX_SEQ_LEN}; 'auto' is "
-        f"{DEFAULT_HYPERPARAMETERS.max_seq_len}).")
+        "auto", validation_alias=AliasChoices("max_seq_len", "max_seq_length"),
+        description=f"Tokens per training row; longer examples are cut "
+        f"({MIN_SEQ_LEN}-{MAX_SEQ_LEN}, at most the model's context length; 'auto' is "
+        f"{DEFAULT_HYPERPARAMETERS.max_seq_len}). Also accepted as `max_seq_length`.")
+    lr_scheduler_type: Annotated[Literal[LR_SCHEDULER_TYPES] | Auto,  # type: ignore[valid-type]
+                                 BeforeValidator(_scheduler)] = Field(
+        "auto", validation_alias=AliasChoices("lr_scheduler_type", "lr_scheduler"),
+        description="Learning-rate schedule after the warm-up: linear or cosine decay to 0 at "
+        f"the last step, or constant ('auto' is {DEFAULT_HYPERPARAMETERS.lr_scheduler_type})."
+        " Also accepted as `lr_scheduler`, a name or Together's object "
+        '`{"lr_scheduler_type": "cosine"}`.')
+    warmup_ratio: _WARMUP[0] = _WARMUP[1]
+    weight_decay: _DECAY[0] = _DECAY[1]
+    max_grad_norm: _GRAD_NORM[0] = _GRAD_NORM[1]
+    train_on_inputs: StrictBool | Auto = Field(
+        "auto", description="Take the loss on the prompt too (chat: every turn, not only the "
+        "assistant's; prompt/completion: the prompt). 'auto' is "
+        f"{str(DEFAULT_HYPERPARAMETERS.train_on_inputs).lower()}.")
+    packing: StrictBool | Auto = Field(
+        "auto", description="Pack several examples into each row of max_seq_len tokens "
+        "(each attends only to itself; the loss is the same): fewer, fuller rows, so fewer "
+        f"steps. 'auto' is {str(DEFAULT_HYPERPARAMETERS.packing).lower()}.")
+    n_evals: _N_EVALS[0] = _N_EVALS[1]
+    n_checkpoints: _N_CHECKPOINTS[0] = _N_CHECKPOINTS[1]
+
+
+class SupervisedIn(RequestModel):
+    hyperparameters: HyperparametersIn | None = None
+
+
+class MethodIn(RequestModel):
+    """OpenAI's `method` object; only supervised fine-tuning is offered."""
+
+    type: Literal["supervised"] = Field(description="Only 'supervised' (no dpo or "
+                                        "reinforcement here).")
+    supervised: SupervisedIn | None = None
 
 
 class AdapterIn(RequestModel):
@@ -122,6 +240,16 @@ class AdapterIn(RequestModel):
     lora_r: int = Field(DEFAULT_ADAPTER.lora_r, ge=1, le=256, description="LoRA rank.")
     lora_alpha: int = Field(DEFAULT_ADAPTER.lora_alpha, ge=1, le=1024,
                             description="LoRA scaling alpha.")
+    lora_dropout: float = Field(DEFAULT_ADAPTER.lora_dropout, ge=0,
+                                le=widest("lora", "dropout")[1],
+                                description="Dropout on the LoRA branch's input.")
+    lora_trainable_modules: Annotated[Literal["all-linear"] | tuple[str, ...],
+                                      BeforeValidator(_modules)] = Field(
+        DEFAULT_ADAPTER.lora_trainable_modules,
+        validation_alias=AliasChoices("lora_trainable_modules", "lora_target_modules"),
+        description="The decoder projections that get a LoRA: 'all-linear' or a list (or a "
+        f"comma-separated string) of {', '.join(TRAINABLE_MODULES)}. Also accepted as "
+        "`lora_target_modules`.")
     quantization: Literal["nf4"] | None = Field(
         DEFAULT_ADAPTER.quantization,
         description="`nf4` for QLoRA (CUDA workers, models with qlora=true).",
@@ -155,6 +283,10 @@ class JobCreate(RequestModel):
     validation_file: str | None = Field(None, description="Optional held-out file (an id, or "
                                         "a filename as for training_file).")
     hyperparameters: HyperparametersIn | None = None
+    method: MethodIn | None = Field(
+        None, description="OpenAI's newer form: `{\"type\": \"supervised\", \"supervised\": "
+        "{\"hyperparameters\": {...}}}`, the same hyperparameters (give them here or in "
+        "`hyperparameters`, not both).")
     suffix: str | None = Field(
         None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
         description="Up to 64 characters added to the fine-tuned model name.",
@@ -172,6 +304,18 @@ class JobCreate(RequestModel):
     @classmethod
     def _metadata(cls, value: Metadata | None) -> Metadata | None:
         return check_metadata(value)
+
+    @model_validator(mode="after")
+    def _method_hyperparameters(self) -> JobCreate:
+        """`method.supervised.hyperparameters` is where OpenAI's newer clients send them."""
+        nested = self.method.supervised.hyperparameters \
+            if self.method and self.method.supervised else None
+        if nested is not None:
+            if self.hyperparameters is not None:
+                raise ValueError("give hyperparameters or method.supervised.hyperparameters, "
+                                 "not both")
+            self.hyperparameters = nested
+        return self
 
     model_config = RequestModel.model_config | {
         "json_schema_extra": {
@@ -194,17 +338,55 @@ class JobErrorPublic(BaseModel):
 
 
 class UsagePublic(BaseModel):
-    estimated_tokens: int
-    token_budget: int | None
+    estimated_tokens: int = Field(description="Trained tokens this job is expected to need "
+                                  "(docs/user-guide.md, 'Pricing and the free tier').")
+    token_budget: int | None = Field(description="Training stops before this many trained "
+                                     "tokens: what the hold buys (or the free plan's cap).")
     trained_tokens: int
     hold: str = Field(description="USD held for this job.")
     hold_micros: int
+    capped_by: Literal["max_cost", "free_plan"] | None = Field(
+        None, description="Set when the budget is below the estimate: the job stops early "
+        "(max_cost, or the free plan's tokens per run) and publishes what it trained.")
 
 
 class HyperparametersPublic(BaseModel):
+    """The job's resolved hyperparameters (what "auto" became)."""
+
     n_epochs: int
     batch_size: int
     learning_rate_multiplier: float
+    max_seq_len: int
+    lr_scheduler_type: str
+    warmup_ratio: float
+    weight_decay: float
+    max_grad_norm: float
+    train_on_inputs: bool
+    packing: bool
+    n_evals: int | None
+    n_checkpoints: int | None
+
+
+class MethodPublic(BaseModel):
+    type: Literal["supervised"] = "supervised"
+    supervised: dict[str, HyperparametersPublic]
+
+
+class JobMetricsPublic(BaseModel):
+    """The finished run's figures, under OpenAI's checkpoint-metric names: the last step's
+    training loss and token accuracy, the final model on the whole validation file
+    (`full_valid_*`; `full_valid_loss_lora_only` with CRMA switched off, i.e. what the LoRA
+    alone gives in plain peft), and the evaluation with the lowest validation loss (its
+    weights are the `best/` files of the artifacts)."""
+
+    step: int | None = None
+    train_loss: float | None = None
+    train_mean_token_accuracy: float | None = None
+    full_valid_loss: float | None = None
+    full_valid_mean_token_accuracy: float | None = None
+    full_valid_loss_lora_only: float | None = None
+    best_step: int | None = None
+    best_valid_loss: float | None = None
 
 
 class JobPublic(BaseModel):
@@ -217,6 +399,7 @@ class JobPublic(BaseModel):
     organization_id: str
     status: Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
     hyperparameters: HyperparametersPublic
+    method: MethodPublic
     training_file: str
     validation_file: str | None
     result_files: list[str]
@@ -237,6 +420,9 @@ class JobPublic(BaseModel):
     cancel_requested: bool
     continual_run_id: str | None = None
     stage_index: int | None = None
+    metrics: JobMetricsPublic | None = Field(
+        None, description="Set once a fine-tuning job has finished training (see "
+        "JobMetricsPublic).")
 
 
 class JobList(ListEnvelope):
@@ -257,14 +443,31 @@ class EventList(ListEnvelope):
     data: list[EventPublic]
 
 
+class CheckpointMetricsPublic(BaseModel):
+    """OpenAI's checkpoint metrics: the training step that ends at the checkpoint, the
+    validation file scored there (null where no evaluation ran), and `full_valid_*` on the
+    run's last checkpoint; plus the trained tokens so far."""
+
+    step: int | None = None
+    train_loss: float | None = None
+    train_mean_token_accuracy: float | None = None
+    valid_loss: float | None = None
+    valid_mean_token_accuracy: float | None = None
+    full_valid_loss: float | None = None
+    full_valid_mean_token_accuracy: float | None = None
+    trained_tokens: int | None = None
+
+
 class CheckpointPublic(BaseModel):
     id: str
     object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
     created_at: int
     fine_tuned_model_checkpoint: str
     step_number: int
-    metrics: dict[str, Any]
+    metrics: CheckpointMetricsPublic
     fine_tuning_job_id: str
+    best: bool = Field(False, description="The job's checkpoint with the lowest valid_loss "
+                       "(at most one; none before an evaluated checkpoint).")
 
 
 class CheckpointList(ListEnvelope):

@@ -6,9 +6,11 @@ for the estimate endpoints without reserving anything.
 Plans:
 - free: free-tier models only; one run of today's quota per job (a continual-run stage is a
   job); no money moves (hold 0); the job's token_budget is `free_max_tokens_per_run`.
-- pro: any priced model; a hold of min(price of the estimate, max_cost); with max_cost the
-  token_budget is what max_cost buys, so training stops at the budget and the adapter
-  trained so far is still delivered."""
+- pro: any priced model; a hold of min(price of the estimate, max_cost), and a token_budget
+  of what the hold buys: training stops at the budget (and delivers the adapter trained so
+  far), so the capture at the end, the price of the trained tokens, never exceeds the hold.
+  An exact estimate (app/services/tokens.py) is never cut by its own budget; max_cost below
+  the estimate's price caps the job (`capped_by`, and an event at creation)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from app.db.base import utcnow
 from app.db.models import Account
 from app.domain.errors import InvalidRequest, NotFound
 from app.domain.pricing import format_usd, price_micros, price_per_mtok, tokens_for_budget
-from app.services import billing, quotas
+from app.services import billing, events, quotas
 from app.services.quotas import QuotaSnapshot
 from app.settings import Settings
 
@@ -115,16 +117,45 @@ def quote(
         if max_cost_micros < 0:
             raise InvalidRequest("max_cost must not be negative.", param="max_cost")
         hold = min(price, max_cost_micros)
-        if price_per_mtok(model, prices=prices) > 0:
-            token_budget = tokens_for_budget(model, max_cost_micros, prices=prices)
-            if token_budget < 1:
-                raise InvalidRequest(
-                    f"max_cost ${format_usd(max_cost_micros)} does not buy a single token of "
-                    f"{model}.",
-                    code="max_cost_too_low",
-                    param="max_cost",
-                )
+    if price_per_mtok(model, prices=prices) > 0:
+        token_budget = tokens_for_budget(model, hold, prices=prices)
+        if token_budget < 1 and max_cost_micros is not None:
+            raise InvalidRequest(
+                f"max_cost ${format_usd(max_cost_micros)} does not buy a single token of "
+                f"{model}.",
+                code="max_cost_too_low",
+                param="max_cost",
+            )
     return Terms(plan=plan, hold_micros=hold, token_budget=token_budget, price_micros=price)
+
+
+def cap_reason(*, estimated_tokens: int, token_budget: int | None,
+               max_cost_micros: int | None) -> str | None:
+    """What stops a job before its estimate, if anything: "max_cost" or "free_plan" (the
+    free plan's tokens per run)."""
+    if token_budget is None or token_budget >= estimated_tokens:
+        return None
+    return "max_cost" if max_cost_micros is not None else "free_plan"
+
+
+def record_cap(session: Session, *, job_id: str, estimated_tokens: int,
+               token_budget: int | None, max_cost_micros: int | None) -> str | None:
+    """The event that tells a new job's owner it will stop before its estimate (when it
+    will); returns the cap's reason."""
+    reason = cap_reason(estimated_tokens=estimated_tokens, token_budget=token_budget,
+                        max_cost_micros=max_cost_micros)
+    if reason is None:
+        return None
+    why = (f"max_cost ${format_usd(max_cost_micros or 0)} buys {token_budget:,}"
+           if reason == "max_cost" else
+           f"The free plan trains at most {token_budget:,} tokens per run")
+    events.record_event(
+        session, job_id=job_id, type="message", level="warn", dedupe_key="token_cap",
+        data={"capped_by": reason, "token_budget": token_budget,
+              "estimated_tokens": estimated_tokens},
+        message=f"{why} of the {estimated_tokens:,} trained tokens this job is estimated to "
+                "need: training stops there and the adapter trained so far is published.")
+    return reason
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,17 @@ sum to zero, entries are append-only, and `accounts.credit_available_micros` /
 Postings of a job (source_id = job id), each unique by (source_id, kind), so a replayed
 settlement inserts nothing and moves no money:
   hold     available -> held      at admission (estimate price, or max_cost if lower)
-  capture  held -> revenue        at the end: price of trained tokens, capped at the hold;
-                                  0 when the job failed through our fault
+  capture  held -> revenue        at the end: price of the trained tokens (the job's token
+                                  budget is what the hold buys, so it fits in the hold; if
+                                  it ever did not, the hold is captured and the job's events
+                                  and the log say so); 0 when the job failed through our fault
   release  held -> available      the rest of the hold
 Services never commit: the caller's transaction makes a hold or a settlement atomic with
 the job's own state change."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
@@ -32,7 +35,9 @@ from app.domain.errors import InsufficientCredit, NotFound
 from app.domain.ids import new_id
 from app.domain.job_state import PLATFORM_FAULT_CODES, TERMINAL, is_terminal
 from app.domain.pricing import format_usd, price_micros
-from app.services import quotas
+from app.services import events, quotas
+
+log = logging.getLogger(__name__)
 
 AVAILABLE, HELD, REVENUE, FUNDING = "available", "held", "revenue", "funding"
 CREDIT, HOLD, CAPTURE, RELEASE = "credit", "hold", "capture", "release"
@@ -192,7 +197,10 @@ def settle_job(session: Session, *, job_id: str, prices: Mapping[str, int]) -> N
     if hold is not None:
         captured = _held_amount(session, source_id=job_id, kind=CAPTURE)
         if captured is None:
-            captured = min(_owed(job, prices), hold)
+            owed = _owed(job, prices)
+            captured = min(owed, hold)
+            if owed > hold:
+                _record_short_hold(session, job_id=job_id, owed=owed, hold=hold)
             _settle_leg(session, job_id, job.account_id, CAPTURE, captured, REVENUE)
             # A concurrent settlement may have won the insert; its amount is the truth.
             captured = _held_amount(session, source_id=job_id, kind=CAPTURE) or 0
@@ -225,6 +233,17 @@ def settle_hold(session: Session, *, account_id: str, source_id: str,
     if _held_amount(session, source_id=source_id, kind=RELEASE) is None:
         _settle_leg(session, source_id, account_id, RELEASE, hold - captured, AVAILABLE)
     return captured
+
+
+def _record_short_hold(session: Session, *, job_id: str, owed: int, hold: int) -> None:
+    """A capture cut to the hold: never silent (it would mean a job trained past the budget
+    its hold bought, a bug)."""
+    log.error("job %s owes %d micros but holds %d: capturing the hold", job_id, owed, hold)
+    events.record_event(
+        session, job_id=job_id, level="warn", dedupe_key="capture_capped",
+        data={"owed_micros": owed, "hold_micros": hold},
+        message=f"The trained tokens cost ${format_usd(owed)}, more than the ${format_usd(hold)} "
+                f"held for this job: ${format_usd(hold)} was charged.")
 
 
 def _refunds_free_run(job) -> bool:  # noqa: ANN001 - a Row of settle_job's select

@@ -56,7 +56,8 @@ def create_file(
         id=file_id, account_id=account_id, filename=safe_filename(filename), purpose=purpose,
         bytes=report.bytes, sha256=report.sha256, status=USABLE_STATUS, format=report.format,
         example_count=report.example_count, token_counts=report.token_counts,
-        token_estimate_method=report.token_estimate_method, errors=[], error_count=0,
+        token_estimate_method=report.token_estimate_method,
+        token_lengths=report.token_lengths or None, errors=[], error_count=0,
         storage_key=key, created_at=utcnow(),
     )
     session.add(row)
@@ -122,7 +123,8 @@ def open_content(
 _files, _accounts = File.__table__, Account.__table__
 _USABLE_FILE = (
     select(_files.c.id, _files.c.purpose, _files.c.status, _files.c.example_count,
-           _files.c.token_counts, _files.c.errors, _files.c.error_count,
+           _files.c.token_counts, _files.c.token_lengths, _files.c.errors,
+           _files.c.error_count,
            _accounts.c.plan.label("account_plan"))
     .join(_accounts, _accounts.c.id == _files.c.account_id)
     .where(_files.c.id == bindparam("b_id"), _files.c.account_id == bindparam("b_account_id"),

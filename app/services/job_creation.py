@@ -19,14 +19,19 @@ from sqlalchemy.orm import Session
 from app.db.base import utcnow
 from app.db.models import Job, JobEvent, OutboxMessage
 from app.domain.errors import InvalidRequest
-from app.domain.hyperparameters import trained_tokens
 from app.domain.ids import new_id
 from app.domain.job_options import job_queue
-from app.domain.job_settings import JobSettings, estimated_stage_tokens, resolve_job_settings
+from app.domain.job_limits import limit_problems
+from app.domain.job_settings import (
+    JobSettings,
+    estimated_stage_tokens,
+    recipe_configs,
+    resolve_job_settings,
+)
 from app.domain.job_state import JobStatus
 from app.domain.pricing import usd_to_micros
 from app.schemas.jobs import JobCreate
-from app.services import admission, events, job_sources, outbox
+from app.services import admission, events, job_sources, outbox, tokens
 from app.services.admission import Admission
 from app.services.files import require_usable_file
 from app.settings import Settings
@@ -45,6 +50,9 @@ class JobDraft:
     estimated_tokens: int
     account_plan: str | None = None  # read with the training file; admission needs it
     baseline_tokens: int = 0  # of estimated_tokens: a continual run's baseline LoRA
+    # Counted with the model's tokenizer at upload (app/services/tokens.py), else an upper
+    # bound (a heuristic count, or max_steps).
+    estimate_exact: bool = True
 
 
 def catalog_model(model_id: str) -> CatalogModel:
@@ -81,21 +89,53 @@ def draft_job(
     job_settings = resolve_job_settings(hyperparameters=hyperparameters, adapter=adapter,
                                         example_count=train.example_count,
                                         start_from=source.start if source else None,
-                                        continual=continual)
+                                        continual=continual, has_validation=valid is not None)
     if job_settings.adapter.quantization and not entry.qlora:
         raise InvalidRequest(f"{model} does not offer QLoRA (quantization='nf4').",
                              param="adapter.quantization", code="qlora_not_supported")
-    file_tokens = int((train.token_counts or {}).get(entry.family, 0))
-    epochs = job_settings.hyperparameters.n_epochs
-    own, baseline = estimated_stage_tokens(
-        job_settings, tokens=trained_tokens(file_tokens=file_tokens, n_epochs=epochs),
-        example_count=train.example_count)
+    check_settings(entry, job_settings, example_count=train.example_count,
+                   has_validation=valid is not None)
+    counted = tokens.job_tokens(train, model=entry, settings=job_settings)
+    own, baseline = estimated_stage_tokens(job_settings, tokens=counted.tokens)
     return JobDraft(
         model=entry, training_file=train, validation_file=valid, job_settings=job_settings,
         seed=secrets.randbelow(2**31) if seed is None else seed,
         estimated_tokens=own + baseline, baseline_tokens=baseline,
-        account_plan=train.account_plan,
+        account_plan=train.account_plan, estimate_exact=counted.exact,
     )
+
+
+# Knobs a continual stage's loop (crma_core.continual) does not have: refused there, not
+# silently ignored.
+_NOT_CONTINUAL = {"train_on_inputs": False, "n_checkpoints": None}
+
+
+def check_settings(model: CatalogModel, settings: JobSettings, *, example_count: int,
+                   has_validation: bool) -> None:
+    """A 400 naming the first setting `model` does not allow (crma_core.limits' per-model
+    bounds, app/domain/job_limits.py), or that the job cannot use. Settings are the run's in
+    a continual run, so their params carry no `domains[i].` prefix."""
+    hp = settings.hyperparameters
+    if hp.n_evals and not has_validation:
+        raise InvalidRequest("hyperparameters.n_evals needs a validation_file to evaluate.",
+                             param="hyperparameters.n_evals",
+                             code="invalid_hyperparameter")
+    if settings.continual is not None:
+        for name, default in _NOT_CONTINUAL.items():
+            if getattr(hp, name) != default:
+                raise InvalidRequest(
+                    f"hyperparameters.{name} is not offered for continual runs (fine-tuning "
+                    "jobs only).", param=f"hyperparameters.{name}",
+                    code="invalid_hyperparameter")
+    configs = recipe_configs(settings, seed=0, token_budget=None, example_count=example_count,
+                             has_validation=has_validation, device="cpu",
+                             checkpoint_every_steps=None, checkpoint_every_s=None)
+    values = {f"{group}.{k}": v for group in ("hyperparameters", "adapter")
+              for k, v in getattr(settings, group).model_dump().items()}
+    problems = limit_problems(model, train=configs.train, lora=configs.lora, values=values)
+    if problems:
+        param, message = problems[0]
+        raise InvalidRequest(message, param=param, code="hyperparameter_out_of_range")
 
 
 _jobs, _events, _outbox = Job.__table__, JobEvent.__table__, OutboxMessage.__table__
@@ -146,6 +186,8 @@ def insert_job(
         events.record_event(session, job_id=job_id, message=created, dedupe_key="created")
         if enqueue:
             enqueue_job(session, job=job)
+    admission.record_cap(session, job_id=job_id, estimated_tokens=draft.estimated_tokens,
+                         token_budget=admitted.token_budget, max_cost_micros=max_cost_micros)
     return job, admitted
 
 

@@ -14,10 +14,11 @@ reference path (the standard library's json + detect_and_validate), which writes
 messages. orjson accepts a subset of what json accepts and yields the same values for it, so
 a line takes the fast path only where the reference path would find nothing to report.
 
-Token estimates: with a tokenizer installed, exact counting (app/services/tokens.py) is Rust
-that releases the GIL, so it runs in a helper thread beside the parsing. `feed` never waits for
-that thread: the caller does, on `waiting()` (a bounded backlog), so an async caller can await
-it instead of blocking its event loop."""
+Token counts (app/services/tokens.py): with a model installed, every example is rendered and
+counted exactly for it, in a helper thread beside the parsing (the tokenizer's Rust and the
+regex release the GIL for part of it). `feed` never waits for that thread: the caller does, on
+`waiting()` (a bounded backlog), so an async caller can await it instead of blocking its event
+loop."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from crma_core import formats
 
 MAX_REPORTED_ERRORS = 100
 READ_CHUNK = 1024 * 1024
-# Examples handed to the estimator at a time (or fewer, once their text reaches
+# Examples handed to the estimator at a time (or fewer, once their lines reach
 # ESTIMATE_BATCH_BYTES), and how many such batches may wait for its thread.
 ESTIMATE_BATCH = 1024
 ESTIMATE_BATCH_BYTES = 4 * 1024 * 1024
@@ -61,6 +62,7 @@ class ValidationReport:
     error_count: int = 0
     token_counts: dict[str, int] = field(default_factory=dict)
     token_estimate_method: dict[str, str] = field(default_factory=dict)
+    token_lengths: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -77,15 +79,15 @@ class _Estimates:
 
     def __init__(self, model_store_dir: Path) -> None:
         self.estimator = TokenEstimator(model_store_dir)
-        threaded = any(c.tokenizer is not None for c in self.estimator.counters)
+        threaded = self.estimator.counts_exactly
         self._executor = ThreadPoolExecutor(1, "token-estimate") if threaded else None
         self._queued: deque[Future[None]] = deque()
-        self.batch: list[tuple[str, int]] = []
+        self.batch: list[tuple[dict, str]] = []
         self.batch_bytes = 0
 
-    def add(self, text: str, messages: int) -> None:
-        self.batch.append((text, messages))
-        self.batch_bytes += len(text)
+    def add(self, obj: dict, fmt: str, size: int) -> None:
+        self.batch.append((obj, fmt))
+        self.batch_bytes += size
         if len(self.batch) >= ESTIMATE_BATCH or self.batch_bytes >= ESTIMATE_BATCH_BYTES:
             self.flush()
 
@@ -108,12 +110,12 @@ class _Estimates:
         self.flush()
         return list(self._queued)
 
-    def _add(self, batch: list[tuple[str, int]]) -> None:
+    def _add(self, batch: list[tuple[dict, str]]) -> None:
         add = self.estimator.add
-        for text, messages in batch:
-            add(text, messages=messages)
+        for obj, fmt in batch:
+            add(obj, fmt)
 
-    def totals(self) -> tuple[dict[str, int], dict[str, str]]:
+    def totals(self) -> tuple[dict[str, int], dict[str, str], dict[str, Any]]:
         for future in self.unfinished():
             future.result()
         self._queued.clear()
@@ -190,7 +192,8 @@ class JsonlValidator:
             report.add_error(None, "", FILE_TOO_LARGE, f"file is larger than {self.max_bytes} bytes")
         if report.example_count == 0 and report.error_count == 0:
             report.add_error(None, "", EMPTY_FILE, "the file contains no training examples")
-        report.token_counts, report.token_estimate_method = self._estimates.totals()
+        (report.token_counts, report.token_estimate_method,
+         report.token_lengths) = self._estimates.totals()
         return report
 
     def close(self) -> None:
@@ -218,7 +221,7 @@ class JsonlValidator:
 
     def _lines(self, lines: list[bytes]) -> None:
         """Complete lines (without their newline), numbered from the next line on."""
-        loads, clean, text_of = orjson.loads, formats.clean_format, formats.clean_text
+        loads, clean = orjson.loads, formats.clean_format
         limit, report, estimates = self.max_line_bytes, self.report, self._estimates
         number = self._line_no
         for raw in lines:
@@ -239,7 +242,7 @@ class JsonlValidator:
                 self._reference_line(raw, number)
                 continue
             report.example_count += 1
-            estimates.add(text_of(obj, fmt), len(obj["messages"]) if fmt == formats.CHAT else 0)
+            estimates.add(obj, fmt, len(raw))
         self._line_no = number
 
     def _reference_line(self, raw: bytes, line_no: int) -> None:
@@ -264,8 +267,7 @@ class JsonlValidator:
             return
         if not issues:
             report.example_count += 1
-            messages = len(obj["messages"]) if fmt == formats.CHAT else 0
-            self._estimates.add(formats.example_text(obj, fmt), messages)
+            self._estimates.add(obj, fmt, len(raw))
 
 
 def validate_jsonl(

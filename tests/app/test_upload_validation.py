@@ -85,21 +85,21 @@ def test_installed_tokenizer_counts_exactly(tmp_path: Path) -> None:
     _install_tokenizer(tmp_path, "tinyllama-1.1b-chat")
     lines = [json.dumps({"prompt": "hello world", "completion": " hello"})] * 3
     report = _validate(("\n".join(lines) + "\n").encode(), store=tmp_path)
-    # "hello world" + " hello" -> 3 whitespace words per example, plus bos/eos.
-    assert report.token_counts["llama"] == 3 * (3 + tokens.EXAMPLE_OVERHEAD_TOKENS)
+    # "hello world hello": 3 words per example; this tokenizer adds no bos and has no eos.
+    assert report.token_counts["llama"] == 3 * 3
     assert report.token_estimate_method["llama"] == "tokenizer:tinyllama-1.1b-chat"
     assert report.token_estimate_method["mistral"].startswith("heuristic:")
+    assert report.token_lengths["tinyllama-1.1b-chat"] == {
+        "exact": True, "rows": 3, "tokens": 9, "lengths": [(3, 3)], "first": []}
 
 
-def test_tokenizer_sample_extrapolates_past_the_exact_budget(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_every_example_is_counted_exactly(tmp_path: Path) -> None:
     _install_tokenizer(tmp_path, "smollm2-135m-instruct")
-    monkeypatch.setattr(tokens, "EXACT_TEXT_BYTES", 1000)
-    line = json.dumps({"text": "hello world " * 10}).encode() + b"\n"  # 20 words, 120 bytes
-    report = _validate(line * 100, store=tmp_path)
-    assert report.token_estimate_method["llama"] == "tokenizer_sample:smollm2-135m-instruct"
-    assert report.token_counts["llama"] == 100 * (20 + tokens.EXAMPLE_OVERHEAD_TOKENS)
+    short, long = (json.dumps({"text": "hello world " * n}).encode() + b"\n" for n in (1, 40))
+    report = _validate(short * 5_000 + long * 10, store=tmp_path)
+    assert report.token_estimate_method["llama"] == "tokenizer:smollm2-135m-instruct"
+    assert report.token_counts["llama"] == 5_000 * 2 + 10 * 80
+    assert report.token_lengths["smollm2-135m-instruct"]["lengths"] == [(2, 5_000), (80, 10)]
 
 
 def test_valid_lines_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:

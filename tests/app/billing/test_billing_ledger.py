@@ -64,7 +64,8 @@ def test_success_captures_trained_tokens_and_releases_rest(pg_session, make_acco
     account_id = make_account("pro", credit_micros=10_000_000)
     job = new_pro_job(pg_session, make_job, account_id, tokens=4_000_000)  # $2.00 hold
     pg_session.refresh(job)
-    assert job.hold_micros == 2_000_000 and job.token_budget is None
+    # The budget is what the hold buys: training can never cost more than was held.
+    assert job.hold_micros == 2_000_000 and job.token_budget == 4_000_000
     acct = pg_session.get(Account, account_id, populate_existing=True)
     assert (acct.credit_available_micros, acct.credit_held_micros) == (8_000_000, 2_000_000)
     assert billing.reconcile(pg_session, account_id).ok

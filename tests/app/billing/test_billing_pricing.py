@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.domain.errors import InvalidRequest
-from app.domain.hyperparameters import auto_batch_size, auto_epochs, trained_tokens
+from app.domain.hyperparameters import auto_batch_size, auto_epochs
 from app.domain.job_settings import resolve_job_settings
 from app.domain.pricing import format_usd, price_micros, tokens_for_budget, usd_to_micros
 from app.settings import Settings
@@ -82,4 +82,3 @@ def test_auto_epochs() -> None:
         return settings.hyperparameters.n_epochs
 
     assert epochs("auto", 10) == 10 and epochs(None, 1000) == 3 and epochs(7, 10) == 7
-    assert trained_tokens(file_tokens=1234, n_epochs=3) == 3702

@@ -4,6 +4,7 @@ usage, quota headers and the 402/429 envelopes on job creation."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from app.db.session import get_sessionmaker
 from app.domain.job_state import JobStatus
 from app.services import accounts, billing
 from app.services.job_status import transition_job
+from app.services.tokens import HEURISTIC_MARGIN
 from app.settings import Settings
 from tests.factories import PRICES
 
@@ -58,7 +60,9 @@ def test_free_estimate_create_and_quota_headers(client: TestClient, pg_url: str)
     estimate = client.post("/v1/fine_tuning/jobs/estimate", headers=headers, json=body)
     assert estimate.status_code == 200, estimate.text
     got = estimate.json()
-    tokens = file["token_estimates"]["llama"] * 2
+    # TinyLlama's tokenizer is not installed here: the heuristic count, with its margin.
+    assert file["token_estimate_method"]["llama"].startswith("heuristic:")
+    tokens = math.ceil(file["token_estimates"]["llama"] * HEURISTIC_MARGIN) * 2
     assert got["object"] == "fine_tuning.job.estimate"
     assert got["estimated_tokens"] == got["trained_tokens"] == tokens and got["n_epochs"] == 2
     assert got["allowed_to_proceed"] and got["reason"] is None
@@ -96,7 +100,8 @@ def test_pro_hold_capture_ledger_and_usage(client: TestClient, pg_url: str) -> N
             "hyperparameters": {"n_epochs": 3}}
     estimate = client.post("/v1/fine_tuning/jobs/estimate", headers=headers, json=body).json()
     price = estimate["price_micros"]
-    assert price == -(-file["token_estimates"]["mistral"] * 3 * 500_000 // 1_000_000)
+    per_epoch = math.ceil(file["token_estimates"]["mistral"] * HEURISTIC_MARGIN)
+    assert price == -(-per_epoch * 3 * 500_000 // 1_000_000)
     assert estimate["allowed_to_proceed"] and estimate["free_runs_remaining"] is None
     created = client.post("/v1/fine_tuning/jobs", headers=headers, json=body)
     assert created.status_code == 201 and "x-quota-runs-limit" not in created.headers

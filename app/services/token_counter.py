@@ -1,0 +1,222 @@
+"""Exact token counts of training examples for one installed model, without transformers:
+the model's tokenizer.json through the `tokenizers` library and its chat template through
+app/services/chat_template.py, so the API counts what crma_core.data trains on.
+
+`ExampleCounter.count(obj, fmt)` gives, for one validated example, its length (the tokens of
+the rendered sequence crma_core.data.tokenize_example builds, before truncation) and `first`,
+one more than the position of its first trained token (counting from position 1: the first
+position is never scored), so the example is dropped by crma_core.data.load_examples exactly
+when max_seq_len < first.
+
+Speed. The `tokenizers` library costs ~80 µs for a 370-byte chat row (it builds offsets, token
+strings and masks for every token). For byte-level BPE tokenizers (SmolLM2's, GPT-2's: no
+normalizer, the ByteLevel pre-tokenizer with its regex, every added token special) the count
+is computed the way that pipeline computes it, piece by piece: the text is split at added
+tokens (one token each), the rest cut into pre-tokens by the same regex, and each pre-token's
+BPE length looked up in a cache (`model.tokenize` on a miss). That gives the same numbers
+several times faster; it is checked against the library on a fixed set of awkward strings when
+a counter is built and on every SPOT_CHECK_EVERY-th example, and a counter whose check fails
+counts with the library from then on and reports itself inexact."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from bisect import bisect_left
+from itertools import accumulate
+from pathlib import Path
+from typing import Any
+
+from app.services.chat_template import ChatRenderer, load_template
+from crma_core import formats
+
+log = logging.getLogger(__name__)
+
+# The pre-tokenizer regex of tokenizers' ByteLevel (GPT-2's), for the `regex` module.
+BYTE_LEVEL_PATTERN = (r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+"
+                      r"|\s+(?!\S)|\s+")
+# The same on ASCII text, for the standard library's `re` (twice as fast): \p{L}, \p{N} and \s
+# restricted to ASCII (letters, digits, and the White_Space characters \t \n \v \f \r space).
+_S, _NS = r"[\t\n\x0b\x0c\r ]", r"[^\t\n\x0b\x0c\r ]"
+ASCII_PATTERN = (r"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\t\n\x0b\x0c\r A-Za-z0-9]+"
+                 rf"|{_S}+(?!{_NS})|{_S}+")
+SPOT_CHECK_EVERY = 64
+CACHE_LIMIT = 500_000  # pre-tokens remembered (bounded memory on files of unique words)
+SELF_CHECK = ("Hello world", "  two  spaces\n\n\n and tabs\t\tend  ", "it's we'll they'd 123456",
+              "ünïcödé 中文字符 émoji 🤖 done", "a<|im_end|>b<|im_start|>user\n", "x\r\n\r\ny",
+              "'S'T '''' 'll", "...!!! ??", "\u00a0nbsp\u2003em", "12ab34", "a\x1cb \x1d\x1f c",
+              "\x85 y\xa0z\x0b\x0c", "tab\t\tx  \n", "")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (what ByteLevel maps bytes through)."""
+    printable = set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) \
+        | set(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[byte] = chr(byte)
+        else:
+            chars[byte] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+class _Lengths(dict):
+    """Pre-token -> its BPE length, worked out on a miss (bounded: cleared when full)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.byte_chars = _bytes_to_unicode()
+
+    def __missing__(self, word: str) -> int:
+        mapped = "".join(self.byte_chars[b] for b in word.encode("utf-8"))
+        count = len(self.model.tokenize(mapped))
+        if len(self) >= CACHE_LIMIT:
+            self.clear()
+        self[word] = count
+        return count
+
+
+class _PieceCounter:
+    """Token counts of text the way a byte-level BPE pipeline counts it (see the module)."""
+
+    def __init__(self, tokenizer: Any, added: list[str]) -> None:
+        import regex
+
+        self.split = None
+        if added:
+            by_length = sorted(added, key=len, reverse=True)  # leftmost-longest, as tokenizers
+            self.split = regex.compile("(" + "|".join(map(regex.escape, by_length)) + ")").split
+        self.findall_unicode = regex.compile(BYTE_LEVEL_PATTERN).findall
+        self.findall_ascii = re.compile(ASCII_PATTERN).findall
+        self.lengths = _Lengths(tokenizer.model)
+
+    def count(self, text: str, start: int | None = None) -> tuple[int, int | None]:
+        """(tokens of `text`, tokens before character `start` when a token boundary certainly
+        falls there, i.e. an added token or a pre-token starts at it; else None)."""
+        lookup = self.lengths.__getitem__
+        total, position, before = 0, 0, None
+        for index, piece in enumerate(self.split(text) if self.split else (text,)):
+            if position == start:
+                before = total
+            end = position + len(piece)
+            if index % 2:  # an added token
+                total += 1
+            elif piece:
+                words = (self.findall_ascii if piece.isascii() else self.findall_unicode)(piece)
+                if start is not None and position < start < end:
+                    ends = list(accumulate(map(len, words)))
+                    cut = bisect_left(ends, start - position)
+                    if ends[cut] == start - position:
+                        before = total + sum(map(lookup, words[:cut + 1]))
+                total += sum(map(lookup, words))
+            position = end
+        if position == start:
+            before = total
+        return total, before
+
+
+def _fast_path(config: dict[str, Any]) -> bool:
+    """Whether the tokenizer is the byte-level BPE shape _PieceCounter reproduces."""
+    pre, model = config.get("pre_tokenizer") or {}, config.get("model") or {}
+    added = config.get("added_tokens") or []
+    return (config.get("normalizer") is None
+            and pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+            and not pre.get("add_prefix_space", False)
+            and model.get("type") == "BPE" and model.get("dropout") is None
+            and not model.get("continuing_subword_prefix")
+            and not model.get("end_of_word_suffix")
+            and all(t.get("special") and not (t.get("lstrip") or t.get("rstrip")
+                                              or t.get("single_word")) for t in added))
+
+
+class ExampleCounter:
+    """Exact (length, first) of examples for the model in `model_dir` (see the module)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        from tokenizers import Tokenizer
+
+        path = model_dir / "tokenizer.json"
+        self.tokenizer = Tokenizer.from_file(str(path))
+        config = json.loads(path.read_text(encoding="utf-8"))
+        source, specials = load_template(model_dir)
+        self.renderer = ChatRenderer(source, specials) if source else None
+        eos = specials.get("eos_token")
+        self.eos = 1 if eos is not None and self.tokenizer.token_to_id(eos) is not None else 0
+        probe = self.tokenizer.encode("a", add_special_tokens=True)
+        mask = probe.special_tokens_mask
+        self.added_before = mask.index(0) if 0 in mask else 0  # what the post-processor
+        self.added_total = sum(mask)                            # adds (bos, ...)
+        self.exact = True
+        self.examples = 0
+        self.pieces: _PieceCounter | None = None
+        if _fast_path(config):
+            pieces = _PieceCounter(self.tokenizer, [t["content"] for t in config["added_tokens"]])
+            if all(pieces.count(s)[0] == self._library_count(s) for s in SELF_CHECK):
+                self.pieces = pieces
+            else:
+                log.warning("%s: the fast token count disagrees with tokenizers; not used",
+                            model_dir.name)
+
+    def _library_count(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def _count(self, text: str, start: int | None = None) -> tuple[int, int | None]:
+        """(tokens of `text`, tokens before `start` if known cheaply; see _PieceCounter)."""
+        if self.pieces is None:
+            return self._library_count(text), None
+        count, before = self.pieces.count(text, start)
+        if self.examples % SPOT_CHECK_EVERY == 1 and count != self._library_count(text):
+            log.warning("the fast token count disagreed with tokenizers; using tokenizers")
+            self.pieces, self.exact = None, False
+            return self._library_count(text), None
+        return count, before
+
+    def count(self, obj: dict, fmt: str, *, first_from: int = 0) -> tuple[int, int]:
+        """(length, first) of one validated example. `first` is 0 for an example of at most
+        `first_from` tokens (no max_seq_len of at least `first_from` drops it, so it is not
+        worked out). ValueError if the chat template refuses the conversation (crma_core
+        would refuse it too)."""
+        self.examples += 1
+        if fmt == formats.CHAT:
+            if self.renderer is None:
+                raise ValueError("the model has no chat template")
+            try:
+                text, start, end = self.renderer.render(obj["messages"])
+            except Exception as error:  # noqa: BLE001 - jinja errors have many types
+                raise ValueError(f"the chat template refused this conversation: {error}") \
+                    from None
+            length, before = self._count(text, start)
+            if length <= first_from:
+                return length, 0
+            return length, self._first(text, start, end, length, before,
+                                       add_special_tokens=False)
+        if fmt == formats.PROMPT_COMPLETION:
+            text, start = obj["prompt"] + obj["completion"], len(obj["prompt"])
+            length, before = self._count(text, start)
+            length += self.added_total + self.eos
+            if length <= first_from:
+                return length, 0
+            return length, self._first(text, start, len(text), length, before,
+                                       add_special_tokens=True)
+        length = self._count(obj["text"])[0] + self.added_total + self.eos
+        return length, 2  # every token trains: the one at position 1 is the first scored
+
+    def _first(self, text: str, start: int, end: int, length: int, before: int | None, *,
+               add_special_tokens: bool) -> int:
+        """One more than the position of the first token (from position 1) whose first
+        character lies in [start, end) (crma_core's loss mask), or `length` + 1 if none.
+        `before`: the tokens before `start` when a boundary is known to fall there."""
+        if start == 0:
+            return 2
+        if before is not None and start < len(text) and not text[start].isspace():
+            before += self.added_before if add_special_tokens else 0
+            return max(before, 1) + 1
+        encoded = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        for position, (low, high) in enumerate(encoded.offsets):
+            if position >= 1 and high > low and start <= low < end:
+                return position + 1
+        return length + 1
