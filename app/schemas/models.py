@@ -21,6 +21,11 @@ class ModelPublic(BaseModel):
     free_tier: bool = Field(description="The free plan may fine-tune it.")
     qlora: bool = Field(description="4-bit NF4 QLoRA is offered (CUDA workers).")
     available: bool = Field(description="Its weights are in the model store.")
+    status: Literal["installed", "installing", "failed", "not_installed"] = Field(
+        "installed", description="installed (= available); installing (jobs created now wait "
+        "for it and start when it lands); failed (install_error says why; jobs of it fail "
+        "uncharged); not_installed (no installer is at work: jobs of it fail).")
+    install_error: str | None = None
     price_per_1m_tokens: str = Field(description="USD per 1M trained tokens.")
     price_per_1m_tokens_micros: int
     hf_name: str

@@ -28,7 +28,7 @@ RUNNING = JobStatus.RUNNING.value
 QUEUED = JobStatus.QUEUED.value
 
 
-def _stage_ready():
+def stage_ready():
     """A continual-run stage may run only after every earlier stage of its run succeeded."""
     earlier = aliased(Job)
     return or_(
@@ -83,7 +83,7 @@ def claim_job(
         conditions=(
             or_(Job.status == QUEUED, Job.lease_expires_at < now),
             Job.attempt < max_attempts,
-            _stage_ready(),
+            stage_ready(),
         ),
         values={
             "attempt": Job.attempt + 1, "lease_owner": owner,
@@ -229,7 +229,7 @@ def stale_queued(session: Session, *, cutoff: datetime, limit: int = 100) -> lis
     `offer_job(..., only_if_offered_before=cutoff)`."""
     rows = session.execute(
         select(Job.id, Job.attempt, Job.queue)
-        .where(Job.status == QUEUED, _offered_at() < cutoff, _stage_ready())
+        .where(Job.status == QUEUED, _offered_at() < cutoff, stage_ready())
         .order_by(_offered_at())
         .limit(limit)
     )

@@ -10,7 +10,7 @@ from app.api.presenters import fine_tuned_model_public, model_public
 from app.domain.errors import Conflict
 from app.schemas.common import error_responses
 from app.schemas.models import AnyModelList, FineTunedModelPublic, ModelPublic
-from app.services import inference_targets, models
+from app.services import inference_targets, model_installs, models
 from app.services.inference_targets import FineTunedModel
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -22,7 +22,8 @@ def list_models(principal: PrincipalDep, settings: SettingsDep, store: StoreDep,
     """List the base models (size, context, prices, free tier, availability), then your
     fine-tuned models and continual runs (`owned_by`: your account)."""
     offers = models.list_models(model_store_dir=settings.resolved_model_store_dir, store=store,
-                                prices=settings.prices_micros_per_mtok)
+                                prices=settings.prices_micros_per_mtok,
+                                installs=model_installs.states(session))
     inference_prices = settings.inference_prices_micros_per_mtok
     own = inference_targets.list_fine_tuned(session, account_id=principal.account_id)
     return AnyModelList(data=[
@@ -40,7 +41,8 @@ def retrieve_model(model_id: str, principal: PrincipalDep, settings: SettingsDep
     inference_prices = settings.inference_prices_micros_per_mtok
     if not model_id.startswith("ft:"):
         offer = models.get_model(model_id, model_store_dir=settings.resolved_model_store_dir,
-                                 store=store, prices=settings.prices_micros_per_mtok)
+                                 store=store, prices=settings.prices_micros_per_mtok,
+                                 installs=model_installs.states(session, model_ids=[model_id]))
         return model_public(offer, inference_prices=inference_prices)
     try:
         target = inference_targets.resolve(session, account_id=principal.account_id,
