@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from crma_core.routing import prompt_ids
 from serving.errors import ContextLengthExceeded, InvalidRequest
 from serving.requests import GenerationRequest
 
@@ -23,14 +24,9 @@ def render_ids(tokenizer: Any, request: GenerationRequest) -> tuple[list[int], s
         if not getattr(tokenizer, "chat_template", None):
             raise InvalidRequest("this model has no chat template; send a plain prompt instead",
                                  param="messages")
-        # OpenAI's "developer" messages are what chat templates call "system".
-        messages = [{"role": "system" if m.role == "developer" else m.role,
-                     "content": m.text()} for m in request.messages]
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                             tokenize=False)
-        # The template already wrote every special token the model expects.
-        return tokenizer(text, add_special_tokens=False).input_ids, "messages"
-    ids = tokenizer(request.prompt, add_special_tokens=True).input_ids
+        messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+        return prompt_ids(tokenizer, messages=messages), "messages"
+    ids = prompt_ids(tokenizer, prompt=request.prompt)
     if not ids:
         raise InvalidRequest("prompt is empty", param="prompt")
     return ids, "prompt"

@@ -14,16 +14,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from crma_core.routing import mean_prompt_nll, routing_window
 from serving.adapters import LoadedAdapter
 from serving.requests import Routing
 from serving.residual import CRMAResidual, install_layer_hooks, per_row_crma, remove_hooks
-
-# Longer prompts are scored on their last tokens: the cost stays bounded and the tail is
-# where a chat prompt's own words are (the template's system text comes first).
-MAX_ROUTE_TOKENS = 256
 
 
 def _lora_hooks(model: nn.Module, rows: Sequence[LoadedAdapter], merged: LoadedAdapter | None):
@@ -54,8 +50,9 @@ def _lora_hooks(model: nn.Module, rows: Sequence[LoadedAdapter], merged: LoadedA
 def prompt_losses(model: nn.Module, residual: CRMAResidual, prompt_ids: list[int],
                   adapters: Sequence[LoadedAdapter], merged: LoadedAdapter | None,
                   num_layers: int) -> list[float]:
-    """Mean next-token NLL of the prompt under each adapter (LoRA + CRMA), one pass."""
-    ids = prompt_ids[-MAX_ROUTE_TOKENS:]
+    """Mean next-token NLL of the prompt under each adapter (LoRA + CRMA), one pass
+    (crma_core.routing's scoring, which a run report's routing accuracy uses too)."""
+    ids = routing_window(prompt_ids)
     if len(ids) < 2:
         return [0.0] * len(adapters)
     device = next(model.parameters()).device
@@ -72,9 +69,7 @@ def prompt_losses(model: nn.Module, residual: CRMAResidual, prompt_ids: list[int
     finally:
         remove_hooks(handles)
         residual.activate(active)
-    losses = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), batch[:, 1:],
-                             reduction="none").mean(dim=1)
-    return [float(v) for v in losses]
+    return [float(v) for v in mean_prompt_nll(logits, batch)]
 
 
 def choose_domain(model: nn.Module, residual: CRMAResidual, prompt_ids: list[int],

@@ -1,19 +1,19 @@
-"""Routing accuracy on a continual run's holdouts: how often the engine's router picks the
-domain a held-out example came from (what a run report carries next to the loss matrix)."""
+"""Routing accuracy on a continual run's holdouts through an engine: how often its router
+picks the domain a held-out example came from (the benchmark's figure; a run's report gets
+the same measure from the worker, crma_core.routing.bundle_routing_accuracy)."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crma_core.routing import accuracy_report, holdout_prompts
 from serving.errors import InvalidRequest
 from serving.requests import AdapterSpec
 
-# A text example (loss on every token) is routed on its beginning, as a user's prompt would be.
-TEXT_PROMPT_CHARS = 300
+__all__ = ["DomainHoldout", "holdout_prompts", "routing_accuracy"]
 
 
 @dataclass(frozen=True)
@@ -21,31 +21,6 @@ class DomainHoldout:
     domain: str
     adapter: AdapterSpec
     holdout: Path
-
-
-def holdout_prompts(path: Path, *, limit: int | None = None) -> list[dict[str, Any]]:
-    """The prompt part of each holdout example, as request fields: chat → the messages
-    before the last assistant turn; prompt/completion → the prompt; text → its start."""
-    prompts: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if limit is not None and len(prompts) >= limit:
-                break
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if "messages" in row:
-                messages = list(row["messages"])
-                while messages and messages[-1].get("role") == "assistant":
-                    messages.pop()
-                if messages:
-                    prompts.append({"messages": [{"role": m["role"], "content": m["content"]}
-                                                 for m in messages]})
-            elif "prompt" in row:
-                prompts.append({"prompt": row["prompt"]})
-            elif "text" in row and row["text"].strip():
-                prompts.append({"prompt": row["text"][:TEXT_PROMPT_CHARS]})
-    return prompts
 
 
 def routing_accuracy(engine: Any, domains: list[DomainHoldout], *,
@@ -68,15 +43,6 @@ def routing_accuracy(engine: Any, domains: list[DomainHoldout], *,
             row = confusion[domain.domain]
             row[routing.domain] = row.get(routing.domain, 0) + 1
             times.append(routing.ms)
-    per = {name: {"examples": sum(row.values()),
-                  "accuracy": row.get(name, 0) / sum(row.values()) if row else None}
-           for name, row in confusion.items()}
-    total = sum(p["examples"] for p in per.values())
-    correct = sum(confusion[name].get(name, 0) for name in confusion)
-    times.sort()
-    return {"method": "lowest mean prompt NLL among the domain adapters (LoRA + CRMA)",
-            "accuracy": correct / total if total else None, "examples": total,
-            "skipped": skipped, "per_domain": per, "confusion": confusion,
-            "ms_p50": times[len(times) // 2] if times else None,
-            "ms_mean": sum(times) / len(times) if times else None,
-            "wall_s": round(time.perf_counter() - started, 3)}
+    report = accuracy_report(confusion, times_ms=times, skipped=skipped)
+    report["wall_s"] = round(time.perf_counter() - started, 3)
+    return report

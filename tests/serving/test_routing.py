@@ -139,3 +139,45 @@ def test_continual_bundle_layouts_route(make_engine, adapter_root, tmp_path, per
     assert all(a["crma"] for a in engine.adapters()["adapters"])
     decision = engine.route({"prompt": "the quick brown fox", "routes": routes})
     assert decision.domain == result.domain and set(decision.scores) == {"a1", "a2"}
+
+
+def test_the_run_reports_routing_accuracy_of_the_engines_router(make_engine, trained_domains,
+                                                                tiny_dir, tmp_path):
+    """crma_core.routing.bundle_routing_accuracy (what the worker puts in a run's report) on
+    a continual bundle of the two trained domains picks what the engine's router picks."""
+    import json
+
+    from crma_core.continual_state import BUNDLE_FORMAT
+    from crma_core.routing import bundle_routing_accuracy
+    from serving.sources import LocalAdapterSource
+
+    root, domains = trained_domains
+    run, entries = tmp_path / "run", []
+    for index, domain in enumerate(domains):
+        source = root / "bundles" / domain.domain
+        shutil.copytree(source / "lora", run / "loras" / f"{index}-{domain.domain}")
+        (run / "crma" / f"after-{index}").mkdir(parents=True)
+        for name in ("crma.safetensors", "crma_config.json"):
+            shutil.copy2(source / name, run / "crma" / f"after-{index}" / name)
+        entries.append({"index": index, "name": domain.domain,
+                        "lora": f"loras/{index}-{domain.domain}",
+                        "crma": f"crma/after-{index}", "baseline_lora": None})
+    (run / "manifest.json").write_text(json.dumps({"format": BUNDLE_FORMAT,
+                                                   "domains": entries}))
+    report = bundle_routing_accuracy(tiny_dir, run, {d.domain: d.holdout for d in domains},
+                                     per_domain=10)
+    assert report["examples"] == 20 and report["accuracy"] >= 0.9, report["confusion"]
+
+    engine = make_engine()
+    engine.source = LocalAdapterSource(tmp_path)
+    through_engine = routing_accuracy(engine, [
+        DomainHoldout(e["name"], AdapterSpec(id=f"r:{e['name']}", location="run",
+                                             lora=e["lora"], crma=e["crma"]), d.holdout)
+        for e, d in zip(entries, domains, strict=True)], per_domain=10)
+    assert report["confusion"] == through_engine["confusion"]
+
+    one = run.parent / "one"
+    shutil.copytree(run, one)
+    (one / "manifest.json").write_text(json.dumps({"format": BUNDLE_FORMAT,
+                                                   "domains": entries[:1]}))
+    assert bundle_routing_accuracy(tiny_dir, one, {"math": domains[0].holdout}) is None
