@@ -10,12 +10,14 @@ baseline LoRA under `baseline/<i>-<name>/`; modular: every CRMA state that serve
 under `crma/after-<k>/` and the shared CRMA at the top; `continual_report.json`,
 `plots/loss_matrix.png` (and `plots/versus_baseline.png`), `manifest.json` (per domain the
 paths of its served pair). The run's `report` gets crma_core's report (versus_baseline,
-general_retention, serving, the matrices, drift), the per-stage figures and those paths (a
+general_retention, serving, the matrices, drift), the per-stage figures, those paths and
+`routing` (how often the engine's router picks each domain for its own holdout prompts) (a
 fenced write, before the runner publishes and finishes the stage)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -23,6 +25,8 @@ from app.services import continual_stages
 from app.services.attempts import Attempt
 from app.services.job_inputs import fetch_data_files
 from worker.training import HANDED_BACK, AttemptTraining, TrainingOutcome
+
+log = logging.getLogger(__name__)
 
 
 def train_stage(training: AttemptTraining, *, model_dir: Path) -> TrainingOutcome:
@@ -60,10 +64,25 @@ def train_stage(training: AttemptTraining, *, model_dir: Path) -> TrainingOutcom
     continual_stages.upload_state(attempt, state_out)
     outcome.bundle_dir = workdir / "bundle"
     manifest = export_bundle(state_out, outcome.bundle_dir)
-    continual_stages.write_report(attempt, _report(state_out, mode=stage.mode, seed=stage.seed,
-                                                   files=manifest["domains"]))
+    report = _report(state_out, mode=stage.mode, seed=stage.seed, files=manifest["domains"])
+    report["routing"] = _routing(model_dir, state_out, outcome.bundle_dir,
+                                 device=attempt.settings.worker_device)
+    continual_stages.write_report(attempt, report)
     shutil.rmtree(state_out, ignore_errors=True)
     return outcome
+
+
+def _routing(model_dir: Path, state_dir: Path, bundle_dir: Path, *, device: str) -> dict | None:
+    """How often the engine's router (lowest prompt loss among the domains' served pairs)
+    picks each domain for its own held-out prompts (crma_core.routing); None with one
+    domain. Left out of the report, not failing the stage, if it cannot be measured."""
+    from crma_core.routing import state_routing_accuracy
+
+    try:
+        return state_routing_accuracy(model_dir, state_dir, bundle_dir, device=device)
+    except Exception as error:  # noqa: BLE001 - the stage itself succeeded
+        log.warning("routing accuracy not measured", exc_info=True)
+        return {"error": f"not measured: {type(error).__name__}"}
 
 
 def _report(state_dir: Path, *, mode: str, seed: int, files: list[dict]) -> dict:

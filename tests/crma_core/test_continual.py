@@ -266,3 +266,25 @@ def test_exported_bundle_has_one_lora_per_domain_and_the_crma(runs, tmp_path):
         f["name"] for f in naive["files"]}
     assert not any(f["name"].startswith("crma") for f in naive["files"])
     assert {d["lora"] for d in naive["domains"]} == {"lora"}
+
+
+def test_a_stage_reports_routing_accuracy_on_the_holdouts_it_stores(runs, model_dir, tmp_path):
+    """crma_core.routing.state_routing_accuracy (the run report's `routing`, measured by the
+    worker at the end of each stage): every stored holdout's prompts routed among the
+    domains' served pairs; naive mode has one adapter for all domains, nothing to route."""
+    from crma_core.continual_state import holdout_path
+    from crma_core.routing import holdout_prompts, state_routing_accuracy
+
+    state = runs["modular"][1] / "stage-2"
+    export_bundle(state, tmp_path / "bundle")
+    report = state_routing_accuracy(model_dir, state, tmp_path / "bundle")
+    assert set(report["per_domain"]) == {"alpha", "beta", "gamma"}
+    prompts = sum(len(holdout_prompts(holdout_path(state, entry),
+                                      limit=report["prompts_per_domain"]))
+                  for entry in read_state(state)["domains"])
+    assert report["examples"] + report["skipped"] == prompts > 0
+    assert sum(sum(row.values()) for row in report["confusion"].values()) == report["examples"]
+    assert 0.0 <= report["accuracy"] <= 1.0
+    naive = runs["naive"][1] / "stage-2"
+    export_bundle(naive, tmp_path / "naive")
+    assert state_routing_accuracy(model_dir, naive, tmp_path / "naive") is None

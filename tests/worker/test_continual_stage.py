@@ -66,6 +66,11 @@ def test_two_domain_modular_run_publishes_loras_crma_and_the_loss_matrix(worker_
     assert report["drift_mean_pct"] == pytest.approx(drift)
     assert len(report["base_losses"]) == 2 and len(report["stages"]) == 2
     assert [st["steps"] for st in report["stages"]] == [4, 4]
+    routing = report["routing"]  # the router's choices for each domain's holdout prompts
+    assert routing["examples"] == 8 and routing["skipped"] == 0
+    assert set(routing["per_domain"]) == {"notes", "sums"}
+    assert sum(sum(row.values()) for row in routing["confusion"].values()) == 8
+    assert 0.0 <= routing["accuracy"] <= 1.0
 
     # One LoRA per domain + the current CRMA, with the report and the heatmap.
     assert {"loras/0-notes/adapter_model.safetensors", "loras/0-notes/adapter_config.json",
