@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     checkpoint_every_steps: int = 200
     checkpoint_every_s: float = 300.0
     worker_device: str = "cpu"
+    # Memory a training step may use, in MiB (crma_core's memory model picks the micro-batch
+    # that fits and halves it after an out-of-memory pass). None: the device's free memory.
+    worker_memory_budget_mb: int | None = Field(None, ge=1)
     worker_queues: str = "small,large"
 
     # Worker part (worker/, app/services/leases.py, app/services/outbox.py)

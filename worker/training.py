@@ -5,12 +5,14 @@ cancel, budget, lost lease, shutdown or the time limit."""
 from __future__ import annotations
 
 import logging
+import json
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.services import training_events
 from app.services.attempts import Attempt
 from app.services.inference_targets import CHECKPOINT_SERVING_DIR
 from app.services.job_inputs import fetch_data_files
@@ -51,7 +53,8 @@ class AttemptTraining:
         from crma_core.callbacks import TrainCallbacks
 
         return TrainCallbacks(on_step=self.on_step, on_eval=self.on_eval,
-                              should_stop=self.should_stop, on_checkpoint=self.on_checkpoint)
+                              should_stop=self.should_stop, on_checkpoint=self.on_checkpoint,
+                              on_memory=self.on_memory)
 
     def on_step(self, metrics) -> None:  # noqa: ANN001 - crma_core.StepMetrics
         self.last_step = metrics
@@ -63,6 +66,9 @@ class AttemptTraining:
     def on_eval(self, metrics) -> None:  # noqa: ANN001 - crma_core.EvalMetrics
         self.last_val_loss = metrics.val_loss
         self.attempt.record_eval(metrics)
+
+    def on_memory(self, event) -> None:  # noqa: ANN001 - crma_core.MemoryEvent
+        self.attempt.record(training_events.memory_event(event, attempt=self.attempt.number))
 
     def should_stop(self) -> str | None:
         reason = self.keeper.stop_reason()
@@ -76,14 +82,28 @@ class AttemptTraining:
     def save_checkpoint(self, step: int, directory: Path) -> bool:
         if self.recipe is not None:
             self._export_for_serving(directory / CHECKPOINT_SERVING_DIR)
+        return self.attempt.save_checkpoint(step, directory,
+                                            metrics=self.checkpoint_metrics(directory))
+
+    def checkpoint_metrics(self, directory: Path) -> dict[str, Any]:
+        """crma_core's metrics of the checkpoint (OpenAI's names, its
+        checkpoint_metrics.json) where the recipe wrote them, else the last step's loss and
+        the last validation loss (a continual stage's); and the trained tokens so far."""
+        from crma_core.callbacks import CHECKPOINT_METRICS
+
         tokens = (self.last_step.trained_tokens if self.last_step
                   else self.attempt.trained_tokens)
         metrics: dict[str, Any] = {"trained_tokens": tokens}
+        written = Path(directory) / CHECKPOINT_METRICS
+        if written.is_file():
+            metrics.update({k: v for k, v in json.loads(written.read_text()).items()
+                            if v is not None and k not in ("step", "is_best")})
+            return metrics
         if self.last_step is not None:
             metrics["train_loss"] = self.last_step.loss
         if self.last_val_loss is not None:
             metrics["valid_loss"] = self.last_val_loss
-        return self.attempt.save_checkpoint(step, directory, metrics=metrics)
+        return metrics
 
     def _export_for_serving(self, directory: Path) -> None:
         """The checkpoint's weights as an adapter the engine serves (its
@@ -131,10 +151,14 @@ class AttemptTraining:
             self.attempt.trained_tokens = recipe.state.trained_tokens
             if resume is not None:
                 self.attempt.record_resumed(recipe.state.step)
+            self.attempt.record(training_events.memory_plan_event(
+                recipe.memory_plan.to_dict(), attempt=self.attempt.number))
             result = recipe.train()
             reason = result.stop_reason
             outcome = TrainingOutcome(stop_reason=reason, trained_tokens=result.trained_tokens,
-                                      result=result.to_dict())
+                                      result={**result.to_dict(), "metrics": result.summary()})
+            if reason in PUBLISHED:
+                self.attempt.record(training_events.final_metrics_event(result.summary()))
             if reason in PUBLISHED:
                 outcome.bundle_dir = self.workdir / "bundle"
                 recipe.export_artifacts(outcome.bundle_dir)

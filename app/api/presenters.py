@@ -14,16 +14,20 @@ from app.domain.job_options import (
     fine_tuned_model_name,
     run_model_name,
 )
+from app.domain.job_limits import public_limits
 from app.domain.job_settings import load_job_settings
 from app.domain.pricing import format_usd
 from app.schemas.continual import ContinualRunPublic, StagePublic
 from app.schemas.files import FilePublic
 from app.schemas.jobs import (
+    CheckpointMetricsPublic,
     CheckpointPublic,
     EventPublic,
     HyperparametersPublic,
     JobErrorPublic,
+    JobMetricsPublic,
     JobPublic,
+    MethodPublic,
     UsagePublic,
 )
 from app.schemas.models import FineTunedModelPublic, ModelPublic
@@ -61,9 +65,21 @@ def _estimated_finish(job: Job, throughput: dict[str, int]) -> int | None:
     return unix(job.started_at + timedelta(seconds=tokens / rate))
 
 
+def _job_metrics(job: Job) -> JobMetricsPublic | None:
+    """The finished run's metrics: `result_metrics` where the hot reads select only that part
+    of `result` (app/services/job_reads.py), else from the mapped row's `result`."""
+    metrics = getattr(job, "result_metrics", None)
+    if metrics is None and "result_metrics" not in vars(job):
+        result = getattr(job, "result", None)
+        metrics = result.get("metrics") if isinstance(result, dict) else None
+    return JobMetricsPublic(**metrics) if isinstance(metrics, dict) else None
+
+
 def job_public(job: Job, *, throughput: dict[str, int] | None = None) -> JobPublic:
     job_settings = load_job_settings(job.settings)
     hp = job_settings.hyperparameters
+    hyperparameters = HyperparametersPublic(**hp.model_dump(include=set(
+        HyperparametersPublic.model_fields)))
     error = job.error if isinstance(job.error, dict) and job.error else None
     return JobPublic(
         id=job.id, created_at=unix(job.created_at), finished_at=unix(job.finished_at),
@@ -72,10 +88,8 @@ def job_public(job: Job, *, throughput: dict[str, int] | None = None) -> JobPubl
             fine_tuned_model_name(model=job.model, account_id=job.account_id, suffix=job.suffix,
                                   job_id=job.id) if job.status == "succeeded" else None),
         organization_id=job.account_id, status=job.status,
-        hyperparameters=HyperparametersPublic(
-            n_epochs=hp.n_epochs, batch_size=hp.batch_size,
-            learning_rate_multiplier=hp.learning_rate_multiplier,
-        ),
+        hyperparameters=hyperparameters,
+        method=MethodPublic(supervised={"hyperparameters": hyperparameters}),
         training_file=job.training_file_id, validation_file=job.validation_file_id,
         result_files=[],
         # OpenAI reports null until something was trained.
@@ -98,6 +112,7 @@ def job_public(job: Job, *, throughput: dict[str, int] | None = None) -> JobPubl
         ),
         cancel_requested=job.cancel_requested_at is not None,
         continual_run_id=job.continual_run_id, stage_index=job.stage_index,
+        metrics=_job_metrics(job),
     )
 
 
@@ -107,14 +122,17 @@ def event_public(event: JobEvent) -> EventPublic:
                        message=event.message, data=event.data, type=event.type)
 
 
-def checkpoint_public(checkpoint: Checkpoint, job: Job) -> CheckpointPublic:
+def checkpoint_public(checkpoint: Checkpoint, job: Job, *,
+                      best_step: int | None = None) -> CheckpointPublic:
     name = fine_tuned_model_name(model=job.model, account_id=job.account_id, suffix=job.suffix,
                                  job_id=job.id)
+    metrics = {k: v for k, v in (checkpoint.metrics or {}).items()
+               if k in CheckpointMetricsPublic.model_fields}
     return CheckpointPublic(
         id=checkpoint.id, created_at=unix(checkpoint.created_at),
         fine_tuned_model_checkpoint=checkpoint_model_name(name, checkpoint.step),
-        step_number=checkpoint.step, metrics=dict(checkpoint.metrics or {}),
-        fine_tuning_job_id=job.id,
+        step_number=checkpoint.step, metrics=CheckpointMetricsPublic(**metrics),
+        fine_tuning_job_id=job.id, best=checkpoint.step == best_step,
     )
 
 
@@ -148,6 +166,7 @@ def model_public(offer: ModelOffer, *,
         available=offer.available, status=offer.status, install_error=offer.install_error,
         price_per_1m_tokens=offer.price_usd,
         price_per_1m_tokens_micros=offer.price_micros_per_mtok, hf_name=m.hf_name,
+        limits=public_limits(m),
         max_output_tokens=m.max_output_tokens,
         inference_price_per_1m_tokens=format_usd(inference),
         inference_price_per_1m_tokens_micros=inference,

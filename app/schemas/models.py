@@ -9,6 +9,22 @@ from pydantic import BaseModel, Field
 from app.schemas.common import EXAMPLE_MODEL, ListEnvelope
 
 
+class BoundPublic(BaseModel):
+    min: float
+    max: float
+
+
+class ModelLimitsPublic(BaseModel):
+    """What a job on this model may ask for, under the request's names: a 400 names the
+    field and its bound otherwise (docs/user-guide.md, "Hyperparameters")."""
+
+    hyperparameters: dict[str, BoundPublic]
+    adapter: dict[str, BoundPublic]
+    lr_scheduler_types: list[str]
+    lora_trainable_modules: list[str]
+    quantization: list[str]
+
+
 class ModelPublic(BaseModel):
     id: str = Field(examples=[EXAMPLE_MODEL])
     object: Literal["model"] = "model"
@@ -29,6 +45,7 @@ class ModelPublic(BaseModel):
     price_per_1m_tokens: str = Field(description="USD per 1M trained tokens.")
     price_per_1m_tokens_micros: int
     hf_name: str
+    limits: ModelLimitsPublic | None = None
     max_output_tokens: int = Field(1024, description="The largest max_tokens a chat or text "
                                    "completion may ask of this model.")
     inference_price_per_1m_tokens: str = Field(

@@ -32,7 +32,7 @@ from app.db.session import session_scope
 from app.domain.ids import new_id
 from app.domain.job_settings import JobSettings, RecipeConfigs, load_job_settings, recipe_configs
 from app.domain.job_state import ErrorCode, JobStatus
-from app.services import job_lifecycle, job_sources, leases, worker_liveness
+from app.services import job_lifecycle, job_sources, leases, training_events, worker_liveness
 from app.services.events import record_event
 from app.services.job_errors import classify
 from app.services.job_lifecycle import job_error
@@ -138,7 +138,8 @@ class Attempt:
             job.job_settings, seed=job.seed, token_budget=job.token_budget,
             example_count=job.example_count, has_validation=has_validation,
             device=settings.worker_device, checkpoint_every_steps=settings.checkpoint_every_steps,
-            checkpoint_every_s=settings.checkpoint_every_s)
+            checkpoint_every_s=settings.checkpoint_every_s,
+            memory_budget_mb=settings.worker_memory_budget_mb)
 
     # -- the lease -------------------------------------------------------------------------
     def beat(self) -> bool:
@@ -199,17 +200,18 @@ class Attempt:
     def record_step(self, metrics, *, total_steps: int | None) -> None:  # noqa: ANN001
         """A training step's metrics event (crma_core.StepMetrics)."""
         self.trained_tokens = metrics.trained_tokens
-        data = step_event_data(metrics, total_steps=total_steps)
-        total = f"/{total_steps}" if total_steps else ""
-        self.fenced_write(lambda s: self._event(
-            s, type="metrics", dedupe_key=f"metrics:step:{metrics.step}", data=data,
-            message=f"Step {metrics.step}{total}: training loss={metrics.loss:.4f}"))
+        self.record(training_events.step_event(metrics, total_steps=total_steps))
 
     def record_eval(self, metrics) -> None:  # noqa: ANN001 - crma_core.EvalMetrics
-        self.fenced_write(lambda s: self._event(
-            s, type="metrics", dedupe_key=f"eval:step:{metrics.step}",
-            data={"step": metrics.step, "valid_loss": metrics.val_loss},
-            message=f"Step {metrics.step}: validation loss={metrics.val_loss:.4f}"))
+        self.record(training_events.eval_event(metrics))
+
+    def record(self, event: training_events.TrainingEvent | None) -> None:
+        """One training event (app/services/training_events.py)."""
+        if event is None:
+            return
+        self.fenced_write(lambda s: record_event(
+            s, job_id=self.job.id, message=event.message, level=event.level, type=event.type,
+            data=event.data, dedupe_key=event.dedupe_key, attempt=self.number))
 
     def record_resumed(self, step: int) -> None:
         self.fenced_write(lambda s: self._event(
@@ -360,24 +362,3 @@ class Attempt:
                                       current_job_id=None, clear_job=True)
         except Exception:  # noqa: BLE001 - liveness bookkeeping only
             log.warning("could not clear the worker's current job", exc_info=True)
-
-
-def step_event_data(metrics, *, total_steps: int | None) -> dict[str, Any]:  # noqa: ANN001
-    """OpenAI-style metrics event data plus our gradient-stability figures."""
-    data: dict[str, Any] = {
-        "step": metrics.step, "total_steps": total_steps, "train_loss": metrics.loss,
-        "learning_rate": metrics.lr, "grad_norm": metrics.grad_norm, "clipped": metrics.clipped,
-        "tokens_per_s": round(metrics.tokens_per_s, 2), "trained_tokens": metrics.trained_tokens,
-        "epoch": metrics.epoch,
-    }
-    crma = metrics.crma or {}
-    for key, name in (("spectral_norm", "crma_spectral_norm_max"),
-                      ("marginal_error", "crma_marginal_error_max")):
-        values = [float(v) for v in crma.get(key) or []]
-        if values:
-            data[name] = max(values)
-    alphas = [float(v) for v in crma.get("alpha") or []]
-    if alphas:
-        data["crma_alpha_mean"] = sum(alphas) / len(alphas)
-        data["crma_alpha_max"] = max(alphas)
-    return data

@@ -1,4 +1,5 @@
-"""Checkpoints of a job (OpenAI `fine_tuning.job.checkpoint`), newest step first."""
+"""Checkpoints of a job (OpenAI `fine_tuning.job.checkpoint`), newest step first, and the
+best of them by validation loss."""
 
 from __future__ import annotations
 
@@ -25,3 +26,12 @@ def list_checkpoints(
         statement = statement.where(Checkpoint.step < step)
     rows = list(session.scalars(statement.order_by(Checkpoint.step.desc()).limit(limit + 1)))
     return rows[:limit], len(rows) > limit
+
+
+def best_step(session: Session, *, job_id: str) -> int | None:
+    """The step of the job's checkpoint with the lowest `valid_loss` (the earliest of equal
+    ones); None while no checkpoint was evaluated."""
+    scored = [(metrics["valid_loss"], step) for step, metrics in session.execute(
+        select(Checkpoint.step, Checkpoint.metrics).where(Checkpoint.job_id == job_id))
+        if isinstance(metrics, dict) and isinstance(metrics.get("valid_loss"), int | float)]
+    return min(scored)[1] if scored else None

@@ -16,13 +16,14 @@ from app.services.pagination import invalid_cursor
 _jobs = Job.__table__
 _events = JobEvent.__table__
 # What the presenters read (app/api/presenters.py job_public, event_public): not the lease,
-# nor `result`, which can be large.
-_JOB_FIELDS = columns(
+# nor all of `result`, which can be large: only its `metrics` (a dozen figures).
+_JOB_FIELDS = [*columns(
     Job, "id", "account_id", "model", "status", "created_at", "started_at", "finished_at",
     "fine_tuned_model", "suffix", "training_file_id", "validation_file_id", "settings",
     "seed", "user_metadata", "error", "estimated_tokens", "token_budget",
     "trained_tokens", "hold_micros", "cost_micros", "max_cost_micros", "attempt",
-    "cancel_requested_at", "continual_run_id", "stage_index")
+    "cancel_requested_at", "continual_run_id", "stage_index"),
+    _jobs.c.result["metrics"].label("result_metrics")]
 _EVENT_FIELDS = columns(JobEvent, "seq", "id", "created_at", "level", "type", "message", "data")
 
 _OWN_JOB = select(*_JOB_FIELDS).where(_jobs.c.id == bindparam("job_id"),

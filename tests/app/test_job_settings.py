@@ -32,8 +32,10 @@ def test_auto_is_decided_at_creation_and_the_rest_defaults_to_crma_core() -> Non
         hyperparameters={"n_epochs": "auto", "batch_size": "auto",
                          "learning_rate_multiplier": "auto"},
         adapter=None, example_count=10)
+    # No validation file: no evaluations; a checkpoint per epoch.
     assert settings.hyperparameters == Hyperparameters(n_epochs=10, batch_size=1,
-                                                       learning_rate_multiplier=1.0)
+                                                       learning_rate_multiplier=1.0, n_evals=0,
+                                                       n_checkpoints=10)
     adapter = settings.adapter
     assert (adapter.n_streams, adapter.rank) == (CRMAConfig().n, CRMAConfig().r)
     assert (adapter.lora_r, adapter.lora_alpha) == (LoraSettings().r, LoraSettings().alpha)
@@ -63,13 +65,14 @@ def test_one_translation_into_crma_core() -> None:
     base = TrainConfig()
     assert (built.train.epochs, built.train.batch_size, built.train.seed) == (2, 4, 7)
     assert built.train.lr_main == base.lr_main * 0.5 and built.train.lr_mix == base.lr_mix * 0.5
-    assert built.train.eval_every == max(1, built.train.planned_steps(100) // 10) == 5
+    # Rows stored before n_evals existed evaluate 10 times, as the worker did.
+    assert built.train.n_evals == 10 and built.train.eval_every is None
     assert built.train.token_budget == 1000 and built.train.dtype == "float32"
     assert built.crma == CRMAConfig(n=8, r=2)
     assert (built.lora.r, built.lora.alpha) == (4, 8)
     plain = configs(JobSettings(adapter=AdapterSettings(crma=False)), device="cuda:0")
     assert plain.crma is None and plain.train.dtype == "bfloat16"
-    assert plain.train.eval_every is None
+    assert plain.train.eval_every is None and plain.train.n_evals is None
 
 
 def test_the_multiplier_scales_every_rate_crma_s_included() -> None:

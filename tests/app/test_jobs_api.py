@@ -33,10 +33,15 @@ def test_create_writes_job_admission_event_and_outbox(
     job = response.json()
     assert job["object"] == "fine_tuning.job" and job["status"] == "queued"
     assert job["organization_id"] == tenant.account_id and job["training_file"] == file_id
-    assert job["hyperparameters"] == {"n_epochs": 2, "batch_size": 1,
-                                      "learning_rate_multiplier": 1.0}
+    hp = job["hyperparameters"]
+    assert (hp["n_epochs"], hp["batch_size"], hp["learning_rate_multiplier"]) == (2, 1, 1.0)
+    # The rest at crma_core's defaults; a checkpoint per epoch, no validation file to score.
+    assert (hp["lr_scheduler_type"], hp["packing"], hp["n_checkpoints"], hp["n_evals"]) == (
+        "linear", False, 2, 0)
+    assert job["method"] == {"type": "supervised", "supervised": {"hyperparameters": hp}}
     assert job["adapter"] == {"crma": True, "n_streams": 8, "rank": 1, "lora_r": 8,
-                              "lora_alpha": 32, "quantization": None}
+                              "lora_alpha": 32, "lora_dropout": 0.0,
+                              "lora_trainable_modules": "all-linear", "quantization": None}
     assert (job["seed"], job["suffix"], job["metadata"]) == (7, "bot", {"team": "nlp"})
     assert job["usage"]["estimated_tokens"] > 0 and job["usage"]["hold_micros"] > 0
     assert response.headers["location"] == f"/v1/fine_tuning/jobs/{job['id']}"
@@ -237,10 +242,13 @@ def test_succeeded_job_shape(client: TestClient, tenant: Tenant, pg_url: str) ->
                              "adapter": {"crma": False, "lora_r": 8}})
     body = client.get(f"/v1/fine_tuning/jobs/{job.id}", headers=tenant.headers).json()
     assert body["trained_tokens"] == 1234
-    assert body["hyperparameters"] == {"n_epochs": 1, "batch_size": 2,
-                                       "learning_rate_multiplier": 0.5}
+    hp = body["hyperparameters"]
+    assert (hp["n_epochs"], hp["batch_size"], hp["learning_rate_multiplier"]) == (1, 2, 0.5)
+    # Fields added later read as crma_core's defaults (n_evals: the worker's old 10).
+    assert (hp["max_seq_len"], hp["n_evals"], hp["n_checkpoints"]) == (1024, None, None)
     assert body["adapter"] == {"crma": False, "n_streams": 4, "rank": 1, "lora_r": 8,
-                               "lora_alpha": 32, "quantization": None}
+                               "lora_alpha": 32, "lora_dropout": 0.0,
+                               "lora_trainable_modules": "all-linear", "quantization": None}
     assert body["fine_tuned_model"] == f"ft:{MODEL}:{tenant.account_id}:s:{job.id}"
     failed = None
     with session_scope(pg_url) as session:

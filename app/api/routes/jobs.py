@@ -163,11 +163,13 @@ def list_checkpoints(
     job_id: str, principal: PrincipalDep, session: ReadSessionDep,
     after: AfterParam = None, limit: Limit = 10,
 ) -> CheckpointList:
-    """Checkpoints saved during training, latest step first."""
+    """Checkpoints saved during training, latest step first, each with OpenAI's metrics;
+    `best` marks the one with the lowest validation loss."""
     job = jobs.get_job(session, account_id=principal.account_id, job_id=job_id)
     rows, has_more = checkpoints.list_checkpoints(session, job_id=job.id, after=after,
                                                   limit=limit)
-    data = [checkpoint_public(c, job) for c in rows]
+    best = checkpoints.best_step(session, job_id=job.id)
+    data = [checkpoint_public(c, job, best_step=best) for c in rows]
     return CheckpointList(data=data, has_more=has_more,
                           first_id=data[0].id if data else None,
                           last_id=data[-1].id if data else None)
