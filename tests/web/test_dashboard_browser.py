@@ -291,6 +291,12 @@ def test_a_continual_run_shows_its_stages_heatmap_and_comparison(page, dev_serve
     retention = report["general_retention"]
     assert general == pytest.approx([retention[kind][d]["change_pct"] for d in ("cooking", "astronomy")
                                      for kind in ("served", "baseline")])
+    routing = report["routing"]  # the router's accuracy on the holdouts, as the table shows it
+    routed = page.eval_on_selector_all(".routing-table tbody tr",
+                                       "els => els.map(e => e.dataset.domain)")
+    assert routed == list(routing["per_domain"])
+    assert f"of {routing['examples']} holdout prompts" in page.inner_text(".routing-table caption")
+    assert run["fine_tuned_model"] in page.inner_text("main")  # the name to call it by
     save_screenshot(page, "dashboard-run.png", height=1900)
 
     # Adding a domain: the API's error is shown on the field it names; nothing is queued.

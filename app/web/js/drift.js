@@ -190,3 +190,26 @@ export function generalRetention(report) {
       h("tbody", {}, domains.map((name) => h("tr", { dataset: { domain: name } },
         h("th", { scope: "row" }, name), cell(general.served, name), general.baseline ? cell(general.baseline, name) : null)))));
 }
+
+/** How often the router (lowest prompt loss among the domains' served adapters, what the API
+ * does when a request names no domain) picks each domain for its own holdout prompts
+ * (report.routing, measured at the end of each stage). */
+function share(fraction) {
+  return fraction === null || fraction === undefined ? "—" : `${Math.round(100 * fraction)}%`;
+}
+
+export function routingTable(report) {
+  const routing = report.routing;
+  if (!routing) return h("p", { class: "muted" }, "Routing starts with the second domain (one domain answers everything).");
+  if (routing.accuracy === undefined) return h("p", { class: "muted" }, `Routing accuracy was ${routing.error || "not measured"}.`);
+  const domains = Object.keys(routing.per_domain);
+  const rows = domains.map((name) => h("tr", { dataset: { domain: name } },
+    h("th", { scope: "row" }, name),
+    h("td", { class: "num" }, share(routing.per_domain[name].accuracy)),
+    ...domains.map((chosen) => h("td", { class: "num" }, String((routing.confusion[name] || {})[chosen] || 0)))));
+  return h("div", { class: "table-wrap" },
+    h("table", { class: "table routing-table" },
+      h("caption", {}, `Routed to the right domain: ${share(routing.accuracy)} of ${routing.examples} holdout prompts. Rows: the prompt's domain; columns: the domain chosen.`),
+      h("thead", {}, h("tr", {}, ["Domain", "Accuracy", ...domains].map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, rows)));
+}

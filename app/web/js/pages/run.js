@@ -1,12 +1,12 @@
 // One continual run: stages; drawn from the report, what CRMA adds over one LoRA per domain
 // (with `baseline: true`), which CRMA state serves each domain, general-text retention, the
-// drift heatmap and the per-domain comparison; the run's files, cancel, and adding the next
-// domain to a finished run.
+// drift heatmap, the per-domain comparison and routing accuracy; the run's model name, its
+// files, cancel, and adding the next domain to a finished run.
 
 import * as api from "../api.js";
 import { artifactsTable } from "../artifacts.js";
 import { badge, button, card, confirmDialog, facts, h, link, mono, pageHeader, replace, table, toast } from "../dom.js";
-import { comparison, driftSummary, generalRetention, heatmap, servingTable, versusBaseline } from "../drift.js";
+import { comparison, driftSummary, generalRetention, heatmap, routingTable, servingTable, versusBaseline } from "../drift.js";
 import { errorView, showingErrors } from "../errors.js";
 import { fieldset, markFieldError, readBody } from "../forms.js";
 import { compact, dateTime, relative } from "../format.js";
@@ -112,6 +112,7 @@ export default {
         ["Finished", run.finished_at ? dateTime(run.finished_at) : null],
         ["Stages", `${run.stages.filter((s) => s.status === "succeeded").length} of ${run.stages.length} done`],
         ["Seed", String(run.seed)],
+        ["Model to call", run.fine_tuned_model ? mono(run.fine_tuned_model) : null],
       ]));
       replace(stages, stagesTable(run));
       const r = run.report;
@@ -123,7 +124,8 @@ export default {
             card("General-text retention", generalRetention(r))),
           h("div", { class: "report-grid" },
             card("Loss matrix (served pairs)", heatmap(r), driftSummary(r)),
-            card("Per domain: base model, own stage, now", comparison(r))))
+            card("Per domain: base model, own stage, now", comparison(r))),
+          card("Routing: which domain answers a prompt", routingTable(r)))
         : card("Report", h("p", { class: "muted" }, "The report appears once the first stage has been scored.")));
       if (run.status === "succeeded" && choices) {
         if (!addDomain.querySelector("form")) {
