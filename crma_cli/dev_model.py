@@ -78,8 +78,9 @@ class DefaultModelInstall:
 
         settings = self.settings
         store = ModelStore(settings.resolved_model_store_dir)
-        if settings.test_model_install_delay_s:
-            time.sleep(settings.test_model_install_delay_s)
+        gate = settings.test_model_install_gate
+        while gate is not None and not gate.exists():
+            time.sleep(0.2)
         if settings.test_model_install_error:
             raise RuntimeError(settings.test_model_install_error)
         if settings.test_model_install_from is not None:
