@@ -10,7 +10,7 @@ PORT    ?= 8000
 CI      ?=
 PYTEST_MARKERS := $(if $(CI),not slow and not load and not gpu,not slow and not chaos and not contract and not load and not gpu)
 
-.PHONY: run test venv browser test-slow bench openapi clean
+.PHONY: run test venv browser test-slow bench openapi screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +42,10 @@ test: $(STAMP) $(if $(CI),browser)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(ARGS)
+
+# Refresh the README's dashboard pictures (docs/images) from the browser tests.
+screenshots: $(STAMP) browser
+	CRMA_SCREENSHOT_DIR=$(CURDIR)/docs/images $(BIN)/python -m pytest -m "not slow" tests/web $(ARGS)
 
 openapi: $(STAMP)
 	$(BIN)/crma openapi > openapi/openapi.json

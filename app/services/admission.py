@@ -14,6 +14,7 @@ Plans:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -266,30 +267,32 @@ def estimate(
     *,
     account_id: str,
     model: str,
-    stages: list[tuple[str | None, int, int]],
+    stages: list[tuple[str | None, int, int]] | list[tuple[str | None, int, int, float]],
     settings: Settings,
     max_cost_micros: int | None = None,
     now: datetime | None = None,
 ) -> Estimate:
     """What a job (one stage) or a continual run (one stage per domain) would train, cost
     and take, and whether it would be admitted now. `stages` holds (name, n_epochs,
-    estimated_tokens). Reserves nothing."""
+    estimated_tokens[, duration_factor]): the duration is the trained tokens at the model's
+    throughput, times the factor (packing: app/services/training_work.py). Reserves
+    nothing."""
     from app.domain.pricing import expected_duration_s
 
     seen = preview(session, account_id=account_id, model=model,
-                   estimated_tokens=[tokens for _, _, tokens in stages],
+                   estimated_tokens=[stage[2] for stage in stages],
                    max_cost_micros=max_cost_micros, now=now, settings=settings)
     budget = seen.terms.token_budget if seen.terms else None
     if seen.terms is None and seen.quota is not None:  # model not on the free plan
         budget = settings.free_max_tokens_per_run
     rows = []
-    for name, epochs, tokens in stages:
+    for name, epochs, tokens, *factor in stages:
         trained = tokens if budget is None else min(tokens, budget)
+        work = math.ceil(trained * factor[0]) if factor else trained
         rows.append(StageEstimate(name, epochs, tokens, trained, budget,
                                   expected_duration_s(
-                                      model, trained,
-                                      throughput=settings.throughput_tokens_per_s)))
-    list_price = price_micros(model, sum(tokens for _, _, tokens in stages),
+                                      model, work, throughput=settings.throughput_tokens_per_s)))
+    list_price = price_micros(model, sum(stage[2] for stage in stages),
                               prices=settings.prices_micros_per_mtok)
     held = seen.terms.hold_micros if seen.terms else 0
     return Estimate(model=model, stages=rows, preview=seen, price_micros=held,

@@ -11,9 +11,12 @@ crma_core.data does.
 Rendering a conversation costs about as much as counting its tokens, so `ChatRenderer`
 renders each *shape* (the sequence of roles) once with stand-in contents and fills the real
 contents into the constant text between them. That is exact only for templates that copy a
-message's content verbatim; each shape is checked with two different stand-ins (padded with
-whitespace, so a template that trims or edits contents fails the check), and a shape that
-fails is rendered by jinja every time."""
+message's content verbatim, so it is used only for a template whose every use of `content`
+is printed as it is (alone or joined with `+`/`~`: `_copies_contents_verbatim`); one that
+tests, filters or calls anything on a content (`startswith`, `| trim`, `is string`) is
+rendered by jinja for every row. Each shape is also checked with two different stand-ins
+(padded with whitespace, so a template that edits contents in a way the first check misses
+fails this one), and a shape that fails is rendered by jinja every time."""
 
 from __future__ import annotations
 
@@ -63,6 +66,11 @@ def load_template(model_dir: Path) -> tuple[str | None, dict[str, str]]:
 
 @lru_cache(maxsize=16)
 def _compile(source: str):  # noqa: ANN202 - a jinja2 Template
+    return _environment().from_string(source)
+
+
+@lru_cache(maxsize=1)
+def _environment():  # noqa: ANN202 - a jinja2 Environment
     import jinja2
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -80,7 +88,45 @@ def _compile(source: str):  # noqa: ANN202 - a jinja2 Template
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(source)
+    return env
+
+
+@lru_cache(maxsize=16)
+def _copies_contents_verbatim(source: str) -> bool:
+    """Whether every mention of `content` in the template is a message's content printed as
+    it is: read by `x['content']` or `x.content` and only joined with `+` or `~` on its way to
+    the output. Anything else (a test, a filter, a call, a comparison, a `set`) lets the
+    content change the text around it, which stand-ins cannot see."""
+    from jinja2 import nodes
+
+    def verbatim(path: list) -> bool:
+        *ancestors, node = path
+        if not isinstance(node, (nodes.Getitem, nodes.Getattr)):
+            return False
+        for parent in reversed(ancestors):
+            if isinstance(parent, nodes.Output):
+                return True
+            if not isinstance(parent, (nodes.Add, nodes.Concat)):
+                return False
+        return False
+
+    def mentions_content(node) -> bool:  # noqa: ANN001
+        return (isinstance(node, nodes.Getattr) and node.attr == "content") or \
+            (isinstance(node, nodes.Const) and node.value == "content") or \
+            (isinstance(node, nodes.Name) and node.name == "content")
+
+    def walk(path: list) -> bool:
+        node = path[-1]
+        if mentions_content(node):
+            target = path[:-1] if isinstance(node, nodes.Const) else path
+            if not verbatim(target):
+                return False
+        return all(walk([*path, child]) for child in node.iter_child_nodes())
+
+    try:
+        return walk([_environment().parse(source)])
+    except Exception:  # noqa: BLE001 - unparsable here: jinja for every row decides
+        return False
 
 
 def merge_system(messages: list[dict]) -> list[dict]:
@@ -123,6 +169,7 @@ class ChatRenderer:
     def __init__(self, source: str, specials: dict[str, str]) -> None:
         self.template = _compile(source)
         self.specials = specials
+        self._stand_ins_work = _copies_contents_verbatim(source)
         self._shapes: dict[tuple[str, ...], _Shape | None] = {}
 
     def _jinja(self, messages: list[dict], *, add_generation_prompt: bool) -> str:
@@ -142,6 +189,8 @@ class ChatRenderer:
         return text, start, end
 
     def render(self, messages: list[dict]) -> tuple[str, int, int]:
+        if not self._stand_ins_work:
+            return self.render_slow(messages)
         roles = tuple(m["role"] for m in messages)
         shape = self._shapes.get(roles, False)
         if shape is False:

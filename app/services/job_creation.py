@@ -31,7 +31,7 @@ from app.domain.job_settings import (
 from app.domain.job_state import JobStatus
 from app.domain.pricing import usd_to_micros
 from app.schemas.jobs import JobCreate
-from app.services import admission, events, job_sources, outbox, tokens
+from app.services import admission, events, job_sources, outbox, tokens, training_work
 from app.services.admission import Admission
 from app.services.files import require_usable_file
 from app.settings import Settings
@@ -53,6 +53,8 @@ class JobDraft:
     # Counted with the model's tokenizer at upload (app/services/tokens.py), else an upper
     # bound (a heuristic count, or max_steps).
     estimate_exact: bool = True
+    # The share of the unpacked work per trained token (packing: app/services/training_work.py).
+    duration_factor: float = 1.0
 
 
 def catalog_model(model_id: str) -> CatalogModel:
@@ -102,6 +104,8 @@ def draft_job(
         seed=secrets.randbelow(2**31) if seed is None else seed,
         estimated_tokens=own + baseline, baseline_tokens=baseline,
         account_plan=train.account_plan, estimate_exact=counted.exact,
+        duration_factor=training_work.duration_factor(train, model_id=entry.id,
+                                                      settings=job_settings),
     )
 
 

@@ -196,8 +196,14 @@ def job_tokens(training_file: Any, *, model: CatalogModel, settings: Any) -> Job
     rows = max(int(stored["rows"]), 1)
     planned = planned_steps(rows, epochs=hp.n_epochs, batch_size=hp.batch_size)
     if hp.max_steps is not None and hp.max_steps < planned:
-        bound = _longest(stored, rows=hp.max_steps * hp.batch_size, max_seq_len=hp.max_seq_len,
-                         epochs=hp.n_epochs)
+        if getattr(hp, "packing", False):
+            # Packed rows (fewer than the examples) hold up to max_seq_len tokens each.
+            bound = hp.max_steps * hp.batch_size * hp.max_seq_len
+        else:
+            taken = hp.max_steps * hp.batch_size
+            # Rows repeat only in the passes those steps reach (each epoch takes every row once).
+            bound = _longest(stored, rows=taken, max_seq_len=hp.max_seq_len,
+                             epochs=min(hp.n_epochs, math.ceil(taken / rows)))
         return JobTokens(min(total, bound), per_epoch, exact=False)
     return JobTokens(total, per_epoch, exact=exact)
 

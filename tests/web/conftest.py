@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +29,11 @@ MODEL_STORE = ROOT / ".cache" / "crma-models"
 # Seconds the worker sleeps after each optimizer step (a tests-only setting): a 9-step job on
 # SmolLM2 then lasts long enough for the page to be seen drawing its loss curve.
 STEP_DELAY_S = "1.5"
-SCREENSHOTS = Path(os.environ.get("CRMA_SCREENSHOT_DIR") or ROOT / "docs" / "images")
+# Where the browser tests save their screenshots: a temporary folder, so that a test run
+# leaves the checkout as it was; `make screenshots` points it at docs/images to refresh the
+# README's pictures.
+SCREENSHOTS = Path(os.environ.get("CRMA_SCREENSHOT_DIR")
+                   or Path(tempfile.gettempdir()) / "crma-dashboard-screenshots")
 
 
 @dataclass

@@ -269,7 +269,7 @@ def test_a_continual_run_shows_its_stages_heatmap_and_comparison(page, dev_serve
     assert page.locator(".heat-empty").count() == 1  # above the diagonal
     headers = page.eval_on_selector_all(".heat-table thead th", "els => els.map(e => e.textContent)")
     assert headers[1:] == ["cooking", "astronomy"]
-    assert page.locator(".bar-group").count() == 2
+    assert page.locator(".comparison .bar-group").count() == 2
     assert page.locator(".drift-list li[data-domain='cooking']").count() == 1
     assert [page.get_attribute(f"tr[data-key='{i}'] .badge", "data-status") for i in (0, 1)] == ["succeeded"] * 2
     # What CRMA adds over the baseline, which state serves each domain, general retention:

@@ -23,6 +23,7 @@ from app.db.models import File, Job, JobEvent, LedgerTransaction
 from app.db.session import session_scope
 from app.domain.ids import new_id
 from app.domain.job_settings import AdapterSettings, Hyperparameters, JobSettings
+from app.services.tokens import TokenEstimator
 from app.settings import Settings
 from app.storage import keys
 from app.storage.factory import open_store
@@ -162,11 +163,18 @@ class Stack:
         file_id = new_id("file")
         data = "".join(json.dumps(e) + "\n" for e in examples).encode()
         info = store.put_bytes(keys.file_key(account_id, file_id), data)
+        # Counted as an upload counts them (the test model's tokenizer where installed), so a
+        # job's estimate and token budget are what the API would give it.
+        estimator = TokenEstimator(self.settings.model_store_dir)
+        for example in examples:
+            estimator.add(example, "chat")
+        token_counts, methods, lengths = estimator.totals()
         with self.session() as s:
             s.add(File(id=file_id, account_id=account_id, filename="train.jsonl",
                        purpose="fine-tune", bytes=info.bytes, sha256=info.sha256,
                        status="processed", format="chat", example_count=len(examples),
-                       token_counts={}, errors=[], error_count=0,
+                       token_counts=token_counts, token_estimate_method=methods,
+                       token_lengths=lengths or None, errors=[], error_count=0,
                        storage_key=keys.file_key(account_id, file_id)))
         return file_id
 

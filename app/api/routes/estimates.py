@@ -36,7 +36,8 @@ def estimate_job(
     )
     result = admission.estimate(
         session, account_id=principal.account_id, model=draft.model.id,
-        stages=[(None, draft.job_settings.hyperparameters.n_epochs, draft.estimated_tokens)],
+        stages=[(None, draft.job_settings.hyperparameters.n_epochs, draft.estimated_tokens,
+                 draft.duration_factor)],
         max_cost_micros=usd_to_micros(spec.max_cost) if spec.max_cost is not None else None,
         settings=settings,
     )
@@ -67,7 +68,7 @@ def estimate_continual_run(
         )
         baseline_tokens += draft.baseline_tokens
         stages.append((domain.name, draft.job_settings.hyperparameters.n_epochs,
-                       draft.estimated_tokens))
+                       draft.estimated_tokens, draft.duration_factor))
     result = admission.estimate(session, account_id=principal.account_id, model=spec.model,
                                 stages=stages, settings=settings)
     return ContinualEstimatePublic(

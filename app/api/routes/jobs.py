@@ -163,8 +163,10 @@ def list_checkpoints(
     job_id: str, principal: PrincipalDep, session: ReadSessionDep,
     after: AfterParam = None, limit: Limit = 10,
 ) -> CheckpointList:
-    """Checkpoints saved during training, latest step first, each with OpenAI's metrics;
-    `best` marks the one with the lowest validation loss."""
+    """Checkpoints saved during training, latest step first.
+
+    Each carries OpenAI's metrics object; `best` marks the one with the lowest validation
+    loss."""
     job = jobs.get_job(session, account_id=principal.account_id, job_id=job_id)
     rows, has_more = checkpoints.list_checkpoints(session, job_id=job.id, after=after,
                                                   limit=limit)
