@@ -40,8 +40,9 @@ class BadRequestRoute(APIRoute):
                 first = issues[0] if issues else {"loc": (), "msg": "invalid request"}
                 param = _param_path(tuple(first.get("loc", ())))
                 message = str(first["msg"]).removeprefix("Value error, ")
-                raise InvalidRequest(f"{param}: {message}" if param else message,
-                                     param=param, code="invalid_value") from None
+                # The pydantic error type as the code, as every other route reports it.
+                raise InvalidRequest(f"{param}: {message}" if param else message, param=param,
+                                     code=str(first.get("type") or "invalid_value")) from None
 
         return validating_handler
 
