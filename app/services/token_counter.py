@@ -16,7 +16,16 @@ tokens (one token each), the rest cut into pre-tokens by the same regex, and eac
 BPE length looked up in a cache (`model.tokenize` on a miss). That gives the same numbers
 several times faster; it is checked against the library on a fixed set of awkward strings when
 a counter is built and on every SPOT_CHECK_EVERY-th example, and a counter whose check fails
-counts with the library from then on and reports itself inexact."""
+counts with the library from then on and reports itself inexact.
+
+Most text needs no regex at all. In an ASCII piece whose whitespace characters are single
+spaces and newlines, none next to another whitespace character (`_simple`), every pre-token
+is a newline alone or a space-free chunk with at most the one space before it (the regex's
+` ?X+` alternatives take every non-space character after a space, and nothing else spans a
+space), so the piece's count is the newlines plus the counts of its chunks, split at spaces
+and newlines by str.split and each looked up in a cache of chunk counts (worked out by the
+regex on a miss). Whole pieces that repeat (a system prompt, the template's role lines) are
+cached too. tests/app/test_trained_tokens.py checks the counts against tokenizers."""
 
 from __future__ import annotations
 
@@ -41,7 +50,7 @@ BYTE_LEVEL_PATTERN = (r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{
 _S, _NS = r"[\t\n\x0b\x0c\r ]", r"[^\t\n\x0b\x0c\r ]"
 ASCII_PATTERN = (r"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\t\n\x0b\x0c\r A-Za-z0-9]+"
                  rf"|{_S}+(?!{_NS})|{_S}+")
-SPOT_CHECK_EVERY = 64
+SPOT_CHECK_EVERY = 256
 CACHE_LIMIT = 500_000  # pre-tokens remembered (bounded memory on files of unique words)
 SELF_CHECK = ("Hello world", "  two  spaces\n\n\n and tabs\t\tend  ", "it's we'll they'd 123456",
               "ünïcödé 中文字符 émoji 🤖 done", "a<|im_end|>b<|im_start|>user\n", "x\r\n\r\ny",
@@ -80,6 +89,29 @@ class _Lengths(dict):
         return count
 
 
+class _Cache(dict):
+    """key -> compute(key) on a miss (bounded: cleared when full)."""
+
+    def __init__(self, compute: Any) -> None:
+        super().__init__()
+        self.compute = compute
+
+    def __missing__(self, key: str) -> int:
+        value = self.compute(key)
+        if len(self) >= CACHE_LIMIT:
+            self.clear()
+        self[key] = value
+        return value
+
+
+# Whitespace other than single spaces and newlines, or two whitespace characters in a row:
+# a piece with none of these is `_simple` (see the module).
+def _simple(piece: str) -> bool:
+    return piece.isascii() and not (  # substring tests: each a fast scan in C
+        "  " in piece or " \n" in piece or "\n " in piece or "\n\n" in piece
+        or "\t" in piece or "\r" in piece or "\x0b" in piece or "\x0c" in piece)
+
+
 class _PieceCounter:
     """Token counts of text the way a byte-level BPE pipeline counts it (see the module)."""
 
@@ -93,11 +125,34 @@ class _PieceCounter:
         self.findall_unicode = regex.compile(BYTE_LEVEL_PATTERN).findall
         self.findall_ascii = re.compile(ASCII_PATTERN).findall
         self.lengths = _Lengths(tokenizer.model)
+        # A chunk without whitespace -> its count alone (a line's first) and after a space.
+        self.heads = _Cache(self._regex_count)
+        self.words = _Cache(lambda chunk: self._regex_count(" " + chunk))
+        self.pieces = _Cache(self._piece_count)
+        self.newline = self._regex_count("\n")
+
+    def _regex_count(self, piece: str) -> int:
+        words = (self.findall_ascii if piece.isascii() else self.findall_unicode)(piece)
+        return sum(map(self.lengths.__getitem__, words))
+
+    def _simple_count(self, piece: str) -> int:
+        """The count of a `_simple` piece, from its chunks (see the module)."""
+        heads, words = self.heads.__getitem__, self.words.__getitem__
+        lines = piece.split("\n")
+        total = self.newline * (len(lines) - 1)
+        for line in lines:
+            first, *rest = line.split(" ")
+            total += heads(first) + sum(map(words, rest))
+        return total
+
+    def _piece_count(self, piece: str) -> int:
+        return self._simple_count(piece) if _simple(piece) else self._regex_count(piece)
 
     def count(self, text: str, start: int | None = None) -> tuple[int, int | None]:
         """(tokens of `text`, tokens before character `start` when a token boundary certainly
         falls there, i.e. an added token or a pre-token starts at it; else None)."""
         lookup = self.lengths.__getitem__
+        piece_count = self.pieces.__getitem__
         total, position, before = 0, 0, None
         for index, piece in enumerate(self.split(text) if self.split else (text,)):
             if position == start:
@@ -105,6 +160,14 @@ class _PieceCounter:
             end = position + len(piece)
             if index % 2:  # an added token
                 total += 1
+            elif not (start is not None and position < start < end):
+                total += piece_count(piece)
+            elif _simple(piece) and (piece[start - position - 1] == "\n"
+                                     or piece[start - position] in " \n"):
+                # A simple piece splits at a newline or before a space: a boundary.
+                left, right = piece[:start - position], piece[start - position:]
+                before = total + piece_count(left)
+                total = before + piece_count(right)
             elif piece:
                 words = (self.findall_ascii if piece.isascii() else self.findall_unicode)(piece)
                 if start is not None and position < start < end:
