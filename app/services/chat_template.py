@@ -206,6 +206,21 @@ class ChatRenderer:
         end = sum(map(len, shape.upto)) + before + len(contents[first])
         return _fill(shape.full, contents), start, end
 
+    def parts(self, messages: list[dict]) -> tuple[_Shape, list[str]] | None:
+        """The conversation's shape and its contents (as the template sees them), whose
+        interleaving is `render`'s text; None where `render` goes through jinja."""
+        if not self._stand_ins_work:
+            return None
+        roles = tuple(m["role"] for m in messages)
+        shape = self._shapes.get(roles, False)
+        if shape is False:
+            shape = self._shapes[roles] = self._shape(messages)
+        if shape is None:
+            return None
+        if shape.merged:
+            messages = merge_system(messages)
+        return shape, [m["content"] for m in messages]
+
     def _shape(self, messages: list[dict]) -> _Shape | None:
         """The shape of `messages`' roles, or None when stand-ins cannot reproduce it."""
         try:

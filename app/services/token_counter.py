@@ -52,6 +52,8 @@ ASCII_PATTERN = (r"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\t\n\x0b\x0c
                  rf"|{_S}+(?!{_NS})|{_S}+")
 SPOT_CHECK_EVERY = 256
 CACHE_LIMIT = 500_000  # pre-tokens remembered (bounded memory on files of unique words)
+CHUNK_CACHE_LIMIT = 200_000  # space-free chunks remembered, each of heads and words
+PIECE_CACHE_LIMIT = 4_096  # whole pieces (a repeated system prompt stays; unique ones churn)
 SELF_CHECK = ("Hello world", "  two  spaces\n\n\n and tabs\t\tend  ", "it's we'll they'd 123456",
               "ünïcödé 中文字符 émoji 🤖 done", "a<|im_end|>b<|im_start|>user\n", "x\r\n\r\ny",
               "'S'T '''' 'll", "...!!! ??", "\u00a0nbsp\u2003em", "12ab34", "a\x1cb \x1d\x1f c",
@@ -90,15 +92,15 @@ class _Lengths(dict):
 
 
 class _Cache(dict):
-    """key -> compute(key) on a miss (bounded: cleared when full)."""
+    """key -> compute(key) on a miss (bounded: cleared when `limit` entries are held)."""
 
-    def __init__(self, compute: Any) -> None:
+    def __init__(self, compute: Any, limit: int) -> None:
         super().__init__()
-        self.compute = compute
+        self.compute, self.limit = compute, limit
 
     def __missing__(self, key: str) -> int:
         value = self.compute(key)
-        if len(self) >= CACHE_LIMIT:
+        if len(self) >= self.limit:
             self.clear()
         self[key] = value
         return value
@@ -110,6 +112,20 @@ def _simple(piece: str) -> bool:
     return piece.isascii() and not (  # substring tests: each a fast scan in C
         "  " in piece or " \n" in piece or "\n " in piece or "\n\n" in piece
         or "\t" in piece or "\r" in piece or "\x0b" in piece or "\x0c" in piece)
+
+
+def _kind(char: str) -> int:
+    return 1 if char.isalpha() else 2 if char.isdigit() else 3
+
+
+def _boundary(before: str, after: str) -> bool:
+    """Whether a pre-token certainly ends between two adjacent characters of a `_simple`
+    piece: after a (lone) newline, before a (lone) space or newline, or where an ASCII
+    letter, digit or other character meets one of another kind (not after an apostrophe,
+    which may begin a contraction, and not after a space, which begins the next pre-token)."""
+    if before == "\n" or after in " \n":
+        return True
+    return before not in " '" and _kind(before) != _kind(after)
 
 
 class _PieceCounter:
@@ -126,9 +142,9 @@ class _PieceCounter:
         self.findall_ascii = re.compile(ASCII_PATTERN).findall
         self.lengths = _Lengths(tokenizer.model)
         # A chunk without whitespace -> its count alone (a line's first) and after a space.
-        self.heads = _Cache(self._regex_count)
-        self.words = _Cache(lambda chunk: self._regex_count(" " + chunk))
-        self.pieces = _Cache(self._piece_count)
+        self.heads = _Cache(self._regex_count, CHUNK_CACHE_LIMIT)
+        self.words = _Cache(lambda chunk: self._regex_count(" " + chunk), CHUNK_CACHE_LIMIT)
+        self.pieces = _Cache(self._piece_count, PIECE_CACHE_LIMIT)
         self.newline = self._regex_count("\n")
 
     def _regex_count(self, piece: str) -> int:
@@ -162,9 +178,8 @@ class _PieceCounter:
                 total += 1
             elif not (start is not None and position < start < end):
                 total += piece_count(piece)
-            elif _simple(piece) and (piece[start - position - 1] == "\n"
-                                     or piece[start - position] in " \n"):
-                # A simple piece splits at a newline or before a space: a boundary.
+            elif _simple(piece) and _boundary(piece[start - position - 1],
+                                              piece[start - position]):
                 left, right = piece[:start - position], piece[start - position:]
                 before = total + piece_count(left)
                 total = before + piece_count(right)
@@ -216,10 +231,13 @@ class ExampleCounter:
         self.exact = True
         self.examples = 0
         self.pieces: _PieceCounter | None = None
+        self._plans: dict[Any, tuple[list[int], int] | None] | None = None  # _chat_by_parts
         if _fast_path(config):
             pieces = _PieceCounter(self.tokenizer, [t["content"] for t in config["added_tokens"]])
             if all(pieces.count(s)[0] == self._library_count(s) for s in SELF_CHECK):
                 self.pieces = pieces
+                self._added = [t["content"] for t in config["added_tokens"]]
+                self._plans = {}
             else:
                 log.warning("%s: the fast token count disagrees with tokenizers; not used",
                             model_dir.name)
@@ -247,16 +265,23 @@ class ExampleCounter:
         if fmt == formats.CHAT:
             if self.renderer is None:
                 raise ValueError("the model has no chat template")
+            by_parts = None
+            if self.pieces is not None and self._plans is not None:
+                by_parts = self._chat_by_parts(obj["messages"], first_from)
+                if by_parts is not None and self.examples % SPOT_CHECK_EVERY != 1:
+                    return by_parts
             try:
                 text, start, end = self.renderer.render(obj["messages"])
             except Exception as error:  # noqa: BLE001 - jinja errors have many types
                 raise ValueError(f"the chat template refused this conversation: {error}") \
                     from None
             length, before = self._count(text, start)
-            if length <= first_from:
-                return length, 0
-            return length, self._first(text, start, end, length, before,
-                                       add_special_tokens=False)
+            counted = (length, 0) if length <= first_from else (
+                length, self._first(text, start, end, length, before, add_special_tokens=False))
+            if by_parts is not None and by_parts != counted:  # a spot-checked example
+                log.warning("the by-parts chat count disagreed with the whole text's; not used")
+                self._plans, self.exact = None, False
+            return counted
         if fmt == formats.PROMPT_COMPLETION:
             text, start = obj["prompt"] + obj["completion"], len(obj["prompt"])
             length, before = self._count(text, start)
@@ -267,6 +292,64 @@ class ExampleCounter:
                                        add_special_tokens=True)
         length = self._count(obj["text"])[0] + self.added_total + self.eos
         return length, 2  # every token trains: the one at position 1 is the first scored
+
+    def _chat_by_parts(self, messages: list[dict], first_from: int) -> tuple[int, int] | None:
+        """`count` of a chat from its shape's constant texts, counted once per shape, and its
+        contents, each counted alone; None where that is not certainly the same count (the
+        spot-checked examples take the whole-text path). See _plan."""
+        try:
+            parts = self.renderer.parts(messages)
+        except Exception:  # noqa: BLE001 - the whole-text path reports what is wrong
+            return None
+        if parts is None:
+            return None
+        shape, contents = parts
+        plan = self._plans.get(shape, False)
+        if plan is False:
+            plan = self._plans[shape] = self._plan(shape)
+        if plan is None:
+            return None
+        constants, first = plan
+        count = self.pieces.count
+        length = sum(constants)
+        before = None
+        for index, content in enumerate(contents):
+            # Each content must start with a non-space (after the constant's lone newline).
+            if not content or content[0].isspace():
+                return None
+            if index == first:
+                before = length - sum(constants[index + 1:])
+            length += count(content)[0]
+        if length <= first_from:
+            return length, 0
+        if first == 0:
+            return length, 2
+        return length, max(before, 1) + 1
+
+    def _plan(self, shape: Any) -> tuple[list[int], int] | None:
+        """Per shape: its constants' counts and its first assistant turn, when the text is
+        certainly cut into tokens at every constant/content junction, so that the constants
+        and the contents can be counted apart: every constant but the last ends with a lone
+        newline (a pre-token of its own before a content that starts with a non-space) and
+        every constant but the first starts with an added token (a token of its own), no added
+        token can span a junction, and the first assistant turn's content starts where
+        `render` says the trained part starts."""
+        full, first = shape.full, shape.first_assistant
+        added = self._added
+        for index, constant in enumerate(full):
+            if index < len(full) - 1 and not (
+                    len(constant) >= 2 and constant[-1] == "\n" and not constant[-2].isspace()):
+                return None
+            if index and not any(constant.startswith(token) for token in added):
+                return None
+            for token in added:
+                for cut in range(1, len(token)):
+                    if (index < len(full) - 1 and constant.endswith(token[:cut])) or \
+                            (index and constant.startswith(token[cut:])):
+                        return None
+        if first and sum(map(len, shape.prefix)) != sum(map(len, full[:first + 1])):
+            return None
+        return [self.pieces.count(constant)[0] for constant in full], first
 
     def _first(self, text: str, start: int, end: int, length: int, before: int | None, *,
                add_special_tokens: bool) -> int:

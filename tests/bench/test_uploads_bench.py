@@ -21,9 +21,12 @@ def test_tiny_run_reports_every_figure(pg_url: str, tmp_path: Path) -> None:
     kinds = {"chat", "prompt_completion", "text", "short_lines"}
     assert set(result["files"]) == set(result["validator"]) == set(result["uploads"]) == kinds
     assert result["files"]["short_lines"]["lines"] == uploads.SHORT_LINES[1]
-    for kind in kinds:
-        assert result["validator"][kind]["mb_s_wall"] > 0
-        assert result["uploads"][kind]["mb_s"] > 0 and result["uploads"][kind]["seconds"] > 0
+    for kind in kinds:  # rates rounded to 0.1 MB/s: 0.0 on a slow enough machine
+        assert result["validator"][kind]["mb_s_wall"] >= 0
+        assert result["uploads"][kind]["mb_s"] >= 0 and result["uploads"][kind]["seconds"] > 0
+    assert set(result["targets"]) == {"validation_mb_s_at_least_30",
+                                      "api_rss_growth_mib_at_most_64",
+                                      "reads_p99_ms_below_50_during_upload"}
     assert set(result["api_rss_growth_mib"]) == {"chat", "short_lines",
                                                  "first_upload_of_the_process"}
     reads = result["reads"]
