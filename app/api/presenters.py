@@ -128,6 +128,7 @@ def checkpoint_public(checkpoint: Checkpoint, job: Job, *,
                                  job_id=job.id)
     metrics = {k: v for k, v in (checkpoint.metrics or {}).items()
                if k in CheckpointMetricsPublic.model_fields}
+    metrics.setdefault("step", checkpoint.step)  # OpenAI's metrics name their step
     return CheckpointPublic(
         id=checkpoint.id, created_at=unix(checkpoint.created_at),
         fine_tuned_model_checkpoint=checkpoint_model_name(name, checkpoint.step),

@@ -121,7 +121,11 @@ def test_checkpoints_latest_first(client: TestClient, tenant: Tenant, pg_url: st
     ckpt = page["data"][0]
     assert ckpt["object"] == "fine_tuning.job.checkpoint" and ckpt["fine_tuning_job_id"] == job_id
     assert ckpt["fine_tuned_model_checkpoint"].endswith(":ck:" + job_id + ":ckpt-step-300")
-    assert ckpt["metrics"] == {"train_loss": 0.0}
+    # OpenAI's metrics object: every name present, null where nothing was measured.
+    assert ckpt["metrics"] == {"step": 300, "train_loss": 0.0, "train_mean_token_accuracy": None,
+                               "valid_loss": None, "valid_mean_token_accuracy": None,
+                               "full_valid_loss": None, "full_valid_mean_token_accuracy": None,
+                               "trained_tokens": None}
     assert (page["first_id"], page["last_id"]) == (ckpt["id"], page["data"][1]["id"])
     rest = client.get(f"{url}?after={page['last_id']}", headers=tenant.headers).json()
     assert [c["step_number"] for c in rest["data"]] == [100] and not rest["has_more"]

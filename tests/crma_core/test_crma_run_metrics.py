@@ -37,11 +37,18 @@ def test_score_batch_accuracy_is_the_argmax_share_of_scored_tokens(tiny_model_di
 
 @pytest.fixture(scope="module")
 def overfit_files(tmp_path_factory):
-    """Train on one family of answers, validate on another: validation loss first falls,
-    then rises as the model overfits at a high learning rate."""
+    """Train on one answer, validate on its opposite: validation loss first falls (the chat
+    format is learned) and then rises as the trained answer crowds out the validated one.
+    (Arithmetic answers on both sides kept improving together on the tiny model, so the best
+    evaluation was the last one.)"""
     root = tmp_path_factory.mktemp("overfit")
-    return (write_jsonl(root / "train.jsonl", arithmetic_chat_rows(8)),
-            write_jsonl(root / "val.jsonl", arithmetic_chat_rows(8, offset=500)))
+
+    def rows(answer: str) -> list[dict]:
+        return [{"messages": [{"role": "user", "content": f"what is {i} plus {i}?"},
+                              {"role": "assistant", "content": answer}]} for i in range(8)]
+
+    return (write_jsonl(root / "train.jsonl", rows("yes yes yes yes.")),
+            write_jsonl(root / "val.jsonl", rows("no no no no.")))
 
 
 def _overfitting_recipe(model_dir, files, **callbacks):
@@ -107,6 +114,18 @@ def test_metrics_best_checkpoint_and_export(tiny_model_dirs, overfit_files, tmp_
         "train_loss": result.final_train_loss,
         "train_mean_token_accuracy": result.final_train_mean_token_accuracy}
     assert [r["step"] for r in records if r["type"] == "checkpoint"] == [8, 16, 24]
+    # Every line carries OpenAI's names: steps train_*, evaluations valid_*, checkpoints all.
+    for record in records:
+        if record["type"] == "step":
+            assert record["train_loss"] == record["loss"]
+            assert record["train_mean_token_accuracy"] == record["mean_token_accuracy"]
+        elif record["type"] == "eval":
+            assert record["valid_loss"] == record["val_loss"]
+            assert record["valid_mean_token_accuracy"] == record["val_mean_token_accuracy"]
+        elif record["type"] == "checkpoint":
+            assert {"train_loss", "train_mean_token_accuracy", "valid_loss",
+                    "valid_mean_token_accuracy", "full_valid_loss"} <= set(record)
+    assert {r["type"] for r in records} >= {"step", "eval", "checkpoint", "summary"}
     assert manifest["best"] == {"step": best.step, "valid_loss": best.val_loss}
     assert manifest["best_dir"] == "best"
     names = {f["name"] for f in manifest["files"]}
