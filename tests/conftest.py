@@ -13,8 +13,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import secrets
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -55,6 +58,26 @@ def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float,
         if process.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"server at {url} did not become healthy\n{describe()}")
         time.sleep(0.1)
+
+
+@contextmanager
+def running_engine(engine_args: list[str], *, log: Path, env: dict[str, str]) -> Iterator[str]:
+    """A real `crma engine` process on a free port with `engine_args`, its output in `log`;
+    yields its URL once healthy and stops it afterwards."""
+    port = free_port()
+    command = [sys.executable, "-m", "crma_cli.main", "engine", *engine_args, "--port", str(port)]
+    with open(log, "wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(url, process, 120, lambda: log.read_text()[-3000:])
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def create_database() -> str:

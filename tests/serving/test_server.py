@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 
 import httpx
@@ -16,7 +14,7 @@ import pytest
 
 from serving.client import EngineClient
 from serving.errors import AdapterNotFound, EngineUnavailable, InvalidRequest
-from tests.conftest import free_port, wait_until_healthy
+from tests.conftest import free_port, running_engine
 from tests.serving.conftest import spec
 
 LONG = {"prompt": "one two three", "max_tokens": 1000, "temperature": 0}  # no eos in 1000
@@ -24,28 +22,14 @@ LONG = {"prompt": "one two three", "max_tokens": 1000, "temperature": 0}  # no e
 
 @pytest.fixture(scope="module")
 def server(tiny_dir, adapter_root, tmp_path_factory):
-    port = free_port()
     log = tmp_path_factory.mktemp("engine-log") / "engine.log"
     env = dict(os.environ, OMP_NUM_THREADS="1",
                CRMA_DATA_DIR=str(tmp_path_factory.mktemp("engine-data")))
-    command = [sys.executable, "-m", "crma_cli.main", "engine", "--model-dir", str(tiny_dir),
-               "--model", "tiny-llama", "--adapter-source", "local", "--adapter-root",
-               str(adapter_root), "--port", str(port), "--max-batch", "2", "--max-waiting", "1",
-               "--threads", "1", "--log-level", "warning"]
-    with open(log, "wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(url, process, 120, lambda: log.read_text()[-3000:])
-    except AssertionError:
-        process.kill()
-        raise
-    yield url
-    process.terminate()
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    with running_engine(["--model-dir", str(tiny_dir), "--model", "tiny-llama",
+                         "--adapter-source", "local", "--adapter-root", str(adapter_root),
+                         "--max-batch", "2", "--max-waiting", "1", "--threads", "1",
+                         "--log-level", "warning"], log=log, env=env) as url:
+        yield url
 
 
 def _idle(url, timeout=20.0):

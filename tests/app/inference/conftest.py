@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ from app.storage import keys
 from app.storage.base import upload_directory
 from app.storage.factory import open_store
 from tests.app.helpers import LiveServer, Tenant, create_tenant, make_settings
-from tests.conftest import free_port, wait_until_healthy
+from tests.conftest import running_engine
 from tests.factories import insert_file, insert_job
 
 MODEL = "smollm2-135m-instruct"
@@ -132,28 +130,13 @@ def publish(pg_url: str, settings: Settings, adapters: dict[str, Path], tmp: Pat
 @pytest.fixture(scope="module")
 def engine_url(adapters, objects_dir, tmp_path_factory) -> Iterator[str]:
     """`crma engine` as production runs it: adapters from the object store."""
-    port = free_port()
     data = tmp_path_factory.mktemp("engine-data")
-    log = data / "engine.log"
     env = dict(os.environ, OMP_NUM_THREADS="1", CRMA_DATA_DIR=str(data),
                CRMA_STORAGE_URL=objects_dir.as_uri())
-    command = [sys.executable, "-m", "crma_cli.main", "engine", "--model-dir",
-               str(adapters["model"]), "--model", MODEL, "--port", str(port), "--threads", "1",
-               "--max-batch", "2", "--log-level", "warning"]
-    with open(log, "wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(url, process, 120, lambda: log.read_text()[-3000:])
-    except AssertionError:
-        process.kill()
-        raise
-    yield url
-    process.terminate()
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    with running_engine(["--model-dir", str(adapters["model"]), "--model", MODEL,
+                         "--threads", "1", "--max-batch", "2", "--log-level", "warning"],
+                        log=data / "engine.log", env=env) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
