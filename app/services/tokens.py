@@ -16,6 +16,13 @@ length and the position of its first trained token, kept as two histograms
 total (exact for a family with an installed model, `tokenizer:<model>`; otherwise the
 bytes-per-token heuristic, `heuristic:<n>_bytes_per_token`).
 
+Counting exactly costs about as much CPU as the rest of validation several times over, so
+a file is counted exactly up to EXACT_COUNT_BYTES of example text (every file most users
+upload); past that, each further example's length is its text's bytes times the tokens per
+byte the exactly counted examples of the same file showed. Such a count is marked inexact
+(`tokenizer_partial:<model>`) and an estimate from it carries PARTIAL_MARGIN; the job is still
+billed for the tokens it trains, counted exactly by crma_core.
+
 **At job creation** (`job_tokens`): epochs x the tokens of one epoch at the job's
 max_seq_len, read off the histograms: exact. Without them (the model was not installed when
 the file was uploaded) the heuristic count, times HEURISTIC_MARGIN so the hold covers the
@@ -55,6 +62,8 @@ HEURISTIC_MARGIN = 1.5
 # A model's count that is exact but for a few examples (spot check failed, template refused
 # some): the same, for the small error.
 PARTIAL_MARGIN = 1.1
+# Example text counted exactly per upload; the rest of a larger file is extrapolated (above).
+EXACT_COUNT_BYTES = 32 * 1024 * 1024
 
 
 def installed_models(model_store_dir: Path) -> list[CatalogModel]:
@@ -73,13 +82,28 @@ class ModelLengths:
         self.first: Counter[int] = Counter()
         self.tokens = 0
         self.refused = 0  # examples the chat template refused (crma_core would refuse them)
+        self.counted_bytes = self.counted_tokens = 0  # the examples counted exactly
+        self.extrapolated = 0  # examples past EXACT_COUNT_BYTES
 
-    def add(self, obj: dict, fmt: str) -> None:
+    def add(self, obj: dict, fmt: str, text_bytes: int = 0) -> None:
         try:
             length, first = self.counter.count(obj, fmt, first_from=MIN_SEQ_LEN)
         except ValueError:
             self.refused += 1
             return
+        self.counted_bytes += text_bytes
+        self.counted_tokens += length
+        self._record(length, first)
+
+    def add_extrapolated(self, text_bytes: int) -> None:
+        """An example past the exact budget: its length from its text's bytes at the tokens
+        per byte counted so far (no `first`: no drop is assumed, so the estimate is high)."""
+        per_byte = self.counted_tokens / self.counted_bytes if self.counted_bytes else \
+            1 / BYTES_PER_TOKEN[self.model.family]
+        self.extrapolated += 1
+        self._record(max(1, math.ceil(text_bytes * per_byte)), 0)
+
+    def _record(self, length: int, first: int) -> None:
         self.tokens += length
         # No max_seq_len is above the context length: longer rows count as that long.
         self.lengths[min(length, self.model.context_length)] += 1
@@ -88,7 +112,7 @@ class ModelLengths:
 
     @property
     def exact(self) -> bool:
-        return self.counter.exact and not self.refused
+        return self.counter.exact and not self.refused and not self.extrapolated
 
     def stored(self) -> dict[str, Any]:
         return {"exact": self.exact, "rows": sum(self.lengths.values()), "tokens": self.tokens,
@@ -99,7 +123,8 @@ class TokenEstimator:
     """Accumulates validated examples (`add`); `totals()` gives the per-family counts and
     methods and the per-model histograms (see the module)."""
 
-    def __init__(self, model_store_dir: Path) -> None:
+    def __init__(self, model_store_dir: Path, *, exact_bytes: int = EXACT_COUNT_BYTES) -> None:
+        self.exact_bytes = exact_bytes
         self.models: list[ModelLengths] = []
         for model in installed_models(model_store_dir):
             try:
@@ -118,10 +143,15 @@ class TokenEstimator:
 
     def add(self, obj: dict, fmt: str) -> None:
         messages = len(obj["messages"]) if fmt == formats.CHAT else 0
-        self.heuristic_bytes += len(formats.clean_text(obj, fmt).encode("utf-8"))
+        text_bytes = len(formats.clean_text(obj, fmt).encode("utf-8"))
+        exactly = self.heuristic_bytes < self.exact_bytes
+        self.heuristic_bytes += text_bytes
         self.overhead += EXAMPLE_OVERHEAD_TOKENS + CHAT_MESSAGE_OVERHEAD_TOKENS * messages
         for model in self.models:
-            model.add(obj, fmt)
+            if exactly:
+                model.add(obj, fmt, text_bytes)
+            else:
+                model.add_extrapolated(text_bytes)
 
     def totals(self) -> tuple[dict[str, int], dict[str, str], dict[str, Any]]:
         """(tokens per family, how each was counted, histograms per installed model)."""

@@ -208,3 +208,34 @@ def test_a_jobs_estimate_follows_its_max_seq_len_max_steps_and_epochs() -> None:
     settings = JobSettings(hyperparameters=Hyperparameters(n_epochs=2, batch_size=1))
     assert tokens.job_tokens(heuristic, model=model, settings=settings) == tokens.JobTokens(
         2 * 1000 * tokens.HEURISTIC_MARGIN, 1000 * tokens.HEURISTIC_MARGIN, exact=False)
+
+
+def test_past_the_exact_budget_lengths_are_extrapolated_and_marked_inexact(
+        tmp_path: Path) -> None:
+    from crma_core.model_store import SMOLLM2_ID
+
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / SMOLLM2_ID).symlink_to(smollm2_tokenizer_dir())
+    rows = examples("chat", 400, seed=11)
+    whole, budgeted = tokens.TokenEstimator(store), tokens.TokenEstimator(store, exact_bytes=4000)
+    for row in rows:
+        whole.add(row, "chat")
+        budgeted.add(row, "chat")
+    _, exact_methods, exact_lengths = whole.totals()
+    _, methods, lengths = budgeted.totals()
+    family = CATALOG[SMOLLM2_ID].family
+    assert exact_methods[family] == f"tokenizer:{SMOLLM2_ID}"
+    assert methods[family] == f"tokenizer_partial:{SMOLLM2_ID}"
+    exact, extrapolated = exact_lengths[SMOLLM2_ID], lengths[SMOLLM2_ID]
+    assert exact["exact"] and not extrapolated["exact"]
+    assert extrapolated["rows"] == exact["rows"] == len(rows)
+    assert extrapolated["tokens"] == pytest.approx(exact["tokens"], rel=0.08)
+    # The job's estimate from the extrapolated histogram, with its margin, covers what
+    # crma_core will train.
+    settings = JobSettings(hyperparameters=Hyperparameters(n_epochs=2, batch_size=4))
+    estimate = tokens.job_tokens(SimpleNamespace(token_lengths={SMOLLM2_ID: extrapolated},
+                                                 token_counts={}, example_count=len(rows)),
+                                 model=CATALOG[SMOLLM2_ID], settings=settings)
+    trained = 2 * tokens.epoch_tokens(exact, max_seq_len=settings.hyperparameters.max_seq_len)
+    assert not estimate.exact and trained <= estimate.tokens <= 1.25 * trained
