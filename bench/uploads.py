@@ -40,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.services.tokens import EXACT_COUNT_BYTES  # noqa: E402
 from bench.api_load import PG_ADMIN_URL, percentile_ms, start_server, stop_server  # noqa: E402
 
 MiB = 1024 * 1024
@@ -112,7 +113,9 @@ def tokenizer_store(directory: Path) -> tuple[Path, str]:
             for name in TOKENIZER_FILES:
                 if (source / name).is_file():
                     shutil.copy(source / name, store / source.name / name)
-            return store, "tokenizer:smollm2-135m-instruct (every example counted exactly)"
+            return store, ("tokenizer:smollm2-135m-instruct (the first "
+                           f"{EXACT_COUNT_BYTES // 2**20} MiB of example text counted exactly, "
+                           "the rest extrapolated: app/services/tokens.py)")
     store.mkdir(parents=True)
     return store, "heuristic (no tokenizer installed)"
 
