@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.db.base import db_now
-from app.db.models import Checkpoint, File, Job
+from app.db.models import Checkpoint, File, Job, JobEvent
 from app.db.session import session_scope
 from app.domain.ids import new_id
 from app.domain.job_settings import JobSettings, RecipeConfigs, load_job_settings, recipe_configs
@@ -214,10 +214,22 @@ class Attempt:
             data=event.data, dedupe_key=event.dedupe_key, attempt=self.number))
 
     def record_resumed(self, step: int) -> None:
-        self.fenced_write(lambda s: self._event(
-            s, dedupe_key=f"resumed:{self.number}",
-            data={"step": step, "attempt": self.number},
-            message=f"Resumed from the checkpoint at step {step} (attempt {self.number})"))
+        """The resume event. Steps an earlier attempt reported past the checkpoint are trained
+        again without new events (each step is reported once), so the event says up to which
+        step the job will be quiet rather than let it look stalled."""
+
+        def write(session: Session) -> None:
+            reported = _last_reported_step(session, self.job.id)
+            again = reported is not None and reported > step
+            self._event(
+                session, dedupe_key=f"resumed:{self.number}",
+                data={"step": step, "attempt": self.number,
+                      "retraining_until_step": reported if again else None},
+                message=f"Resumed from the checkpoint at step {step} (attempt {self.number})"
+                        + (f"; steps {step + 1}-{reported} were reported before and are "
+                           f"trained again without new step events" if again else ""))
+
+        self.fenced_write(write)
 
     def download_start(self, target: Path) -> Path | None:
         """A continued job's starting adapter (app/services/job_sources.py) in `target`;
@@ -362,3 +374,12 @@ class Attempt:
                                       current_job_id=None, clear_job=True)
         except Exception:  # noqa: BLE001 - liveness bookkeeping only
             log.warning("could not clear the worker's current job", exc_info=True)
+
+
+def _last_reported_step(session: Session, job_id: str) -> int | None:
+    """The step of the job's latest step-metrics event (training_events.step_event)."""
+    key = session.execute(
+        select(JobEvent.dedupe_key)
+        .where(JobEvent.job_id == job_id, JobEvent.dedupe_key.like("metrics:step:%"))
+        .order_by(JobEvent.seq.desc()).limit(1)).scalar_one_or_none()
+    return int(key.rsplit(":", 1)[1]) if key else None

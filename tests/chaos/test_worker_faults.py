@@ -104,6 +104,9 @@ def test_kill_9_mid_job_resumes_from_the_checkpoint_and_bills_once(make_chaos_st
     resumed_from = events["resumed:2"]["step"]
     assert resumed_from == killed.last_checkpoint_step
     assert killed_at_step - resumed_from <= stack.settings.checkpoint_every_steps
+    # It says which steps it trains again without new step events (reported once each).
+    assert events["resumed:2"]["retraining_until_step"] == (
+        killed_at_step if killed_at_step > resumed_from else None)
     new_owner = [e for e in stack.events(job_id) if e.dedupe_key == "status:running:2"]
     assert new_owner
     _assert_counted_and_billed_once(stack, job)
