@@ -82,19 +82,27 @@ class EngineClient:
         """Events as the engine sends them; leaving the loop early closes the connection,
         which cancels the generation in the engine."""
         body = dict(_payload(request), stream=True)
+        last = None
         try:
             async with self._http.stream("POST", "/generate", json=body) as response:
                 if response.status_code >= 400:
                     raise _error(response, await response.aread())
                 async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue  # blank separators and keep-alive comments
+                    if last is not None or not line.startswith("data:"):
+                        continue  # blank separators, keep-alive comments, the body's end
                     event = StreamEvent.from_dict(json.loads(line[5:].strip()))
-                    yield event
                     if event.type in ("done", "error"):
-                        return
+                        # Held until the body has been read to its end, so the connection
+                        # goes back to the pool (a response closed unread closes it, and
+                        # every request would pay a new TCP connection).
+                        last = event
+                        continue
+                    yield event
         except httpx.TransportError as error:
-            raise self._unreachable(error) from None
+            if last is None:
+                raise self._unreachable(error) from None
+        if last is not None:
+            yield last
 
 
 def _error(response: httpx.Response, content: bytes) -> EngineError:

@@ -73,12 +73,19 @@ async def close_engines(app: Any) -> None:
 _targets: dict[tuple[str, str, str | None], tuple[Target, float]] = {}
 
 
+def _cached_target(account_id: str, model: str, domain: str | None) -> Target | None:
+    hit = _targets.get((account_id, model, domain))
+    if hit is not None and hit[1] > time.monotonic():
+        return hit[0]
+    return None
+
+
 def _resolve(settings: Settings, store: Any, account_id: str, model: str,
              domain: str | None) -> Target:
     key = (account_id, model, domain)
-    hit = _targets.get(key)
-    if hit is not None and hit[1] > time.monotonic():
-        return hit[0]
+    hit = _cached_target(account_id, model, domain)
+    if hit is not None:
+        return hit
     with session_scope(settings.resolved_database_url, settings.db_timeout_s) as session:
         target = inference_targets.resolve(session, account_id=account_id, model=model,
                                            store=store, domain=domain)
@@ -157,8 +164,10 @@ async def complete(request: Request, principal: Principal,
     state = request.app.state
     settings: Settings = state.settings
     call = Call(chat=isinstance(body, ChatCompletionCreate), body=body)
-    target = await run_in_threadpool(_resolve, settings, state.store, principal.account_id,
-                                     body.model, body.domain)
+    # A model resolved in the last seconds costs no thread hop and no query.
+    target = _cached_target(principal.account_id, body.model, body.domain) or \
+        await run_in_threadpool(_resolve, settings, state.store, principal.account_id,
+                                body.model, body.domain)
     bound = target.base_model.max_output_tokens
     if body.token_limit is not None and body.token_limit > bound:
         raise InvalidRequest(f"{body.token_limit_field} is at most {bound} for {body.model} "

@@ -308,3 +308,34 @@ def test_an_engine_that_is_down_is_a_503_with_retry_after(pg_url, tmp_path, publ
     # tenant runs meanwhile).
     assert (after["available_micros"], after["held_micros"]) == (
         balance["available_micros"], balance["held_micros"])
+
+
+def test_the_engine_connection_is_kept_alive(engine_url) -> None:
+    """Streams read to their end hand the connection back to the pool: requests do not pay a
+    new TCP connection each (a consumer that stops at the `done` event included), and a
+    stream left early still closes its connection (the engine cancels that generation)."""
+    import asyncio
+
+    from serving.client import EngineClient
+
+    body = {"model": "smollm2-135m-instruct", "prompt": "hi", "max_tokens": 2,
+            "temperature": 0}
+
+    async def run() -> tuple[list[set[int]], int]:
+        transport = httpx.AsyncHTTPTransport()
+        pool = transport._pool
+        used = []
+        async with EngineClient(engine_url, transport=transport) as engine:
+            for index in range(4):
+                async for event in engine.stream(body):
+                    if index % 2 and event.type == "done":
+                        break  # what the API's JSON path does
+                used.append({id(c) for c in pool.connections if c.is_idle()})
+            events = engine.stream(dict(LONG, max_tokens=200))
+            await anext(events)
+            await events.aclose()  # left early
+            return used, len(pool.connections)
+
+    used, left = asyncio.run(run())
+    assert len(used[0]) == 1 and used == [used[0]] * 4, used  # one connection, reused
+    assert left == 0
