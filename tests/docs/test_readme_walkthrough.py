@@ -30,7 +30,8 @@ def test_readme_has_the_walkthrough_blocks() -> None:
     blocks = walkthrough_blocks((ROOT / "README.md").read_text())
     text = "\n".join(blocks)
     for step in ("/v1/files", "/estimate", "/v1/fine_tuning/jobs", "/events", "/artifacts",
-                 "sha256sum -c", "PeftModel.from_pretrained", "/v1/continual/runs"):
+                 "sha256sum -c", "PeftModel.from_pretrained", "/v1/continual/runs",
+                 "/v1/chat/completions", "chat.completions.create"):
         assert step in text, step
 
 
