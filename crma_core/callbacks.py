@@ -36,6 +36,12 @@ class StepMetrics:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def record(self) -> dict[str, Any]:
+        """The metrics.jsonl line: every field, plus OpenAI's names for the loss and the
+        accuracy (``train_loss``, ``train_mean_token_accuracy``)."""
+        return {"type": "step", **self.to_dict(), "train_loss": self.loss,
+                "train_mean_token_accuracy": self.mean_token_accuracy}
+
 
 @dataclass(frozen=True)
 class EvalMetrics:
@@ -50,6 +56,12 @@ class EvalMetrics:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def record(self) -> dict[str, Any]:
+        """The metrics.jsonl line: every field, plus OpenAI's names (``valid_loss``,
+        ``valid_mean_token_accuracy``)."""
+        return {"type": "eval", **self.to_dict(), "valid_loss": self.val_loss,
+                "valid_mean_token_accuracy": self.val_mean_token_accuracy}
 
 
 @dataclass(frozen=True)

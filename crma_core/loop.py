@@ -230,7 +230,7 @@ def train_loop(*, model: nn.Module, rows: list[Example], optimizer: torch.optim.
             mean_token_accuracy=result.accuracy, scored_tokens=result.scored_tokens,
             micro_batch_size=state.micro_batch_size, accumulation_steps=result.passes,
         )
-        state.history.append({"type": "step", **metrics.to_dict()})
+        state.history.append(metrics.record())
         if callbacks.on_step is not None:
             callbacks.on_step(metrics)
         if evaluate is not None and plan.eval_due(state.step, total):
@@ -260,7 +260,7 @@ def run_evaluation(evaluate: Callable[[], float | EvalResult], state: LoopState,
         state.best_val_loss, state.best_step = val_loss, state.step
     metrics = EvalMetrics(step=state.step, val_loss=val_loss, val_mean_token_accuracy=accuracy,
                           is_best=is_best)
-    state.history.append({"type": "eval", **metrics.to_dict()})
+    state.history.append(metrics.record())
     if is_best and on_best is not None:
         on_best(state)
     if callbacks.on_eval is not None:

@@ -291,3 +291,19 @@ def plan_for_model(model: Any, *, width: int, lora: LoraSettings, train: TrainCo
                             budget_bytes=budget, configured=train.micro_batch_size,
                             source=source, strict=source == "budget")
     return plan, MemoryLimit(estimate, budget) if enforce else None
+
+
+def plan_for_catalog(model: CatalogModel, *, width: int, lora: LoraSettings, train: TrainConfig,
+                     crma_width: int = 0) -> MicroBatchPlan:
+    """The micro-batch plan a worker would make for ``model`` (its catalog shape, no weights
+    loaded) with ``train.memory_budget_mb``: what the API's estimate shows. Without a budget
+    the worker plans against its device's free memory, which only it knows: the plan is then
+    the whole batch in one pass (``budget_bytes`` None, source "device"). One row that does
+    not fit the budget is planned as one row at a time (the worker refuses the job with the
+    ConfigError ``plan_micro_batch`` gives when strict)."""
+    estimate = memory_model(ModelShape.of_catalog(model), lora=lora, train=train,
+                            crma_width=crma_width)
+    budget = train.memory_budget_mb * MIB if train.memory_budget_mb is not None else None
+    return plan_micro_batch(estimate, batch_size=train.batch_size, width=width,
+                            budget_bytes=budget, configured=train.micro_batch_size,
+                            source="budget" if budget is not None else "device", strict=False)

@@ -91,7 +91,8 @@ def model_card(info: dict[str, Any]) -> str:
                      f"the lowest validation loss ({_number(best.get('valid_loss'))}) |")
     lines += [
         "| `metrics.jsonl` | one line per step, evaluation, checkpoint and memory event, "
-        "and a final summary |",
+        "and a final summary (OpenAI's names: `train_loss`, `train_mean_token_accuracy`, "
+        "`valid_loss`, `valid_mean_token_accuracy`, `full_valid_loss`) |",
         "| `plots/` | loss and gradient-norm curves |",
         "| `manifest.json` | settings, results, and size + sha256 of every file |",
         "",

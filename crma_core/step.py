@@ -3,7 +3,9 @@
 A step's batch may run as several micro-batches (gradient accumulation): each pass's
 summed cross-entropy is divided by the scored tokens of the *whole* batch before backward,
 so the accumulated gradient is the full batch's (a token-weighted mean, not a mean of
-per-pass means) whatever the micro-batch size.
+per-pass means) whatever the micro-batch size. A packed pass runs with its examples laid out
+in rows as narrow as its longest example (``crma_core.data.narrow_packed``): the same
+computation with a fraction of the attention's work.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from crma_core.data import IGNORE_INDEX, scored_tokens, split_batch
+from crma_core.data import IGNORE_INDEX, narrow_packed, scored_tokens, split_batch
 from crma_core.loss import LossOptions, lm_head_loss_and_correct
 from crma_core.memory import MemoryLimit
 from crma_core.optim import trainable_parameters
@@ -124,8 +126,8 @@ def accumulate_gradients(model: nn.Module, batch: dict[str, torch.Tensor], *,
     scored = correct = 0
     for part in parts:
         if memory is not None:
-            memory.check(*part["input_ids"].shape)
-        loss_sum, n, right = score_batch(model, part, loss_options)
+            memory.check(*part["input_ids"].shape)  # as planned (narrowing keeps the tokens)
+        loss_sum, n, right = score_batch(model, narrow_packed(part), loss_options)
         (loss_sum / denominator).backward()
         total = loss_sum.detach() if total is None else total + loss_sum.detach()
         scored += n

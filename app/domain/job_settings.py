@@ -237,3 +237,39 @@ def continual_config(settings: JobSettings, configs: RecipeConfigs, *,
     return ContinualConfig(mode=mode, lora=configs.lora, crma=configs.crma or CRMAConfig(),
                            train=configs.train, score_base=True,
                            drift_budget_pct=run.drift_budget_pct, baseline=run.baseline)
+
+
+def planned_width(settings: JobSettings, *, token_lengths: Mapping[str, Any] | None) -> int:
+    """Tokens per row the worker plans its micro-batch for: max_seq_len with packing (rows
+    are filled to it); otherwise the training file's longest example cut to max_seq_len
+    when its lengths were counted for the model at upload, else max_seq_len (an upper
+    bound)."""
+    max_seq_len = settings.hyperparameters.max_seq_len
+    if settings.hyperparameters.packing or not token_lengths or not token_lengths.get("lengths"):
+        return max_seq_len
+    return min(max_seq_len, max(int(length) for length, _ in token_lengths["lengths"]))
+
+
+def micro_batch_plan(settings: JobSettings, model: Any, *, example_count: int,
+                     has_validation: bool, device: str, memory_budget_mb: int | None,
+                     token_lengths: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """How each optimizer step of a job would run on a worker with `memory_budget_mb` (the
+    setting worker_memory_budget_mb; None: the worker's free device memory, which only it
+    knows): crma_core's plan from `model`'s catalog shape (crma_core.memory.plan_for_catalog),
+    as the estimate shows it."""
+    from crma_core.memory import MIB, plan_for_catalog
+
+    configs = recipe_configs(settings, seed=0, token_budget=None, example_count=example_count,
+                             has_validation=has_validation, device=device,
+                             checkpoint_every_steps=None, checkpoint_every_s=None,
+                             memory_budget_mb=memory_budget_mb)
+    crma = configs.crma
+    plan = plan_for_catalog(model, width=planned_width(settings, token_lengths=token_lengths),
+                            lora=configs.lora, train=configs.train,
+                            crma_width=crma.n * crma.r if crma else 0)
+    return {"batch_size": plan.batch_size, "micro_batch_size": plan.micro_batch_size,
+            "accumulation_steps": plan.accumulation_steps, "width": plan.width,
+            "memory_budget_mb": memory_budget_mb,
+            "estimated_mb_per_pass": round(plan.estimate_bytes / MIB, 1),
+            "fits": plan.budget_bytes is None or plan.estimate_bytes <= plan.budget_bytes,
+            "source": plan.source}

@@ -5,11 +5,12 @@ Money is shown twice: integer micro-dollars (`*_micros`, exact) and a USD decima
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from app.schemas.common import ListEnvelope
+from app.schemas.jobs import HyperparametersPublic
 
 
 class FreeRunsPublic(BaseModel):
@@ -92,6 +93,30 @@ class UsageList(ListEnvelope):
     total_cost_micros: int
 
 
+class MicroBatchPlanPublic(BaseModel):
+    """How each optimizer step would run (crma_core's memory model on the model's catalog
+    shape): `batch_size` rows as `accumulation_steps` forward/backward passes of at most
+    `micro_batch_size` rows, gradients accumulated (the same step as one pass over the
+    batch). The worker plans again for the rows it loads and halves the micro-batch after an
+    out-of-memory pass (a `memory` event)."""
+
+    batch_size: int
+    micro_batch_size: int
+    accumulation_steps: int
+    width: int = Field(description="Tokens per row planned for: max_seq_len with packing, "
+                       "else the file's longest example cut to max_seq_len.")
+    memory_budget_mb: int | None = Field(description="The workers' memory budget per step "
+                                         "(null: each worker's free device memory, which "
+                                         "it measures when the job starts).")
+    estimated_mb_per_pass: float
+    fits: bool = Field(description="False: not even one row fits the budget; the job "
+                       "would fail (shorten max_seq_len).")
+    source: Literal["budget", "device", "configured"] = Field(
+        description="`budget`: planned against memory_budget_mb; `device`: the workers plan "
+        "against their free memory when the job starts (shown: one pass of the whole "
+        "batch).")
+
+
 class StageEstimatePublic(BaseModel):
     name: str | None = None
     n_epochs: int
@@ -102,6 +127,11 @@ class StageEstimatePublic(BaseModel):
                                 "the token budget (free-tier cap or max_cost).")
     token_budget: int | None
     expected_duration_s: int
+    hyperparameters: HyperparametersPublic | None = Field(
+        None, description="The resolved hyperparameters (what \"auto\" becomes for this "
+        "file), as the job would show them.")
+    adapter: dict[str, Any] | None = Field(None, description="The resolved adapter settings.")
+    micro_batch_plan: MicroBatchPlanPublic | None = None
 
 
 class EstimateBase(BaseModel):

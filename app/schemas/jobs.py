@@ -354,8 +354,13 @@ class HyperparametersPublic(BaseModel):
     """The job's resolved hyperparameters (what "auto" became)."""
 
     n_epochs: int
-    batch_size: int
+    batch_size: int = Field(description="The effective batch: rows per optimizer step "
+                            "(run as micro-batches with gradient accumulation).")
     learning_rate_multiplier: float
+    crma_learning_rate: float
+    crma_mixing_learning_rate: float
+    crma_gate_learning_rate: float
+    max_steps: int | None
     max_seq_len: int
     lr_scheduler_type: str
     warmup_ratio: float

@@ -109,3 +109,47 @@ def test_recipe_first_step_is_the_same_packed_or_not(tiny_model_dirs, tmp_path):
     assert packed.trained_tokens == unpacked.trained_tokens
     for name, tensor in outcomes[False][1].items():
         torch.testing.assert_close(outcomes[True][1][name], tensor, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_narrowing_a_packed_batch_keeps_its_losses_and_gradients(lora_crma_model, family):
+    """crma_core.data.narrow_packed: the packed examples in rows as wide as the longest one
+    (less attention work); the same examples, loss, scored tokens and gradients."""
+    from crma_core.data import narrow_packed
+    from crma_core.step import score_batch
+
+    model, handle = lora_crma_model(family)
+    model.train()
+    examples = _examples(seed=5) + _examples(seed=6)
+    packed = collate(pack_examples(examples, 64), pad_id=0)
+    narrow = narrow_packed(packed)
+    assert narrow["input_ids"].shape[1] == max(len(e.input_ids) for e in examples) == 17
+    assert narrow["input_ids"].shape[1] < packed["input_ids"].shape[1]
+    assert int(narrow["token_mask"].sum()) == int(packed["token_mask"].sum())
+
+    def examples_of(batch):  # each example's (ids, labels), found by its positions
+        found = []
+        for row in range(batch["input_ids"].shape[0]):
+            n = int(batch["token_mask"][row].sum())
+            starts = (batch["position_ids"][row, :n] == 0).nonzero().flatten().tolist()
+            for a, b in zip(starts, starts[1:] + [n]):
+                found.append((batch["input_ids"][row, a:b].tolist(),
+                              batch["labels"][row, a:b].tolist()))
+        return sorted(found)
+
+    assert examples_of(narrow) == examples_of(packed)
+    assert narrow_packed(collate(examples, pad_id=0))["input_ids"].shape == (len(examples), 17)
+    results = []
+    for batch in (packed, narrow):
+        model.zero_grad(set_to_none=True)
+        for p in handle.parameters():
+            p.grad = None
+        loss_sum, scored, correct = score_batch(model, batch)
+        loss_sum.backward()
+        grads = [p.grad.clone() for g in optimizer_groups(model, handle).values() for p in g]
+        results.append((float(loss_sum), scored, correct, grads))
+    (loss_a, scored_a, correct_a, grads_a), (loss_b, scored_b, correct_b, grads_b) = results
+    assert (scored_b, correct_b) == (scored_a, correct_a)
+    assert loss_b == pytest.approx(loss_a, rel=1e-5)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)

@@ -186,6 +186,8 @@ def test_a_job_from_the_form_charts_its_loss_while_it_trains_and_its_adapter_dow
                            arg=len(events))
     assert "<script>alert(2)</script>" in page.inner_text(".kv")  # metadata, as text
 
+    _recipe_and_results_are_shown(page, dev_server, job_id, events, artifacts)
+
     name = "lora/adapter_model.safetensors"
     row = page.locator(f"tr[data-key='{name}']")
     row.wait_for()
@@ -203,6 +205,49 @@ def test_a_job_from_the_form_charts_its_loss_while_it_trains_and_its_adapter_dow
     ledger = page.inner_text("section[aria-label='Ledger']")
     assert job_id in ledger and "Capture" in ledger and "Hold" in ledger
     assert page.locator(".day[data-cost]:not([data-cost='0'])").count() >= 1
+
+
+def _recipe_and_results_are_shown(page, dev_server: DevServer, job_id: str, events: list,  # noqa: ANN001
+                                  artifacts: dict) -> None:
+    """Issue 18 through the stack: OpenAI's metric names in the events, the checkpoint list
+    and the finished job (full_valid_loss, the best checkpoint marked), the model card and
+    metrics.jsonl in the bundle; and the job page shows the resolved hyperparameters (packing
+    and the micro-batch plan included), the best checkpoint and full_valid_loss."""
+    with dev_server.api() as api:
+        job = api.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        checkpoints = api.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
+        card = api.get(artifacts["README.md"]["url"]).text
+    data = [e["data"] or {} for e in events]
+    step = next(d for d in data if "train_loss" in d and "total_steps" in d)
+    assert "train_mean_token_accuracy" in step and step["accumulation_steps"] >= 1
+    assert any("valid_loss" in d and "valid_mean_token_accuracy" in d for d in data)
+    plan = next(d for e, d in zip(events, data) if e["type"] == "message" and "accumulation_steps" in d)
+    assert plan["batch_size"] == 4
+    metrics = job["metrics"]
+    assert metrics["full_valid_loss"] is not None and metrics["train_loss"] is not None
+    best = [c for c in checkpoints if c["best"]]
+    assert len(best) == 1, checkpoints
+    assert best[0]["metrics"]["valid_loss"] == min(c["metrics"]["valid_loss"] for c in checkpoints
+                                                   if c["metrics"]["valid_loss"] is not None)
+    last = max(checkpoints, key=lambda c: c["step_number"])
+    assert last["metrics"]["full_valid_loss"] == metrics["full_valid_loss"]
+    assert {"README.md", "metrics.jsonl", "manifest.json"} <= set(artifacts)
+    assert "CRMA" in card and "metrics.jsonl" in card  # the model card says what each part is
+    hp = job["hyperparameters"]
+    assert (hp["packing"], hp["batch_size"]) == (False, 4)
+
+    page.wait_for_selector("[data-field='full_valid_loss']")
+    assert float(page.inner_text("[data-field='full_valid_loss']")) == pytest.approx(metrics["full_valid_loss"], abs=1e-4)
+    assert f"step {metrics['best_step']}" in page.inner_text("[data-field='best']")
+    assert page.inner_text("[data-field='packing']") == "off"
+    assert page.inner_text("[data-field='n_evals']") == str(hp["n_evals"])
+    assert page.inner_text("[data-field='max_seq_len']").startswith(f"{hp['max_seq_len']:,}")
+    passes = "one pass" if plan["accumulation_steps"] == 1 else f"{plan['accumulation_steps']} passes"
+    page.wait_for_function("text => document.querySelector(\"[data-field='batch_plan']\").textContent.includes(text)",
+                           arg=passes)
+    assert page.inner_text("[data-field='batch_plan']").startswith("4 rows per step")
+    page.locator(f"tr[data-key='{best[0]['step_number']}'] [data-best='true']").wait_for()
+    assert page.locator("[data-best='true']").count() == 1
 
 
 def _another_account_finds_no_such_job(browser, dev_server: DevServer, job_id: str) -> None:  # noqa: ANN001

@@ -10,11 +10,13 @@ from fastapi import APIRouter
 
 from app.api.deps import PrincipalDep, SessionDep, SettingsDep
 from app.api.routes.billing import free_runs_public
+from app.domain.job_settings import micro_batch_plan
 from app.domain.pricing import format_usd, usd_to_micros
 from app.schemas.billing import ContinualEstimatePublic, JobEstimatePublic, StageEstimatePublic
 from app.schemas.common import error_responses
 from app.schemas.continual import ContinualRunCreate
-from app.schemas.jobs import JobCreate
+from app.schemas.jobs import HyperparametersPublic, JobCreate
+from app.settings import Settings
 from app.services import admission, files, job_creation
 
 router = APIRouter()
@@ -25,7 +27,11 @@ router = APIRouter()
 def estimate_job(
     spec: JobCreate, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
 ) -> JobEstimatePublic:
-    """Trained tokens, price, expected duration and whether this job would be accepted."""
+    """Trained tokens, price, duration, admission, resolved hyperparameters and step plan.
+
+    Trained tokens, price, expected duration and whether this job would be accepted; the
+    hyperparameters as the job would resolve them and how each step would run
+    (micro_batch_plan)."""
     spec = files.with_file_ids(session, account_id=principal.account_id, spec=spec)
     draft = job_creation.draft_job(
         session, account_id=principal.account_id, model=spec.model,
@@ -43,7 +49,8 @@ def estimate_job(
     )
     stage = result.stages[0]
     return JobEstimatePublic(
-        n_epochs=stage.n_epochs, token_budget=stage.token_budget, **_summary(result)
+        n_epochs=stage.n_epochs, token_budget=stage.token_budget, **_resolved(draft, settings),
+        **_summary(result)
     )
 
 
@@ -53,11 +60,13 @@ def estimate_job(
 def estimate_continual_run(
     spec: ContinualRunCreate, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
 ) -> ContinualEstimatePublic:
-    """Per stage and in total: trained tokens, price and duration; a stage is a free-tier run."""
+    """Per stage and in total: trained tokens, price and duration; a stage is a free-tier run.
+
+    Each stage also shows its resolved hyperparameters and micro_batch_plan."""
     spec = files.with_file_ids(session, account_id=principal.account_id, spec=spec)
     hyperparameters = spec.hyperparameters.model_dump() if spec.hyperparameters else None
     adapter = spec.adapter.model_dump() if spec.adapter else None
-    stages, baseline_tokens = [], 0
+    stages, resolved, baseline_tokens = [], [], 0
     for index, domain in enumerate(spec.domains):
         draft = job_creation.draft_job(
             session, account_id=principal.account_id, model=spec.model,
@@ -67,15 +76,33 @@ def estimate_continual_run(
             continual={"drift_budget_pct": spec.drift_budget_pct, "baseline": spec.baseline},
         )
         baseline_tokens += draft.baseline_tokens
+        resolved.append(_resolved(draft, settings))
         stages.append((domain.name, draft.job_settings.hyperparameters.n_epochs,
                        draft.estimated_tokens, draft.duration_factor))
     result = admission.estimate(session, account_id=principal.account_id, model=spec.model,
                                 stages=stages, settings=settings)
     return ContinualEstimatePublic(
         runs_needed=len(stages), baseline_tokens=baseline_tokens,
-        stages=[StageEstimatePublic(**vars(s)) for s in result.stages],
+        stages=[StageEstimatePublic(**vars(s), **extra)
+                for s, extra in zip(result.stages, resolved, strict=True)],
         **_summary(result),
     )
+
+
+def _resolved(draft: job_creation.JobDraft, settings: Settings) -> dict:
+    """The draft's resolved hyperparameters and adapter, and its micro-batch plan on the
+    workers' memory budget."""
+    job_settings = draft.job_settings
+    hp = job_settings.hyperparameters.model_dump(include=set(HyperparametersPublic.model_fields))
+    lengths = (getattr(draft.training_file, "token_lengths", None) or {}).get(draft.model.id)
+    plan = micro_batch_plan(job_settings, draft.model,
+                            example_count=draft.training_file.example_count,
+                            has_validation=draft.validation_file is not None,
+                            device=settings.worker_device,
+                            memory_budget_mb=settings.worker_memory_budget_mb,
+                            token_lengths=lengths)
+    return {"hyperparameters": HyperparametersPublic(**hp),
+            "adapter": job_settings.adapter.model_dump(mode="json"), "micro_batch_plan": plan}
 
 
 def _summary(result: admission.Estimate) -> dict:

@@ -59,6 +59,7 @@ export class EstimatePanel {
           { label: "Duration", class: "num", cell: (s) => duration(s.expected_duration_s) },
         ],
       }) : null,
+      estimate.micro_batch_plan ? h("p", { class: "muted small", dataset: { estimate: "plan" } }, planLine(estimate)) : null,
       h("p", { class: ["verdict", estimate.allowed_to_proceed ? "tone-success" : "tone-danger"], dataset: { allowed: String(estimate.allowed_to_proceed) } },
         estimate.allowed_to_proceed ? "Ready to start." : (estimate.message || REASONS[estimate.reason] || "This cannot start now.")),
       h("p", { class: "muted small" },
@@ -66,6 +67,16 @@ export class EstimatePanel {
           ? `Free plan: ${free.remaining} of ${free.limit} runs left today.`
           : `Available credit: ${usd(estimate.available)}.`));
   }
+}
+
+/** How each step would run (the micro-batch plan) and the resolved packing. */
+function planLine(estimate) {
+  const plan = estimate.micro_batch_plan;
+  const packing = estimate.hyperparameters?.packing ? "packed rows" : "rows";
+  const passes = plan.accumulation_steps > 1
+    ? `${plan.accumulation_steps} passes of ≤ ${plan.micro_batch_size} with gradient accumulation`
+    : plan.source === "device" ? "passes sized by the worker to its free memory" : "one pass";
+  return `Each step: ${plan.batch_size} ${packing} of ≤ ${count(plan.width)} tokens, ${passes}.`;
 }
 
 function tokensNote(estimate) {

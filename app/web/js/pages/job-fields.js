@@ -19,6 +19,30 @@ export const HYPERPARAMETERS = [
     placeholder: "1024", help: "Tokens per training row; longer examples are cut." },
 ];
 
+// The rest of the training recipe (fine-tuning jobs; a continual run refuses n_checkpoints
+// and train_on_inputs). Bounds per model: GET /v1/models/{id} → limits.
+export const RECIPE = [
+  { name: "hyperparameters.lr_scheduler_type", label: "Learning-rate schedule", type: "select", placeholder: "auto (linear)",
+    options: [{ value: "linear", label: "linear decay to 0" }, { value: "cosine", label: "cosine decay to 0" },
+      { value: "constant", label: "constant" }] },
+  { name: "hyperparameters.warmup_ratio", label: "Warm-up ratio", type: "number", min: 0, max: 0.5, step: "any",
+    placeholder: "0", help: "Share of the steps over which the rate rises from 0." },
+  { name: "hyperparameters.weight_decay", label: "Weight decay", type: "number", min: 0, max: 1, step: "any", placeholder: "0.01" },
+  { name: "hyperparameters.max_grad_norm", label: "Max gradient norm", type: "number", min: 0, max: 100, step: "any",
+    placeholder: "1", help: "Adaptive clipping never above this norm; 0 turns clipping off." },
+  { name: "hyperparameters.n_evals", label: "Evaluations", type: "number", min: 0, max: 100, step: 1,
+    placeholder: "auto", help: "Of the validation file, evenly spaced (auto: 10 with a validation file)." },
+  { name: "hyperparameters.n_checkpoints", label: "Checkpoints", type: "number", min: 0, max: 20, step: 1,
+    placeholder: "auto", help: "Evenly spaced, the last at the end (auto: one per epoch)." },
+  { name: "hyperparameters.packing", label: "Pack short examples into full rows", type: "checkbox", value: false,
+    help: "Each example still attends only to itself; fewer, fuller rows train faster." },
+  { name: "hyperparameters.train_on_inputs", label: "Train on the prompts too", type: "checkbox", value: false,
+    help: "Off: the loss covers only the assistant's turns (or the completion)." },
+  { name: "adapter.lora_dropout", label: "LoRA dropout", type: "number", min: 0, max: 0.5, step: "any", placeholder: "0" },
+  { name: "adapter.lora_trainable_modules", label: "LoRA modules", type: "text", placeholder: "all-linear",
+    help: "all-linear, or a comma-separated list of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj." },
+];
+
 export const CRMA_RATES = [
   { name: "hyperparameters.crma_learning_rate", label: "CRMA read/write rate", type: "number", min: 0, max: 0.01, step: "any",
     placeholder: "5e-6", help: "Far below LoRA's: a CRMA that moves fast undoes what earlier domains' LoRAs adapted to." },

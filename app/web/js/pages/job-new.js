@@ -4,7 +4,7 @@
 import { h, pageHeader, replace, spinner } from "../dom.js";
 import { fieldset, readBody } from "../forms.js";
 import { wireCreateForm } from "../create-form.js";
-import { ADAPTER, ADVANCED, HYPERPARAMETERS, loadChoices, pruneAdapter } from "./job-fields.js";
+import { ADAPTER, ADVANCED, HYPERPARAMETERS, RECIPE, loadChoices, pruneAdapter } from "./job-fields.js";
 
 export default {
   path: "/jobs/new",
@@ -33,10 +33,11 @@ export default {
         help: "Training stops at this cost and still delivers the adapter trained so far." },
       ...ADVANCED,
     ];
-    const specs = [...basics, ...HYPERPARAMETERS, ...ADAPTER, ...budget];
+    const specs = [...basics, ...HYPERPARAMETERS, ...RECIPE, ...ADAPTER, ...budget];
     const form = h("form", { class: "create-form", novalidate: true, "aria-label": "New fine-tuning job" },
       fieldset("Model and data", basics),
       fieldset("Hyperparameters", HYPERPARAMETERS, { description: "Leave a field empty to let the service choose." }),
+      fieldset("Training recipe", RECIPE, { open: false, description: "Schedule, regularisation, evaluations, checkpoints and packing. Empty: the defaults." }),
       fieldset("Adapter", ADAPTER, { open: false, description: "CRMA + LoRA by default." }),
       fieldset("Budget and more", budget, { open: false }));
 

@@ -1,13 +1,14 @@
-// One fine-tuning job: status and cost, live loss / learning-rate / gradient-norm charts
-// from the events stream, the event log, checkpoints, the adapter's files (sha256-checked
-// downloads) and cancel.
+// One fine-tuning job: status and cost, the finished run's metrics (full validation loss,
+// best checkpoint), live loss / learning-rate / gradient-norm charts from the events stream,
+// the event log, checkpoints (the best marked), the adapter's files (sha256-checked
+// downloads), every resolved hyperparameter with the micro-batch plan, and cancel.
 
 import * as api from "../api.js";
 import { artifactsTable } from "../artifacts.js";
 import { badge, button, card, confirmDialog, facts, h, link, mono, pageHeader, replace, spinner, table, toast } from "../dom.js";
 import { errorView, showingErrors } from "../errors.js";
 import { EventLog } from "../event-log.js";
-import { count, dateTime, decimal, duration, relative, usd } from "../format.js";
+import { count, dateTime, decimal, duration, relative, scientific, usd } from "../format.js";
 import { JobCharts } from "../job-charts.js";
 import { isTerminal } from "../status.js";
 
@@ -39,6 +40,67 @@ function summary(job) {
   ]);
 }
 
+/** A fact's value, findable by tests and scripts as [data-field=name]. */
+function field(name, ...children) {
+  return h("span", { dataset: { field: name } }, ...children);
+}
+
+function onOff(value) {
+  return value === true ? "on" : value === false ? "off" : "—";
+}
+
+/** How each step runs: from the worker's memory_plan event, then each step's own figures
+ * (a halve-and-retry after an out-of-memory pass shows there). */
+function planText(hp, plan) {
+  if (!plan) return `${hp.batch_size ?? "—"} rows per step`;
+  const passes = plan.accumulation_steps;
+  return passes > 1
+    ? `${plan.batch_size ?? hp.batch_size} rows per step · ${passes} passes of ≤ ${plan.micro_batch_size} rows, gradients accumulated`
+    : `${plan.batch_size ?? hp.batch_size} rows per step · one pass`;
+}
+
+function hyperparameters(job, plan) {
+  const hp = job.hyperparameters || {};
+  const adapter = job.adapter || {};
+  const modules = Array.isArray(adapter.lora_trainable_modules) ? adapter.lora_trainable_modules.join(", ") : adapter.lora_trainable_modules;
+  const warmup = hp.warmup_ratio ? `, ${Math.round(hp.warmup_ratio * 1000) / 10}% warm-up` : ", no warm-up";
+  return facts([
+    ["Epochs", field("n_epochs", String(hp.n_epochs ?? "—"))],
+    ["Batch", field("batch_plan", planText(hp, plan))],
+    ["Max sequence length", field("max_seq_len", hp.max_seq_len === undefined ? "—" : `${count(hp.max_seq_len)} tokens`)],
+    ["Packing", field("packing", onOff(hp.packing))],
+    ["Max steps", field("max_steps", hp.max_steps ? count(hp.max_steps) : "all epochs")],
+    ["Learning rate", field("learning_rate", `× ${hp.learning_rate_multiplier ?? "—"} · ${hp.lr_scheduler_type ?? "—"}${hp.lr_scheduler_type ? warmup : ""}`)],
+    ["Weight decay", field("weight_decay", hp.weight_decay === undefined ? "—" : String(hp.weight_decay))],
+    ["Max grad norm", field("max_grad_norm", hp.max_grad_norm === 0 ? "off (no clipping)" : hp.max_grad_norm === undefined ? "—" : String(hp.max_grad_norm))],
+    ["Train on inputs", field("train_on_inputs", onOff(hp.train_on_inputs))],
+    ["Evaluations", field("n_evals", hp.n_evals === null || hp.n_evals === undefined ? "—" : String(hp.n_evals))],
+    ["Checkpoints", field("n_checkpoints", hp.n_checkpoints === null || hp.n_checkpoints === undefined ? "—" : String(hp.n_checkpoints))],
+    ["LoRA dropout · modules", field("lora", `${adapter.lora_dropout ?? "—"} · ${modules ?? "—"}`)],
+    adapter.crma === false ? null : ["CRMA rates (rw · mix · gate)", field("crma_rates",
+      [hp.crma_learning_rate, hp.crma_mixing_learning_rate, hp.crma_gate_learning_rate].map(scientific).join(" · "))],
+  ]);
+}
+
+/** The finished run's figures under OpenAI's names, and where the best weights are. */
+function results(job, files) {
+  const m = job.metrics;
+  if (!m) return null;
+  const hasBest = (files || []).some((a) => a.name.startsWith("best/"));
+  const best = m.best_step === null || m.best_step === undefined ? null
+    : h("span", {}, `step ${count(m.best_step)} · validation loss ${decimal(m.best_valid_loss, 4)}`,
+      hasBest ? h("span", { class: "muted small" }, " · its weights: best/ in Adapter files") : h("span", { class: "muted small" }, " · the final adapter"));
+  return facts([
+    ["Training loss", field("train_loss", decimal(m.train_loss, 4))],
+    ["Training token accuracy", field("train_mean_token_accuracy", decimal(m.train_mean_token_accuracy, 4))],
+    ["Full validation loss", field("full_valid_loss", decimal(m.full_valid_loss, 4))],
+    ["Validation token accuracy", field("full_valid_mean_token_accuracy", decimal(m.full_valid_mean_token_accuracy, 4))],
+    m.full_valid_loss_lora_only === null || m.full_valid_loss_lora_only === undefined ? null
+      : ["Validation loss, LoRA alone", field("full_valid_loss_lora_only", decimal(m.full_valid_loss_lora_only, 4))],
+    ["Best checkpoint", field("best", best)],
+  ]);
+}
+
 function details(job) {
   const adapter = job.adapter || {};
   return facts([
@@ -46,6 +108,7 @@ function details(job) {
     ["Validation file", job.validation_file ? mono(job.validation_file) : "none"],
     ["Adapter", adapter.crma === false ? "LoRA" : `CRMA (${adapter.n_streams ?? "—"} streams, rank ${adapter.rank ?? "—"}) + LoRA`],
     ["LoRA rank · alpha", `${adapter.lora_r ?? "—"} · ${adapter.lora_alpha ?? "—"}`],
+    adapter.quantization ? ["Quantization", adapter.quantization] : null,
     ["Seed", String(job.seed)],
     ["Suffix", job.suffix],
     ["Attempt", String(job.attempt)],
@@ -68,11 +131,14 @@ function checkpointsTable(rows, job) {
   return table({
     caption: "Checkpoints",
     rows,
+    rowKey: (c) => String(c.step_number),
     empty: isTerminal(job.status) ? "No checkpoint was saved during this job." : "No checkpoint yet.",
     columns: [
-      { label: "Step", class: "num", cell: (c) => count(c.step_number) },
+      { label: "Step", class: "num", cell: (c) => h("span", {}, count(c.step_number),
+        c.best ? h("span", { class: "badge", dataset: { status: "succeeded", best: "true" }, title: "Lowest validation loss" }, " best") : null) },
       { label: "Train loss", class: "num", cell: (c) => decimal(c.metrics.train_loss, 4) },
       { label: "Valid loss", class: "num", cell: (c) => decimal(c.metrics.valid_loss, 4) },
+      { label: "Valid acc.", class: "num", cell: (c) => decimal(c.metrics.valid_mean_token_accuracy, 3) },
       { label: "Saved", cell: (c) => h("time", { title: dateTime(c.created_at) }, relative(c.created_at)) },
       { label: "Checkpoint", cell: (c) => mono(c.fine_tuned_model_checkpoint) },
       { label: "", class: "actions", cell: (c) => h("a", { class: "button small", href: `#/jobs/new?model=${encodeURIComponent(c.fine_tuned_model_checkpoint)}`,
@@ -99,6 +165,10 @@ export default {
     const checkpoints = h("div", {}, spinner());
     const artifacts = h("div", {}, spinner());
     const detailsCard = h("div");
+    const hyperparametersCard = h("div");
+    const resultsCard = h("div");
+    let plan = null;
+    let files = null;
     const exportsSlot = h("div");
     const streamState = h("span", { class: "stream-state muted small", "aria-live": "polite" });
 
@@ -118,6 +188,19 @@ export default {
         { title: `Failed: ${job.error.code}` }) : null,
       job.cancel_requested && !isTerminal(job.status) ? h("div", { class: "alert tone-warning" }, "Cancellation requested: the worker stops at its next heartbeat.") : null);
       replace(detailsCard, details(job));
+      replace(hyperparametersCard, hyperparameters(job, plan));
+      const done = results(job, files);
+      replace(resultsCard, done ? card("Results", done) : null);
+    }
+
+    /** The micro-batch plan from the events (memory_plan, then every step's figures). */
+    function notePlan(event) {
+      const data = event.data || {};
+      if (!data.accumulation_steps || !data.micro_batch_size) return;
+      const next = { batch_size: data.batch_size ?? plan?.batch_size, micro_batch_size: data.micro_batch_size, accumulation_steps: data.accumulation_steps };
+      if (plan && next.micro_batch_size === plan.micro_batch_size && next.accumulation_steps === plan.accumulation_steps) return;
+      plan = next;
+      replace(hyperparametersCard, hyperparameters(job, plan));
     }
 
     async function onExport() {
@@ -168,12 +251,17 @@ export default {
     }
 
     async function refreshLists() {
-      const [ckpts, files] = await Promise.all([
+      const [ckpts, listed] = await Promise.all([
         api.get(`${path}/checkpoints`, { signal, query: { limit: 100 } }).catch((e) => e),
         api.get(`${path}/artifacts`, { signal }).catch((e) => e),
       ]);
       replace(checkpoints, ckpts instanceof Error ? errorView(ckpts) : checkpointsTable(ckpts.data, job));
-      replace(artifacts, files instanceof Error ? errorView(files) : artifactsTable(files.data, { signal }));
+      replace(artifacts, listed instanceof Error ? errorView(listed) : artifactsTable(listed.data, { signal }));
+      if (!(listed instanceof Error)) {
+        files = listed.data;
+        const done = results(job, files);
+        replace(resultsCard, done ? card("Results", done) : null);
+      }
     }
 
     async function refreshJob() {
@@ -186,12 +274,12 @@ export default {
     }
 
     drawJob();
-    replace(main, header, progress, alerts, summaryCard,
+    replace(main, header, progress, alerts, summaryCard, resultsCard,
       h("h2", { class: "section-title" }, "Training"), charts.element,
       h("div", { class: "columns" }, card("Events", log.element), card("Checkpoints", checkpoints)),
       card("Adapter files", artifacts),
       job.continual_run_id ? null : card("Merged exports", exportsSlot),
-      card("Configuration", detailsCard));
+      h("div", { class: "columns" }, card("Hyperparameters", hyperparametersCard), card("Configuration", detailsCard)));
     refreshLists();
     if (!job.continual_run_id) refreshExports(true);
 
@@ -203,6 +291,7 @@ export default {
       onEvent: (event) => {
         log.add(event);
         charts.add(event);
+        notePlan(event);
         if (event.type === "metrics") replace(progress, progressBar(job, charts.metrics));
       },
       onDone: async () => {

@@ -1,0 +1,34 @@
+"""bench/vs_trl.py --packing-only in its tiny mode (no TRL needed): only the packing part runs,
+merged into the JSON already at --out (the TRL comparison kept), with the short rows' length
+distribution and the work of each layout."""
+
+import json
+
+
+def test_packing_only_merges_into_the_recorded_json(tmp_path):
+    from bench import vs_trl
+
+    out = tmp_path / "vs_trl.json"
+    recorded = {"summary": {"crma_off": {"tokens_per_s_ratio": 1.6},
+                            "crma_on": {"tokens_per_s_ratio": 1.5}},
+                "runs": [{"kind": "trl"}], "packing": {"tokens_per_s_ratio": 1.0},
+                "targets_met": {"crma_off_tokens_per_s": True, "packing_tokens_per_s": False}}
+    out.write_text(json.dumps(recorded))
+    assert vs_trl.main(["--tiny", "--packing-only", "--repeats", "1", "--threads", "1",
+                        "--out", str(out), "--work", str(tmp_path / "work")]) == 0
+    data = json.loads(out.read_text())
+    assert data["summary"] == recorded["summary"] and data["runs"] == recorded["runs"]
+    packing = data["packing"]
+    assert packing["tokens_per_s_ratio"] > 0 and "--packing-only" in packing["rerun"]["command"]
+    assert {r["kind"] for r in packing["rerun"]["runs"]} == {"crma_on_packed",
+                                                             "crma_on_unpacked"}
+    assert data["targets_met"]["packing_tokens_per_s"] == (packing["tokens_per_s_ratio"] >= 2.0)
+    lengths = packing["row_lengths"]
+    assert lengths["rows"] == 36 and lengths["min"] <= lengths["median"] <= lengths["max"]
+    layouts = packing["layouts"]
+    assert layouts["unpacked"]["real_tokens"] == layouts["packed_narrowed"]["real_tokens"] \
+        == lengths["tokens"]
+    assert layouts["packed_narrowed"]["attention_pairs"] <= \
+        layouts["packed_full_width"]["attention_pairs"]
+    assert packing["padding_bound"] == round(
+        layouts["unpacked"]["positions"] / layouts["unpacked"]["real_tokens"], 4)
