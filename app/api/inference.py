@@ -14,13 +14,14 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
@@ -177,8 +178,10 @@ async def complete(request: Request, principal: Principal,
     reserved = inference_metering.reservation(
         prompt_bytes=prompt_bytes, messages=messages,
         max_new_tokens=body.token_limit or bound)
-    admission = await run_in_threadpool(_admit, settings, principal.account_id, call, target,
-                                        reserved)
+    # On the event loop where the driver allows it (app/db/transactions.py): a worker thread
+    # would wait for the GIL at each round trip.
+    admission = await state.transactions.run(lambda open_session: _admit(
+        open_session, settings, principal.account_id, call, target, reserved))
     headers = admission.allowance.headers() if admission.allowance else {}
     settle = _Settlement(settings, call.id)
     engine = engine_for(request, target.base_model.id)
@@ -209,14 +212,23 @@ async def complete(request: Request, principal: Principal,
     return await _whole(request, call, target, first, events, settle, headers)
 
 
-def _admit(settings: Settings, account_id: str, call: Call, target: Target,
-           reserved: int) -> inference_metering.Admission:
-    with session_scope(settings.resolved_database_url, settings.db_timeout_s) as session:
-        return inference_metering.admit(
+def _admit(open_session: Callable[[], Session], settings: Settings, account_id: str,
+           call: Call, target: Target, reserved: int) -> inference_metering.Admission:
+    """The admission in one committed transaction (a Transactions work: it owns the session)."""
+    session = open_session()
+    try:
+        admission = inference_metering.admit(
             session, account_id=account_id, request_id=call.id, model=call.body.model,
             base=target.base_model, reserved_tokens=reserved,
             prices=settings.inference_prices_micros_per_mtok,
             free_tokens_per_day=settings.free_inference_tokens_per_day)
+        session.commit()
+        return admission
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
 
 
 class _Settlement:

@@ -135,13 +135,15 @@ def admit(session: Session, *, account_id: str, request_id: str, model: str,
 def _upsert_reservation(session: Session):  # noqa: ANN202 - a TextClause
     # SET ... WHERE on the conflict: the existing row moves only while it stays in the
     # limit, so concurrent reservations serialise on the row and never pass the limit
-    # together. Same text on PostgreSQL and SQLite (>= 3.35 for RETURNING).
+    # together. Same text on PostgreSQL and SQLite (>= 3.35 for RETURNING); the casts let
+    # asyncpg, which prepares the statement, type the parameters.
     return text(
         "INSERT INTO inference_allowances (account_id, day, tokens_used) "
-        "SELECT :account_id, :day, :tokens WHERE :tokens <= :limit "
+        "SELECT :account_id, :day, CAST(:tokens AS BIGINT) "
+        "WHERE CAST(:tokens AS BIGINT) <= CAST(:limit AS BIGINT) "
         "ON CONFLICT (account_id, day) DO UPDATE "
         "SET tokens_used = inference_allowances.tokens_used + excluded.tokens_used "
-        "WHERE inference_allowances.tokens_used + excluded.tokens_used <= :limit "
+        "WHERE inference_allowances.tokens_used + excluded.tokens_used <= CAST(:limit AS BIGINT) "
         "RETURNING tokens_used"
     ).bindparams(bindparam("day", type_=InferenceAllowance.__table__.c.day.type))
 
