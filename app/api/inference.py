@@ -83,10 +83,8 @@ def _cached_target(account_id: str, model: str, domain: str | None) -> Target | 
 
 def _resolve(settings: Settings, store: Any, account_id: str, model: str,
              domain: str | None) -> Target:
+    """A cache miss (the caller asked `_cached_target` first): look it up and remember it."""
     key = (account_id, model, domain)
-    hit = _cached_target(account_id, model, domain)
-    if hit is not None:
-        return hit
     with session_scope(settings.resolved_database_url, settings.db_timeout_s) as session:
         target = inference_targets.resolve(session, account_id=account_id, model=model,
                                            store=store, domain=domain)
