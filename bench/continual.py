@@ -13,7 +13,7 @@ product's defaults apply except the overrides in ``OVERRIDES`` (each with its re
 the CPU budget forces. Pilots train on a development split carved from each domain's
 TRAINING file (the last ``DEV_EXAMPLES`` train examples are its holdout; the reported
 holdouts are never read) and are all logged to ``pilots.json`` in the work directory.
-Runs execute in separate processes (``--jobs`` at once), one torch thread each, niced.
+Runs execute in separate processes (``--jobs`` at once), one torch thread each.
 """
 
 from __future__ import annotations
@@ -366,7 +366,10 @@ def cmd_report(args) -> None:
     general = args.general.parent / "SOURCE.json"
     if general.is_file():
         meta["config"]["general_holdout"] = json.loads(general.read_text())
-    report = build_report(args.work_dir, meta)
+    previous = DOCS / "continual.json"
+    recorded_pilot = json.loads(previous.read_text()).get("pilot") if previous.is_file() \
+        else None
+    report = build_report(args.work_dir, meta, recorded_pilot)
     DOCS.mkdir(parents=True, exist_ok=True)
     (DOCS / "continual.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_runs(report, DOCS)

@@ -234,7 +234,7 @@ def markdown_section(report: dict[str, Any]) -> str:
     span = timings.get("benchmark_span_seconds") or 0
     lines += ["", f"Wall time: pilots {sum(timings['pilots_seconds']) / 60:.0f} min of compute "
               f"(2 at a time), benchmark runs {span / 60:.0f} min wall from the first run's "
-              "start to the last one's end (2 runs at a time, 1 torch thread each, niced, on a "
+              "start to the last one's end (2 runs at a time, 1 torch thread each, on a "
               "shared 2-core machine).", ""]
     lines += [f"Note: {note}" for note in report.get("notes") or []]
     return "\n".join(lines) + "\n"

@@ -222,14 +222,23 @@ def _targets(orders: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_report(work: Path, meta: dict[str, Any]) -> dict[str, Any]:
+def build_report(work: Path, meta: dict[str, Any],
+                 recorded_pilot: dict[str, Any] | None = None) -> dict[str, Any]:
     """continual.json from the run records and pilots under ``work``; ``meta`` holds the
-    settings (request, overrides, harness), the machine and notes."""
+    settings (request, overrides, harness), the machine and notes. ``recorded_pilot`` is the
+    pilot section of an earlier report, kept when ``work`` no longer holds the pilots' raw
+    records (the pilots chose the defaults once; the benchmark does not rerun them)."""
     records = [json.loads(p.read_text()) for p in sorted((work / "runs").glob("bench-*.json"))]
     if not records:
         raise SystemExit(f"no benchmark runs in {work}/runs; run `run` first")
     pilots_path = work / "pilots.json"
     pilots = json.loads(pilots_path.read_text()) if pilots_path.is_file() else []
+    if pilots or recorded_pilot is None:
+        pilot = analyse_pilots(pilots)
+    else:
+        pilot = {**recorded_pilot, "source": "carried over from the earlier report: the "
+                                             "raw pilot records are not in this work "
+                                             "directory"}
     runs, checks = [], []
     for record in sorted(records, key=lambda r: (r["order"], MODES.index(r["mode"]),
                                                  r["seed"])):
@@ -270,7 +279,7 @@ def build_report(work: Path, meta: dict[str, Any]) -> dict[str, Any]:
     return {
         "model": MODEL_ID, "domains": list(DOMAIN_ORDER), "orders_run": list(orders),
         "config": meta["config"], "base_losses": base,
-        "pilot": analyse_pilots(pilots),
+        "pilot": pilot,
         "runs": runs,
         "summary": {m: _summary(rs, base) for m, rs in pooled.items() if rs},
         "modular_vs_frozen_pct": first["modular_vs_frozen_pct"] if first else None,
@@ -280,7 +289,7 @@ def build_report(work: Path, meta: dict[str, Any]) -> dict[str, Any]:
                             "over prior domains; mean ± sample std (ddof=1) over seeds",
         "paper": PAPER,
         "timings": {"runs_seconds": {r["source"]: r["seconds"] for r in runs if "seconds" in r},
-                    "pilots_seconds": [p["seconds"] for p in pilots],
+                    "pilots_seconds": [p["seconds"] for p in pilot["attempts"]],
                     "benchmark_span_seconds": round(span, 1) if span else None,
                     **meta.get("timings", {})},
         "machine": meta.get("machine"), "notes": meta.get("notes") or [],
