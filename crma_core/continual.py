@@ -176,6 +176,8 @@ class ContinualRunner(StageScoring, StageOutput):
                 model.add_adapter(adapter, lora_config(self.config.lora))
             load_lora(model, adapter, state_dir / LORAS_DIR / adapter)
         copies = [(e["holdout"], holdout_path(state_dir, e)) for e in state["domains"]]
+        copies += [(e["route_centroid"], state_dir / e["route_centroid"])
+                   for e in state["domains"] if e.get("route_centroid")]
         if state.get("general"):
             copies.append((GENERAL_HOLDOUT, holdout_path(state_dir, state["general"])))
             self.general = dict(state["general"])
@@ -239,6 +241,7 @@ class ContinualRunner(StageScoring, StageOutput):
         model, crma = self.built.model, self.built.crma
 
         base_loss = self._base_loss(holdout) if self.config.score_base else None
+        centroid = self._route_centroid(index, Path(domain.train_file))
         if self.general is not None and "base_loss" not in self.general:
             self.general["base_loss"] = self._base_loss(self._general_batches())
         self._activate(adapter, trainable=True)
@@ -305,7 +308,7 @@ class ContinualRunner(StageScoring, StageOutput):
                                      checkpoint_on_stop)
         del optimizer
         self._commit(index, domain, adapter, holdout_copy, base_loss, row, serving, general,
-                     baseline)
+                     baseline, centroid)
         result.row = row
         result.report = self.report()
         self.domains[-1]["stage"] = result.summary()
@@ -337,14 +340,15 @@ class ContinualRunner(StageScoring, StageOutput):
 
     def _commit(self, index: int, domain: DomainSpec, adapter: str, holdout_copy: Path,
                 base_loss: float | None, row: list[float], serving: list[int] | None,
-                general: dict[int, float], baseline: dict[str, Any] | None) -> None:
+                general: dict[int, float], baseline: dict[str, Any] | None,
+                centroid: str | None = None) -> None:
         """Record a finished stage: its domain entry, matrix row, serving and snapshots."""
         self.domains.append({
             "index": index, "name": domain.name, "adapter": adapter,
             "holdout": f"{HOLDOUTS_DIR}/d{index}.jsonl",
             "holdout_sha256": sha256_file(holdout_copy),
             "train_sha256": sha256_file(Path(domain.train_file)),
-            "base_loss": base_loss, "baseline": baseline,
+            "base_loss": base_loss, "baseline": baseline, "route_centroid": centroid,
         })
         for i, loss in general.items():
             self.domains[i]["general_loss"] = loss

@@ -70,8 +70,10 @@ class StageOutput:
                     with self._crma_weights(self.snapshots[k]):
                         save_crma(crma, tmp / crma_state_dir(k))
             (tmp / HOLDOUTS_DIR).mkdir()
-            for relative in [e["holdout"] for e in self.domains] + (
+            centroids = [e["route_centroid"] for e in self.domains if e.get("route_centroid")]
+            for relative in [e["holdout"] for e in self.domains] + centroids + (
                     [GENERAL_HOLDOUT] if self.general else []):
+                (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(self._workdir / relative, tmp / relative)
             write_json(tmp / REPORT_FILE, self.report())
             write_json(tmp / STATE_FILE, self.state_dict())

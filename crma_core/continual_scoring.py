@@ -14,11 +14,13 @@ import torch
 
 from crma_core.callbacks import TrainCallbacks
 from crma_core.clipping import make_clipper
-from crma_core.continual_state import GENERAL_HOLDOUT, HOLDOUTS_DIR, adapter_name, baseline_adapter
+from crma_core.continual_state import (GENERAL_HOLDOUT, HOLDOUTS_DIR, ROUTING_DIR, adapter_name,
+                                       baseline_adapter)
 from crma_core.data import eval_batches, load_examples
 from crma_core.loop import LoopState, evaluate_loss, train_loop
 from crma_core.optim import make_optimizer
 from crma_core.recipe import lora_config, optimizer_groups
+from crma_core.routing import domain_centroid, save_centroid
 
 FINISHED = ("completed", "max_steps", "budget")
 
@@ -113,6 +115,27 @@ class StageScoring:
         """The untrained base model's loss: every LoRA and the CRMA switched off."""
         with self._crma_enabled(False), self.built.model.disable_adapter():
             return evaluate_loss(self.built.model, batches)
+
+    def _route_centroid(self, index: int, train_file: Path) -> str | None:
+        """Domain ``index``'s routing centroid (crma_core.routing) from its training prompts
+        under the untrained base model, written to the work directory; its path there (None
+        in naive mode, whose one adapter serves every domain, or with no usable prompt)."""
+        if self.config.mode == "naive":
+            return None
+        model = self.built.model
+        was_training = model.training
+        model.eval()
+        try:
+            with self._crma_enabled(False), model.disable_adapter():
+                centroid = domain_centroid(model.get_base_model().get_decoder(),
+                                           self.built.tokenizer, train_file)
+        finally:
+            model.train(was_training)
+        if centroid is None:
+            return None
+        relative = f"{ROUTING_DIR}/d{index}.safetensors"
+        save_centroid(centroid, self._workdir / relative)
+        return relative
 
     def _score(self, index: int) -> float:
         """L[now][index]: domain ``index``'s holdout with its LoRA (+ the current CRMA)."""

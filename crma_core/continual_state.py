@@ -46,6 +46,7 @@ from crma_core.continual_config import (  # noqa: F401 - re-exported
 )
 from crma_core.errors import CheckpointError
 from crma_core.io import load_tensors, save_tensors, sha256_file, write_json
+from crma_core.routing import CENTROID_FILE
 
 STATE_FORMAT = "crma-continual-state"
 STATE_VERSION = 2  # 2: per-domain CRMA snapshots, serving, baseline, general holdout
@@ -54,6 +55,7 @@ REPORT_FILE = "report.json"
 LORAS_DIR = "loras"
 CRMA_DIR = "crma"
 HOLDOUTS_DIR = "holdouts"
+ROUTING_DIR = "routing"  # each domain's routing centroid (crma_core.routing)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 NAIVE_ADAPTER = "shared"
@@ -228,6 +230,9 @@ def export_bundle(state_dir: Path, out_dir: Path, *, title: str | None = None) -
         else:
             item["lora"] = f"{LORAS_DIR}/{i}-{name}"
             shutil.copytree(state_dir / LORAS_DIR / entry["adapter"], out_dir / item["lora"])
+            if entry.get("route_centroid"):  # the engine's router reads it from there
+                shutil.copy2(state_dir / entry["route_centroid"],
+                             out_dir / item["lora"] / CENTROID_FILE)
         if entry.get("baseline"):
             item["baseline_lora"] = f"{BASELINE_DIR}/{i}-{name}"
             shutil.copytree(state_dir / LORAS_DIR / entry["baseline"]["adapter"],

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from crma_core.routing import CENTROID_FILE, load_centroid
 from serving.errors import AdapterIncompatible
 from serving.requests import AdapterSpec
 from serving.sources import AdapterFiles
@@ -50,6 +51,7 @@ class LoadedAdapter:
     nbytes: int
     load_ms: float
     loaded_at: float
+    route_centroid: torch.Tensor | None = None  # a continual domain's (crma_core.routing)
 
     @property
     def id(self) -> str:
@@ -190,8 +192,16 @@ def load_adapter(spec: AdapterSpec, files: AdapterFiles, model: nn.Module, *,
         read, wm, attach = read_crma(files.crma_dir, hidden_size=hidden_size,
                                      num_layers=num_layers, adapter_id=spec.id,
                                      device=weight.device)
-    tensors = [t for f in factors for t in (f.a, f.b)] + [t for t in (read, wm) if t is not None]
+    centroid_file = files.lora_dir / CENTROID_FILE
+    centroid = load_centroid(centroid_file) if centroid_file.is_file() else None
+    if centroid is not None and centroid.shape != ((num_layers + 1) * hidden_size,):
+        raise AdapterIncompatible(f"adapter {spec.id!r}: its routing centroid has shape "
+                                  f"{tuple(centroid.shape)}, not this model's "
+                                  f"({(num_layers + 1) * hidden_size},)", param="adapter")
+    tensors = [t for f in factors for t in (f.a, f.b)] + [
+        t for t in (read, wm, centroid) if t is not None]
     return LoadedAdapter(spec=spec, factors=factors, crma_read=read, crma_wm=wm,
+                         route_centroid=centroid,
                          crma_attach=attach, rank=max(f.a.shape[0] for f in factors),
                          nbytes=sum(t.numel() * t.element_size() for t in tensors),
                          load_ms=(time.perf_counter() - started) * 1000, loaded_at=time.time())

@@ -166,20 +166,25 @@ class Usage:
 
 @dataclass(frozen=True)
 class Routing:
-    """How a routed request chose its domain: mean prompt NLL per domain, time spent."""
+    """How a routed request chose its domain: the router ("centroid": cosine similarity to
+    each domain's centroid, higher is nearer; "prompt_loss": mean prompt NLL under each
+    domain's adapter, lower is better), every domain's score, time spent."""
 
     domain: str
     scores: dict[str, float]
     ms: float
+    router: str = "prompt_loss"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"domain": self.domain, "scores": dict(self.scores), "ms": round(self.ms, 3)}
+        return {"domain": self.domain, "router": self.router, "scores": dict(self.scores),
+                "ms": round(self.ms, 3)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Routing | None:
         if not data:
             return None
-        return cls(domain=data["domain"], scores=dict(data["scores"]), ms=float(data["ms"]))
+        return cls(domain=data["domain"], scores=dict(data["scores"]), ms=float(data["ms"]),
+                   router=data.get("router", "prompt_loss"))
 
 
 @dataclass

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crma_core.routing import accuracy_report, holdout_prompts
+from crma_core.routing import CENTROID_METHOD, METHOD, accuracy_report, holdout_prompts
 from serving.errors import InvalidRequest
 from serving.requests import AdapterSpec
 
@@ -31,6 +31,7 @@ def routing_accuracy(engine: Any, domains: list[DomainHoldout], *,
               for d in domains]
     confusion: dict[str, dict[str, int]] = {d.domain: {} for d in domains}
     times: list[float] = []
+    methods: set[str] = set()
     skipped = 0
     started = time.perf_counter()
     for domain in domains:
@@ -43,6 +44,10 @@ def routing_accuracy(engine: Any, domains: list[DomainHoldout], *,
             row = confusion[domain.domain]
             row[routing.domain] = row.get(routing.domain, 0) + 1
             times.append(routing.ms)
-    report = accuracy_report(confusion, times_ms=times, skipped=skipped)
+            methods.add(routing.router)
+    router = methods.pop() if len(methods) == 1 else "mixed"
+    report = accuracy_report(confusion, times_ms=times, skipped=skipped,
+                             method=CENTROID_METHOD if router == "centroid" else METHOD)
+    report["router"] = router
     report["wall_s"] = round(time.perf_counter() - started, 3)
     return report

@@ -41,6 +41,10 @@ def test_the_inference_bench_runs_end_to_end(tmp_path):
         assert result[hop]["added_ms_p50_json"] is not None
     routing = result["routing"]
     assert routing["accuracy"]["examples"] == 10 and routing["accuracy"]["accuracy"] is not None
+    # The product's router (centroids next to the LoRAs) and the loss router for comparison.
+    assert routing["accuracy"]["router"] == "centroid"
+    assert routing["accuracy_prompt_loss_router"]["router"] == "prompt_loss"
+    assert routing["accuracy_prompt_loss_router"]["examples"] == 10
     # The API hop: /v1/chat/completions through crma serve against the engine directly.
     hop = result["api_hop"]
     assert hop["target_p50_ms"] == 5.0 and hop["added_ms_p50"] is not None

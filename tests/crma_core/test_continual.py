@@ -275,9 +275,19 @@ def test_a_stage_reports_routing_accuracy_on_the_holdouts_it_stores(runs, model_
     from crma_core.continual_state import holdout_path
     from crma_core.routing import holdout_prompts, state_routing_accuracy
 
+    from crma_core.routing import CENTROID_FILE, load_centroid
+
     state = runs["modular"][1] / "stage-2"
-    export_bundle(state, tmp_path / "bundle")
+    manifest = export_bundle(state, tmp_path / "bundle")
+    # Each domain's LoRA directory carries its routing centroid (what the engine's router
+    # reads), the copy of the one its stage stored, and the report used that router.
+    centroids = [load_centroid(tmp_path / "bundle" / d["lora"] / CENTROID_FILE)
+                 for d in manifest["domains"]]
+    assert all(torch.equal(c, load_centroid(state / e["route_centroid"]))
+               for c, e in zip(centroids, read_state(state)["domains"], strict=True))
+    assert len({tuple(c.tolist()) for c in centroids}) == 3
     report = state_routing_accuracy(model_dir, state, tmp_path / "bundle")
+    assert report["router"] == "centroid"
     assert set(report["per_domain"]) == {"alpha", "beta", "gamma"}
     prompts = sum(len(holdout_prompts(holdout_path(state, entry),
                                       limit=report["prompts_per_domain"]))
@@ -288,3 +298,4 @@ def test_a_stage_reports_routing_accuracy_on_the_holdouts_it_stores(runs, model_
     naive = runs["naive"][1] / "stage-2"
     export_bundle(naive, tmp_path / "naive")
     assert state_routing_accuracy(model_dir, naive, tmp_path / "naive") is None
+    assert not list((tmp_path / "naive").rglob(CENTROID_FILE))

@@ -141,10 +141,44 @@ def test_continual_bundle_layouts_route(make_engine, adapter_root, tmp_path, per
     assert decision.domain == result.domain and set(decision.scores) == {"a1", "a2"}
 
 
+def _write_centroids(tiny_dir, root, names, lora_dirs):
+    """Each domain's routing centroid from its training prompts, as a continual stage writes
+    it (crma_core.routing.domain_centroid under the base model), into its LoRA directory."""
+    from crma_core.recipe import load_base_model, load_tokenizer
+    from crma_core.routing import CENTROID_FILE, domain_centroid, save_centroid
+
+    base, tokenizer = load_base_model(tiny_dir).eval(), load_tokenizer(tiny_dir)
+    for name, lora_dir in zip(names, lora_dirs, strict=True):
+        save_centroid(domain_centroid(base.get_decoder(), tokenizer,
+                                      root / f"{name}-train.jsonl"), lora_dir / CENTROID_FILE)
+
+
+def test_the_centroid_router_reads_the_base_model_under_a_merged_adapter(make_engine,
+                                                                         tiny_dir):
+    """The engine's routing features equal the plain base model's, whatever adapter is
+    merged into its weights at the time (its delta is hooked out, CRMA switched off)."""
+    from crma_core.recipe import load_base_model
+    from crma_core.routing import decoder_features
+    from serving.routing import base_features
+
+    engine = make_engine()
+    adapter = engine.cache.acquire(AdapterSpec(**spec("a1")))[0]
+    ids = engine.tokenizer("what is 12 plus 12? the quick brown fox").input_ids
+    engine.scheduler.call(lambda: (engine.weights.activate(adapter),
+                                   engine.residual.activate(adapter))).result(10)
+    served = engine.scheduler.call(lambda: base_features(
+        engine.model, engine.residual, ids, engine.weights.merged)).result(10)
+    plain = decoder_features(load_base_model(tiny_dir).eval().get_decoder(), ids)
+    assert torch.allclose(served, plain, atol=1e-4)
+    assert engine.weights.merged is adapter and engine.residual.active is adapter
+
+
+@pytest.mark.parametrize("router", ["prompt_loss", "centroid"])
 def test_the_run_reports_routing_accuracy_of_the_engines_router(make_engine, trained_domains,
-                                                                tiny_dir, tmp_path):
+                                                                tiny_dir, tmp_path, router):
     """crma_core.routing.bundle_routing_accuracy (what the worker puts in a run's report) on
-    a continual bundle of the two trained domains picks what the engine's router picks."""
+    a continual bundle of the two trained domains picks what the engine's router picks,
+    with the centroids a stage writes (the centroid router) and without (prompt loss)."""
     import json
 
     from crma_core.continual_state import BUNDLE_FORMAT
@@ -164,8 +198,12 @@ def test_the_run_reports_routing_accuracy_of_the_engines_router(make_engine, tra
                         "crma": f"crma/after-{index}", "baseline_lora": None})
     (run / "manifest.json").write_text(json.dumps({"format": BUNDLE_FORMAT,
                                                    "domains": entries}))
+    if router == "centroid":
+        _write_centroids(tiny_dir, root, [d.domain for d in domains],
+                         [run / e["lora"] for e in entries])
     report = bundle_routing_accuracy(tiny_dir, run, {d.domain: d.holdout for d in domains},
                                      per_domain=10)
+    assert report["router"] == router
     assert report["examples"] == 20 and report["accuracy"] >= 0.9, report["confusion"]
 
     engine = make_engine()
@@ -174,6 +212,7 @@ def test_the_run_reports_routing_accuracy_of_the_engines_router(make_engine, tra
         DomainHoldout(e["name"], AdapterSpec(id=f"r:{e['name']}", location="run",
                                              lora=e["lora"], crma=e["crma"]), d.holdout)
         for e, d in zip(entries, domains, strict=True)], per_domain=10)
+    assert through_engine["router"] == router and through_engine["method"] == report["method"]
     assert report["confusion"] == through_engine["confusion"]
 
     one = run.parent / "one"
