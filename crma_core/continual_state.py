@@ -46,7 +46,6 @@ from crma_core.continual_config import (  # noqa: F401 - re-exported
 )
 from crma_core.errors import CheckpointError
 from crma_core.io import load_tensors, save_tensors, sha256_file, write_json
-from crma_core.routing import CENTROID_FILE
 
 STATE_FORMAT = "crma-continual-state"
 STATE_VERSION = 2  # 2: per-domain CRMA snapshots, serving, baseline, general holdout
@@ -56,6 +55,8 @@ LORAS_DIR = "loras"
 CRMA_DIR = "crma"
 HOLDOUTS_DIR = "holdouts"
 ROUTING_DIR = "routing"  # each domain's routing centroid (crma_core.routing)
+# The centroid's name in a domain's LoRA folder of a bundle, where the engine reads it.
+CENTROID_FILE = "route_centroid.safetensors"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 NAIVE_ADAPTER = "shared"

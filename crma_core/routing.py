@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from crma_core.continual_state import CENTROID_FILE, holdout_path, read_state
+
 # Longer prompts are scored on their last tokens: the cost stays bounded and the tail is
 # where a chat prompt's own words are (the template's system text comes first).
 MAX_ROUTE_TOKENS = 256
@@ -41,7 +43,6 @@ TEXT_PROMPT_CHARS = 300
 METHOD = "lowest mean prompt NLL among the domain adapters (LoRA + CRMA)"
 CENTROID_METHOD = ("nearest domain centroid of the base model's prompt features (every "
                    "layer's mean hidden state), cosine after centring")
-CENTROID_FILE = "route_centroid.safetensors"
 # Training prompts a domain's centroid averages (the first ones of its training file).
 CENTROID_PROMPTS = 64
 # Prompts per domain the report routes: fewer as domains grow (each is scored under every
@@ -286,8 +287,6 @@ def _loss_choices(base: torch.nn.Module, bundle_dir: Path, entries: Sequence[dic
 def state_routing_accuracy(model_dir: Path, state_dir: Path, bundle_dir: Path, *,
                            device: str = "cpu") -> dict[str, Any] | None:
     """``bundle_routing_accuracy`` of a stage's bundle on the holdouts its state stores."""
-    from crma_core.continual_state import holdout_path, read_state
-
     state = read_state(Path(state_dir))
     holdouts = {entry["name"]: holdout_path(Path(state_dir), entry)
                 for entry in state["domains"]}
