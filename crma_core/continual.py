@@ -341,7 +341,7 @@ class ContinualRunner(StageScoring, StageOutput):
     def _commit(self, index: int, domain: DomainSpec, adapter: str, holdout_copy: Path,
                 base_loss: float | None, row: list[float], serving: list[int] | None,
                 general: dict[int, float], baseline: dict[str, Any] | None,
-                centroid: str | None = None) -> None:
+                centroid: str | None) -> None:
         """Record a finished stage: its domain entry, matrix row, serving and snapshots."""
         self.domains.append({
             "index": index, "name": domain.name, "adapter": adapter,

@@ -14,12 +14,12 @@ Two routers, one per kind of bundle:
   CRMA state that serves it) gives the prompt the lowest mean next-token negative
   log-likelihood.
 
-The loss router's scoring primitive (``routing_window`` + ``mean_prompt_nll``) is shared by the inference
-engine, which scores every candidate in one batched pass (serving/routing.py), and by the
-routing accuracy a run's report carries (``bundle_routing_accuracy``: each holdout prompt
-scored under every domain's served pair, at the end of each stage, in the worker). Both
-read a holdout example's prompt the same way (``holdout_prompts``) and render it with the
-model's chat template (``prompt_ids``), so the report measures the router the engine runs.
+The loss router's scoring primitive (``routing_window`` + ``mean_prompt_nll``) is shared by
+the inference engine, which scores every candidate in one batched pass (serving/routing.py),
+and by the routing accuracy a run's report carries (``bundle_routing_accuracy``, at the end
+of each stage, in the worker). Both routers read a holdout example's prompt the same way
+(``holdout_prompts``) and render it with the model's chat template (``prompt_ids``), in the
+engine and in the report alike, so the report measures the router the engine runs.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def domain_centroid(decoder: torch.nn.Module, tokenizer: Any, train_file: Path, 
     reading of any format) under ``decoder`` with its adapters off; None if none fits."""
     rows = [decoder_features(decoder, routing_window(ids))
             for fields in holdout_prompts(Path(train_file), limit=limit)
-            if len(ids := prompt_ids(tokenizer, **fields)) >= 1]
+            if (ids := prompt_ids(tokenizer, **fields))]
     return centroid_of(torch.stack(rows)) if rows else None
 
 

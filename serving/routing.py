@@ -6,10 +6,11 @@ residual switched off for that one pass, so the features are the base model's, a
 centroids are.
 
 Loss router (otherwise): the domain whose adapter gives the prompt the lowest mean negative
-log-likelihood. All candidates are scored in one forward pass: the prompt is repeated once per candidate
-and hooks add, row by row, that candidate's LoRA delta and CRMA residual to the base model
-(S-LoRA style). Whatever adapter is merged into the weights at the time is taken out of
-every row by subtracting its delta, so routing never has to switch the merged weights.
+log-likelihood. All candidates are scored in one forward pass: the prompt is repeated once
+per candidate and hooks add, row by row, that candidate's LoRA delta and CRMA residual to
+the base model (S-LoRA style). Whatever adapter is merged into the weights at the time is
+taken out of every row by subtracting its delta, so routing never has to switch the merged
+weights.
 """
 
 from __future__ import annotations
