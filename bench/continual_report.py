@@ -97,6 +97,25 @@ def analyse_pilots(pilots: list[dict[str, Any]]) -> dict[str, Any]:
             "reverse_order_confirmation": confirm[0]["score"] if confirm else None}
 
 
+def pilots_from_report(section: dict[str, Any]) -> list[dict[str, Any]]:
+    """The raw pilot records ``analyse_pilots`` reads, rebuilt from a report's ``pilot``
+    section (for a work directory that lost pilots.json: the pilots chose the defaults once
+    and are not rerun). A modular attempt's served matrix stands in for its shared one
+    (within the drift budget both give the same served losses, so the same score); the
+    frozen pilot's base losses come back from its own-improvement figures."""
+    records = []
+    for attempt in section["attempts"]:
+        record = {k: attempt[k] for k in ("tag", "mode", "order", "lr_rw_base", "domains",
+                                          "matrix", "seconds", "started_at", "parallel",
+                                          "config")}
+        if attempt["mode"] == "frozen":
+            record["base_losses"] = [
+                attempt["matrix"][i][i] / (1 - attempt["own_improvement_pct"][name] / 100)
+                for i, name in enumerate(attempt["domains"])]
+        records.append(record)
+    return records
+
+
 # -- runs ------------------------------------------------------------------------------------
 def frozen_from_baseline(record: dict[str, Any]) -> dict[str, Any]:
     """Frozen mode's run record from a modular run's baseline (its losses never move)."""
@@ -227,18 +246,16 @@ def build_report(work: Path, meta: dict[str, Any],
     """continual.json from the run records and pilots under ``work``; ``meta`` holds the
     settings (request, overrides, harness), the machine and notes. ``recorded_pilot`` is the
     pilot section of an earlier report, kept when ``work`` no longer holds the pilots' raw
-    records (the pilots chose the defaults once; the benchmark does not rerun them)."""
+    records: the records are rebuilt from it (``pilots_from_report``)."""
     records = [json.loads(p.read_text()) for p in sorted((work / "runs").glob("bench-*.json"))]
     if not records:
         raise SystemExit(f"no benchmark runs in {work}/runs; run `run` first")
     pilots_path = work / "pilots.json"
-    pilots = json.loads(pilots_path.read_text()) if pilots_path.is_file() else []
-    if pilots or recorded_pilot is None:
-        pilot = analyse_pilots(pilots)
+    if pilots_path.is_file():
+        pilots = json.loads(pilots_path.read_text())
     else:
-        pilot = {**recorded_pilot, "source": "carried over from the earlier report: the "
-                                             "raw pilot records are not in this work "
-                                             "directory"}
+        pilots = pilots_from_report(recorded_pilot) if recorded_pilot else []
+    pilot = analyse_pilots(pilots)
     runs, checks = [], []
     for record in sorted(records, key=lambda r: (r["order"], MODES.index(r["mode"]),
                                                  r["seed"])):
@@ -289,7 +306,7 @@ def build_report(work: Path, meta: dict[str, Any],
                             "over prior domains; mean ± sample std (ddof=1) over seeds",
         "paper": PAPER,
         "timings": {"runs_seconds": {r["source"]: r["seconds"] for r in runs if "seconds" in r},
-                    "pilots_seconds": [p["seconds"] for p in pilot["attempts"]],
+                    "pilots_seconds": [p["seconds"] for p in pilots],
                     "benchmark_span_seconds": round(span, 1) if span else None,
                     **meta.get("timings", {})},
         "machine": meta.get("machine"), "notes": meta.get("notes") or [],

@@ -167,3 +167,20 @@ def test_a_partial_benchmark_reports_what_ran(work, tmp_path):
     assert report["targets"]["reverse"]["naive_drift_ge_10"] == {"value": None, "met": None}
     text = markdown_section(report)
     assert "n/a (one seed)" in text and "not run" in text
+
+
+def test_pilots_rebuilt_from_the_published_report_give_its_scores_and_choice():
+    """A work directory without pilots.json: the records rebuilt from the report's pilot
+    section (pilots_from_report) analyse to the same scores and the same chosen rate as the
+    published docs/benchmarks/continual.json."""
+    from bench.continual_report import pilots_from_report
+
+    published = json.loads((Path(harness.DOCS) / "continual.json").read_text())["pilot"]
+    rebuilt = analyse_pilots(pilots_from_report(published))
+    assert rebuilt["chosen_lr_rw_base"] == published["chosen_lr_rw_base"]
+    scored = [a for a in published["attempts"] if "score" in a]
+    assert scored and [a.get("score") for a in rebuilt["attempts"]] == pytest.approx(
+        [a.get("score") for a in published["attempts"]], abs=1e-9)
+    frozen = next(a for a in rebuilt["attempts"] if a["mode"] == "frozen")
+    assert frozen["own_improvement_pct"] == pytest.approx(next(
+        a for a in published["attempts"] if a["mode"] == "frozen")["own_improvement_pct"])
