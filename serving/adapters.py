@@ -64,6 +64,7 @@ class LoadedAdapter:
     def info(self) -> dict[str, Any]:
         return {"id": self.id, "location": self.spec.location, "rank": self.rank,
                 "lora_modules": len(self.factors), "crma": self.has_crma,
+                "route_centroid": self.route_centroid is not None,
                 "bytes": self.nbytes, "load_ms": round(self.load_ms, 3),
                 "loaded_at": self.loaded_at}
 

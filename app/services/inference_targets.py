@@ -46,6 +46,9 @@ CHECKPOINT_SERVING_DIR = "serving"
 LORA_WEIGHTS = "adapter_model.safetensors"
 LORA_CONFIG = "adapter_config.json"
 CRMA_WEIGHTS = "crma.safetensors"
+# A continual domain's routing centroid, in its LoRA folder (crma_core.continual_state's
+# CENTROID_FILE; named again here because the API does not import torch).
+ROUTE_CENTROID = "route_centroid.safetensors"
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,11 @@ def _adapter(account_id: str, owner_id: str, files: dict[str, tuple[str, str]], 
         raise Conflict(f"The adapter of {owner_id} is no longer stored.", param="model",
                        code="model_not_ready")
     crma_file = files.get(_join(crma, CRMA_WEIGHTS)) if crma is not None else None
-    digest = hashlib.sha256(f"{weights[1]}:{crma_file[1] if crma_file else ''}".encode())
+    content = f"{weights[1]}:{crma_file[1] if crma_file else ''}"
+    centroid = files.get(_join(lora, ROUTE_CENTROID))
+    if centroid is not None:  # the engine caches by id: one id, one content
+        content += f":{centroid[1]}"
+    digest = hashlib.sha256(content.encode())
     return EngineAdapter(
         id=f"{id_prefix}.{digest.hexdigest()[:16]}", location=location,
         lora=_relative_dir(location, config[0]),
@@ -248,7 +255,8 @@ def _served_domains(session: Session, run: ContinualRun,
     entries = manifest.get("domains") or []
     wanted = []
     for entry in entries:
-        wanted += [_join(entry["lora"], LORA_WEIGHTS), _join(entry["lora"], LORA_CONFIG)]
+        wanted += [_join(entry["lora"], name)
+                   for name in (LORA_WEIGHTS, LORA_CONFIG, ROUTE_CENTROID)]
         if entry.get("crma"):
             wanted.append(_join(entry["crma"], CRMA_WEIGHTS))
     files = _artifact_keys(session, run.account_id, run.id, wanted)

@@ -1,12 +1,15 @@
 """A continual run of two clearly different domains, trained for real on the tiny model, called
 through the API with no `domain`: the engine's router sends each held-out prompt to the
-domain it came from, and every answer says which domain served it."""
+domain it came from, and every answer says which domain served it. Once with the routing
+centroids a continual stage stores next to each LoRA (the centroid router, fetched from the
+object store with the LoRA) and once without (a bundle from before them: the loss router)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 
+import httpx
 import openai
 import pytest
 
@@ -35,12 +38,14 @@ def color_rows(count: int, offset: int = 0) -> list[dict]:
             for i in range(offset, offset + count)]
 
 
-@pytest.fixture(scope="module")
-def trained_run(adapters, pg_url, inference_settings, tmp_path_factory):
+@pytest.fixture(scope="module", params=["prompt_loss", "centroid"])
+def trained_run(request, adapters, pg_url, inference_settings, tmp_path_factory):
     """Two domains (sums, colors), each a LoRA + CRMA trained with crma_core's Recipe, as a
-    published continual-run bundle of a tenant."""
+    published continual-run bundle of a tenant; with the centroids or without."""
     from crma_core import CRMAConfig, LoraSettings, Recipe, TrainConfig
-    from crma_core.continual_state import BUNDLE_FORMAT
+    from crma_core.continual_state import BUNDLE_FORMAT, CENTROID_FILE
+    from crma_core.recipe import load_base_model, load_tokenizer
+    from crma_core.routing import domain_centroid, save_centroid
 
     root = tmp_path_factory.mktemp("routing-run")
     data = {"sums": (arithmetic_chat_rows(24), arithmetic_chat_rows(10, offset=100)),
@@ -57,6 +62,11 @@ def trained_run(adapters, pg_url, inference_settings, tmp_path_factory):
         recipe.export_artifacts(root / name)
         recipe.cleanup()
         shutil.copytree(root / name / "lora", bundle / f"loras/{index}-{name}")
+        if request.param == "centroid":  # what a continual stage writes there
+            base = load_base_model(adapters["model"]).eval()
+            save_centroid(domain_centroid(base.get_decoder(), load_tokenizer(adapters["model"]),
+                                          root / f"{name}.jsonl"),
+                          bundle / f"loras/{index}-{name}" / CENTROID_FILE)
         (bundle / f"crma/after-{index}").mkdir(parents=True)
         for file in ("crma.safetensors", "crma_config.json"):
             shutil.copy2(root / name / file, bundle / f"crma/after-{index}" / file)
@@ -86,11 +96,11 @@ def trained_run(adapters, pg_url, inference_settings, tmp_path_factory):
                                bundle_dir=bundle, attempt=1)
         insert_artifacts(session, account_id=tenant.account_id, owner_id=run_id, files=stored)
     return tenant, run_model_name(model=MODEL, account_id=tenant.account_id, run_id=run_id), \
-        holdouts
+        holdouts, request.param
 
 
-def test_held_out_prompts_go_to_their_own_domain(api, trained_run) -> None:
-    tenant, model, holdouts = trained_run
+def test_held_out_prompts_go_to_their_own_domain(api, trained_run, engine_url) -> None:
+    tenant, model, holdouts, router = trained_run
     client = openai.OpenAI(base_url=f"{api.url}/v1", api_key=tenant.key, max_retries=0,
                            timeout=60)
     chosen = {name: [] for name in holdouts}
@@ -103,3 +113,14 @@ def test_held_out_prompts_go_to_their_own_domain(api, trained_run) -> None:
     right = sum(domain == name for name, picks in chosen.items() for domain in picks)
     assert right >= 18, chosen  # of 20
     assert all(picks.count(name) >= 8 for name, picks in chosen.items()), chosen
+    # The engine loaded this run's adapters with their centroids exactly when it has them
+    # (the API asks for the file by the name crma_core writes it under).
+    from app.services.inference_targets import ROUTE_CENTROID
+    from crma_core.continual_state import CENTROID_FILE
+
+    assert ROUTE_CENTROID == CENTROID_FILE
+    run_id = model.rsplit(":", 1)[-1]
+    loaded = [a for a in httpx.get(f"{engine_url}/adapters").json()["adapters"]
+              if a["id"].startswith(run_id)]
+    assert len(loaded) == 2, loaded
+    assert all(a["route_centroid"] == (router == "centroid") for a in loaded), loaded
