@@ -143,10 +143,12 @@ def test_stop_ends_children_and_escalates_to_sigkill_for_the_whole_group() -> No
 def test_children_end_when_the_supervising_process_is_killed(tmp_path: Path) -> None:
     """SIGKILL of the parent: a child that honours SIGTERM ends (parent-death signal); one
     that ignores it is SIGKILLed with its group once the grace period is over."""
-    follow = ("import os, sys\n"
+    # Every line goes out in one write: three processes share the pipe, and print() may
+    # write a line in pieces that another process's line lands between.
+    follow = ("import os, sys, time\n"
               "from crma_cli.parent_watch import follow_parent\n"
               "follow_parent(int(sys.argv[1]), grace_s=float(sys.argv[2]))\n"
-              "print('following', os.getpid(), flush=True)\n")
+              "os.write(1, f'following {os.getpid()}\\n'.encode())\n")
     script = (
         "import os, sys, time\n"
         "from crma_cli.supervisor import ChildSpec, Supervisor\n"
@@ -160,7 +162,7 @@ def test_children_end_when_the_supervising_process_is_killed(tmp_path: Path) -> 
         " 'import time\\n' + follow + stubborn, me, '3']),\n"
         "], grace_s=3)\n"
         "sup.start()\n"
-        "print('pids', *sup.pids().values(), flush=True)\n"
+        "os.write(1, ('pids ' + ' '.join(map(str, sup.pids().values())) + '\\n').encode())\n"
         "time.sleep(600)\n")
     stderr = tmp_path / "stderr.log"
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
