@@ -66,6 +66,7 @@ def routing_section(engine: Any, directory: Path, args: argparse.Namespace) -> d
 def _route_set(engine: Any, directory: Path, args: argparse.Namespace, key: str, kind: str,
                files: dict[str, tuple[Path, Path]], *, time_requests: bool) -> dict[str, Any]:
     from crma_core import CRMAConfig, LoraSettings, Recipe, TrainConfig
+    from crma_core.routing import write_centroids
     from serving.requests import AdapterSpec
     from serving.routing_eval import DomainHoldout, holdout_prompts, routing_accuracy
     from serving.sources import LocalAdapterSource
@@ -89,7 +90,8 @@ def _route_set(engine: Any, directory: Path, args: argparse.Namespace, key: str,
         finally:
             recipe.cleanup()
     training_s = time.perf_counter() - started
-    _write_centroids(directory, files, bundles)
+    write_centroids(directory, {train: bundles / name / "lora"
+                                for name, (train, _) in files.items()})
     loss_only = _without_centroids(bundles)
     previous = engine.source
     per_domain = 20 if not args.tiny else 5
@@ -118,19 +120,6 @@ def _route_set(engine: Any, directory: Path, args: argparse.Namespace, key: str,
     finally:
         engine.source = previous
     return result
-
-
-def _write_centroids(model_dir: Path, files: dict[str, tuple[Path, Path]],
-                     bundles: Path) -> None:
-    """Each domain's routing centroid from its training file, as a continual stage writes
-    it (crma_core.routing.domain_centroid under the base model), into its LoRA folder."""
-    from crma_core.recipe import load_base_model, load_tokenizer
-    from crma_core.routing import CENTROID_FILE, domain_centroid, save_centroid
-
-    base, tokenizer = load_base_model(model_dir).eval(), load_tokenizer(model_dir)
-    for name, (train_file, _) in files.items():
-        save_centroid(domain_centroid(base.get_decoder(), tokenizer, train_file),
-                      bundles / name / "lora" / CENTROID_FILE)
 
 
 def _without_centroids(bundles: Path) -> Path:

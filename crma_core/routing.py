@@ -115,6 +115,19 @@ def domain_centroid(decoder: torch.nn.Module, tokenizer: Any, train_file: Path, 
     return centroid_of(torch.stack(rows)) if rows else None
 
 
+def write_centroids(model_dir: Path, lora_dirs: Mapping[Path, Path]) -> None:
+    """For adapters trained outside a continual run: each training file's centroid (keys)
+    under ``model_dir``'s base model, written into its LoRA folder (values) where a stage's
+    bundle keeps it (``CENTROID_FILE``)."""
+    from crma_core.recipe import load_base_model, load_tokenizer
+
+    base, tokenizer = load_base_model(Path(model_dir)).eval(), load_tokenizer(Path(model_dir))
+    for train_file, lora_dir in lora_dirs.items():
+        centroid = domain_centroid(base.get_decoder(), tokenizer, train_file)
+        if centroid is not None:
+            save_centroid(centroid, Path(lora_dir) / CENTROID_FILE)
+
+
 def holdout_prompts(path: Path, *, limit: int | None = None) -> list[dict[str, Any]]:
     """The prompt part of each holdout example, as request fields: chat -> the messages
     before the last assistant turn; prompt/completion -> the prompt; text -> its start."""

@@ -141,18 +141,6 @@ def test_continual_bundle_layouts_route(make_engine, adapter_root, tmp_path, per
     assert decision.domain == result.domain and set(decision.scores) == {"a1", "a2"}
 
 
-def _write_centroids(tiny_dir, root, names, lora_dirs):
-    """Each domain's routing centroid from its training prompts, as a continual stage writes
-    it (crma_core.routing.domain_centroid under the base model), into its LoRA directory."""
-    from crma_core.recipe import load_base_model, load_tokenizer
-    from crma_core.routing import CENTROID_FILE, domain_centroid, save_centroid
-
-    base, tokenizer = load_base_model(tiny_dir).eval(), load_tokenizer(tiny_dir)
-    for name, lora_dir in zip(names, lora_dirs, strict=True):
-        save_centroid(domain_centroid(base.get_decoder(), tokenizer,
-                                      root / f"{name}-train.jsonl"), lora_dir / CENTROID_FILE)
-
-
 def test_the_centroid_router_reads_the_base_model_under_a_merged_adapter(make_engine,
                                                                          tiny_dir):
     """The engine's routing features equal the plain base model's, whatever adapter is
@@ -199,8 +187,10 @@ def test_the_run_reports_routing_accuracy_of_the_engines_router(make_engine, tra
     (run / "manifest.json").write_text(json.dumps({"format": BUNDLE_FORMAT,
                                                    "domains": entries}))
     if router == "centroid":
-        _write_centroids(tiny_dir, root, [d.domain for d in domains],
-                         [run / e["lora"] for e in entries])
+        from crma_core.routing import write_centroids
+
+        write_centroids(tiny_dir, {root / f"{d.domain}-train.jsonl": run / e["lora"]
+                                   for d, e in zip(domains, entries, strict=True)})
     report = bundle_routing_accuracy(tiny_dir, run, {d.domain: d.holdout for d in domains},
                                      per_domain=10)
     assert report["router"] == router

@@ -43,9 +43,8 @@ def trained_run(request, adapters, pg_url, inference_settings, tmp_path_factory)
     """Two domains (sums, colors), each a LoRA + CRMA trained with crma_core's Recipe, as a
     published continual-run bundle of a tenant; with the centroids or without."""
     from crma_core import CRMAConfig, LoraSettings, Recipe, TrainConfig
-    from crma_core.continual_state import BUNDLE_FORMAT, CENTROID_FILE
-    from crma_core.recipe import load_base_model, load_tokenizer
-    from crma_core.routing import domain_centroid, save_centroid
+    from crma_core.continual_state import BUNDLE_FORMAT
+    from crma_core.routing import write_centroids
 
     root = tmp_path_factory.mktemp("routing-run")
     data = {"sums": (arithmetic_chat_rows(24), arithmetic_chat_rows(10, offset=100)),
@@ -62,11 +61,6 @@ def trained_run(request, adapters, pg_url, inference_settings, tmp_path_factory)
         recipe.export_artifacts(root / name)
         recipe.cleanup()
         shutil.copytree(root / name / "lora", bundle / f"loras/{index}-{name}")
-        if request.param == "centroid":  # what a continual stage writes there
-            base = load_base_model(adapters["model"]).eval()
-            save_centroid(domain_centroid(base.get_decoder(), load_tokenizer(adapters["model"]),
-                                          root / f"{name}.jsonl"),
-                          bundle / f"loras/{index}-{name}" / CENTROID_FILE)
         (bundle / f"crma/after-{index}").mkdir(parents=True)
         for file in ("crma.safetensors", "crma_config.json"):
             shutil.copy2(root / name / file, bundle / f"crma/after-{index}" / file)
@@ -75,6 +69,9 @@ def trained_run(request, adapters, pg_url, inference_settings, tmp_path_factory)
         holdouts[name] = write_jsonl(root / f"{name}-holdout.jsonl", holdout)
     (bundle / "manifest.json").write_text(json.dumps({"format": BUNDLE_FORMAT,
                                                       "domains": entries}))
+    if request.param == "centroid":  # what a continual stage writes next to each LoRA
+        write_centroids(adapters["model"], {root / f"{name}.jsonl": bundle / entry["lora"]
+                                            for name, entry in zip(data, entries, strict=True)})
     tenant = create_tenant(pg_url, plan="pro", credit_micros=10_000_000)
     with session_scope(pg_url) as session:
         run_id = new_id("continual_run")
