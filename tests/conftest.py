@@ -73,11 +73,17 @@ def running_engine(engine_args: list[str], *, log: Path, env: dict[str, str]) ->
         wait_until_healthy(url, process, 120, lambda: log.read_text()[-3000:])
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, 20)
+
+
+def stop_process(process: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM, then SIGKILL if ``process`` is still running ``grace_s`` later."""
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def create_database() -> str:

@@ -39,6 +39,8 @@ def live_api(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
     from race_helpers import free_port
 
+    from tests.conftest import stop_process
+
     root = Path(__file__).resolve().parents[2]
     data = tmp_path_factory.mktemp("live_api")
     port = free_port()
@@ -71,10 +73,5 @@ def live_api(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             time.sleep(0.2)
         yield base
     finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
+        stop_process(server, 15)
         log.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = "<!-- walkthrough -->"
@@ -140,9 +140,5 @@ def test_readme_walkthrough_against_crma_dev(tmp_path: Path) -> None:
         _check_served_pair(base, headers, run, data_dir / "models" / "smollm2-135m-instruct",
                            tmp_path / "run-bundle")
     finally:
-        server.terminate()
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server, 60)
         log.close()

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_process
 from tests.web.browser import CHROMIUM_ARGS, find_chromium
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,11 +114,7 @@ def running_dev(tmp: Path, extra_env: dict[str, str] | None = None) -> Iterator[
         yield DevServer(base=base, key=account["api_key"], account_id=account["account_id"],
                         data_dir=data_dir, log=log_path)
     finally:
-        server.terminate()
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server, 60)
         log.close()
 
 
