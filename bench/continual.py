@@ -3,7 +3,7 @@ code, finance) in both orders, the three modes, several seeds, each run stage by
 through crma_core's ``run_stage`` (what a /v1/continual/runs stage job calls) with a config
 built from settings a user could pass to the API.
 
-    python bench/continual.py pilot  --lr-rw-base 2e-5 [--mode modular] [--order forward]
+    python bench/continual.py pilot  --attempt modular:reverse:2e-5:1 [--attempt ...]
     python bench/continual.py run    [--seeds 0,1,2] [--orders forward,reverse] [--jobs 2]
     python bench/continual.py report        # docs/benchmarks/continual.json + PNGs + docs
 
@@ -276,24 +276,36 @@ def _job(args, *, tag: str, request: dict[str, Any], order: str, split: str,
 # -- commands ----------------------------------------------------------------------------------
 def cmd_pilot(args) -> None:
     """Pilots on the development split: every attempt is logged with its settings, figures
-    and wall time (pilots.json); the report picks lr_rw by the rule fixed in
-    bench/continual_report.py (PILOT_RULE) before any pilot ran."""
+    and wall time (pilots.json, started from the published report's pilot section when the
+    work directory has none); the report picks lr_rw by the rule of the current round,
+    fixed in bench/continual_report.py (PILOT_ROUNDS) before its pilots ran."""
+    from bench.continual_report import CURRENT_PILOT_ROUND, pilots_from_report
+
     args.model_dir = ensure_model(args.model_dir)
     ensure_domain_files(args.data_dir)
+    log = args.work_dir / "pilots.json"
+    published = DOCS / "continual.json"
+    if not log.is_file() and published.is_file():
+        section = json.loads(published.read_text()).get("pilot")
+        if section:
+            log.write_text(json.dumps(pilots_from_report(section), indent=2) + "\n")
     jobs = []
     for spec in args.attempt:
-        mode, order, lr = spec.split(":")
+        mode, order, lr, *seed = spec.split(":")
+        seed = int(seed[0]) if seed else 0
         extra = {} if lr == "-" else {"crma_learning_rate": float(lr)}
-        request = api_request(mode=mode, seed=0, **extra)
+        request = api_request(mode=mode, seed=seed, **extra)
         request["score_base"] = mode == "frozen"
-        tag = f"pilot-{mode}-{order}" + (f"-rw{lr}" if extra else "")
+        tag = (f"pilot-{mode}-{order}" + (f"-rw{lr}" if extra else "")
+               + (f"-seed{seed}" if seed else "")
+               + (f"-round{CURRENT_PILOT_ROUND}" if mode != "frozen" else ""))
         jobs.append(_job(args, tag=tag, request=request, order=order, split="dev"))
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     records = _run_jobs(jobs, args.jobs)
-    log = args.work_dir / "pilots.json"
     pilots = json.loads(log.read_text()) if log.is_file() else []
     for record in records:
         pilots.append({"tag": record["tag"], "mode": record["mode"], "order": record["order"],
+                       "seed": record["seed"], "round": CURRENT_PILOT_ROUND,
                        "lr_rw_base": record["request"]["hyperparameters"].get(
                            "crma_learning_rate", record["request"]["hyperparameters"].get(
                                "lr_rw_base")),
@@ -389,8 +401,8 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--jobs", type=int, default=2)
         if name == "pilot":
             p.add_argument("--attempt", action="append", required=True,
-                           help="mode:order:lr_rw_base ('-' = the default), e.g. "
-                                "modular:forward:2e-5")
+                           help="mode:order:lr_rw_base[:seed] ('-' = the default rate; "
+                                "seed 0 if left out), e.g. modular:reverse:2e-5:1")
         if name == "run":
             p.add_argument("--modes", default="modular,naive",
                            help="frozen mode's figures come from modular's baseline; "

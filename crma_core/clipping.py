@@ -1,4 +1,5 @@
-"""Gradient clipping: ZClip (adaptive, z-score on an EMA of the norm), plain max-norm, or none.
+"""Gradient clipping: ZClip (adaptive, z-score on an EMA of the norm), plain max-norm, or none,
+applied per optimizer group (``PerGroupClip``, what ``make_clipper`` builds).
 
 Each clips in place over a list of parameters and return the global L2 gradient norm
 *before* clipping (the number to log) and whether clipping happened. Their state is a small
@@ -8,7 +9,7 @@ dict of floats so checkpoints stay JSON.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,18 @@ def scale_grads(params: Iterable[torch.nn.Parameter], norm: float, max_norm: flo
     return True
 
 
-class MaxNormClip:
+# (group name, its parameters): what the optimizer step hands a clipper.
+ParamGroups = Sequence[tuple[str, list[torch.nn.Parameter]]]
+
+
+class _OneNorm:
+    """A clipper over one norm: ``clip_groups`` clips every group's gradients together."""
+
+    def clip_groups(self, groups: ParamGroups) -> tuple[float, bool]:
+        return self.clip([p for _, params in groups for p in params])  # type: ignore[attr-defined]
+
+
+class MaxNormClip(_OneNorm):
     """Classic clip-by-global-norm at a fixed ``max_grad_norm``."""
 
     def __init__(self, max_grad_norm: float = 1.0):
@@ -51,7 +63,7 @@ class MaxNormClip:
         self.max_grad_norm = float(state["max_grad_norm"])
 
 
-class NoClip:
+class NoClip(_OneNorm):
     """No clipping; the norm is still measured (for the metrics and the non-finite check)."""
 
     def clip(self, params: list[torch.nn.Parameter]) -> tuple[float, bool]:
@@ -65,7 +77,7 @@ class NoClip:
 
 
 @dataclass
-class ZClip:
+class ZClip(_OneNorm):
     """ZClip (Kumar et al. 2025, arXiv 2504.02507), z-score mode with adaptive scaling.
 
     First ``warmup_steps`` steps: clip at the fixed ``max_grad_norm`` and collect the norms;
@@ -145,8 +157,65 @@ class ZClip:
         self.buffer = [float(x) for x in state["buffer"]]
 
 
-def make_clipper(kind: str, max_grad_norm: float | None) -> ZClip | MaxNormClip | NoClip:
-    """"zclip" (default recipe), "max_norm" or "none"."""
+Clipper = ZClip | MaxNormClip | NoClip
+
+
+class PerGroupClip:
+    """One clipper per optimizer group (LoRA, CRMA read/write, mixing, gate), each clipping
+    its group's gradients on that group's own norm.
+
+    Why not one global norm: the group with the largest gradients then sets the scale for
+    all. CRMA's read/write projections see the raw residual stream and their gradient norm
+    runs about four times the LoRA's, so under a global clip the LoRA normally got a quarter of
+    the allowed norm, while a LoRA gradient spike (which dominates the global norm) went
+    through at the full norm: a step about four times the LoRA's usual. A continual stage on
+    SmolLM2 diverged that way (docs/benchmarks.md). An optimizer with one group (LoRA only)
+    clips exactly as the global rule did. The logged norm stays the global one.
+    """
+
+    def __init__(self, make: Callable[[], Clipper]):
+        self._make = make
+        self.clippers: dict[str, Clipper] = {}
+        self._inherited: dict[str, Any] | None = None
+
+    def _for(self, name: str) -> Clipper:
+        if name not in self.clippers:
+            clipper = self._make()
+            if self._inherited is not None:
+                clipper.load_state_dict(self._inherited)
+            self.clippers[name] = clipper
+        return self.clippers[name]
+
+    def clip_groups(self, groups: ParamGroups) -> tuple[float, bool]:
+        norm = grad_norm(p for _, params in groups for p in params)
+        clipped = False
+        for name, params in groups:
+            clipped = self._for(name).clip(params)[1] or clipped
+        return norm, clipped
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "per_group",
+                "groups": {name: c.state_dict() for name, c in self.clippers.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != "per_group":
+            # A checkpoint from before per-group clipping holds one global clipper: every
+            # group continues from its statistics.
+            self.clippers, self._inherited = {}, state
+            return
+        self.clippers = {}
+        for name, group_state in state["groups"].items():
+            self._for(name).load_state_dict(group_state)
+
+
+def make_clipper(kind: str, max_grad_norm: float | None) -> PerGroupClip:
+    """The recipe's clipper: "zclip" (default), "max_norm" or "none", per optimizer group."""
+    one_clipper(kind, max_grad_norm)  # a bad kind fails here, not at the first step
+    return PerGroupClip(lambda: one_clipper(kind, max_grad_norm))
+
+
+def one_clipper(kind: str, max_grad_norm: float | None) -> Clipper:
+    """"zclip", "max_norm" or "none" over one norm."""
     if kind == "zclip":
         return ZClip(max_grad_norm=max_grad_norm)
     if kind == "max_norm":

@@ -70,7 +70,7 @@ OPTIMIZER_POLICY = {
             "are reset at every domain too)",
     "crma": "re-created at every domain: each domain's stage has its own warm-up/decay "
             "schedule and optimizer, so no moments carry over (the CRMA weights do)",
-    "clipper": "fresh ZClip/max-norm state for every domain",
+    "clipper": "fresh ZClip/max-norm state per optimizer group for every domain",
     "lr_schedule": "restarts at every domain (warm-up, then decay over that domain's steps)",
 }
 

@@ -20,7 +20,6 @@ from torch import nn
 from crma_core.data import IGNORE_INDEX, narrow_packed, scored_tokens, split_batch
 from crma_core.loss import LossOptions, lm_head_loss_and_correct
 from crma_core.memory import MemoryLimit
-from crma_core.optim import trainable_parameters
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
@@ -147,7 +146,8 @@ def run_step(model: nn.Module, batch: dict[str, torch.Tensor], *,
     loss, scored, correct, passes = accumulate_gradients(
         model, batch, micro_batch_size=micro_batch_size, loss_options=loss_options,
         memory=memory)
-    norm, clipped = clipper.clip(trainable_parameters(optimizer))
+    norm, clipped = clipper.clip_groups([(group.get("name", str(i)), group["params"])
+                                         for i, group in enumerate(optimizer.param_groups)])
     if math.isfinite(norm):
         optimizer.step()
     return StepResult(loss=loss, grad_norm=norm, clipped=clipped, scored_tokens=scored,

@@ -142,6 +142,43 @@ def test_pilot_rule_prefers_the_best_served_score_then_the_smaller_rate():
         "medical"] == pytest.approx(20.0)
 
 
+def test_a_later_round_picks_the_rate_with_the_best_worst_pilot():
+    """Round 2 pilots each rate on every (seed, order) of the round against the frozen pilot
+    of the same seed and order, and scores a rate by its worst pilot: a rate that wins on
+    one seed but loses badly on another is not chosen; a rate missing a cell is not a
+    candidate; round 1 records (no round/seed) keep their own choice."""
+    def lower(own, final):
+        return [[own[i] if i == t else final[i] for i in range(t + 1)] for t in range(4)]
+
+    def pilot(tag, mode, lr, order, seed, loss, rnd=2):
+        return {"tag": tag, "mode": mode, "order": order, "lr_rw_base": lr, "seed": seed,
+                "round": rnd, "domains": list(DOMAIN_ORDER), "matrix": lower([loss] * 4,
+                                                                             [loss] * 4),
+                "base_losses": [2.5] * 4, "config": {}, "seconds": 1.0, "started_at": "t",
+                "parallel": 1}
+
+    old = [pilot("f0", "frozen", None, "forward", 0, 2.0, rnd=1),
+           pilot("r1", "modular", 5e-6, "forward", 0, 1.9, rnd=1)]
+    for record in old:
+        del record["seed"], record["round"]
+    new = [pilot("f1", "frozen", None, "reverse", 1, 2.0),
+           # 5e-6: best on seed 0 forward, 4% worse than frozen on seed 1 reverse.
+           pilot("a0", "modular", 5e-6, "forward", 0, 1.9),
+           pilot("a1", "modular", 5e-6, "reverse", 1, 2.08),
+           pilot("b0", "modular", 2e-6, "forward", 0, 1.99),
+           pilot("b1", "modular", 2e-6, "reverse", 1, 1.995),
+           pilot("c0", "modular", 1e-6, "forward", 0, 1.5)]  # one cell only
+    result = analyse_pilots(old + new)
+    first, second = result["rounds"]
+    assert first["round"] == 1 and first["chosen_lr_rw_base"] == 5e-6
+    assert second["chosen_lr_rw_base"] == result["chosen_lr_rw_base"] == 2e-6
+    assert second["chosen_tags"] == ["b0", "b1"] and set(second["candidates"]) == {"5e-06",
+                                                                                    "2e-06"}
+    assert second["candidates"]["5e-06"]["score"] == pytest.approx(-4.0)
+    assert second["candidates"]["2e-06"]["score"] == pytest.approx(0.25)
+    assert "per optimizer group" in second["clipping"] and "WORST" in result["rule"]
+
+
 def test_the_section_replaces_only_its_own_part(tmp_path: Path) -> None:
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\n## Continual learning\n\nold\n\n## GPU throughput\n\nkept\n")

@@ -1,11 +1,12 @@
-"""T14: ZClip; plus the plain max-norm clip."""
+"""T14: ZClip; plus the plain max-norm clip, and clipping per optimizer group."""
 
+import json
 import math
 
 import pytest
 import torch
 
-from crma_core.clipping import MaxNormClip, ZClip, grad_norm, make_clipper
+from crma_core.clipping import MaxNormClip, PerGroupClip, ZClip, grad_norm, make_clipper, one_clipper
 
 
 def _params_with_grad(norm: float) -> list[torch.nn.Parameter]:
@@ -92,7 +93,48 @@ def test_max_norm_clip():
 
 
 def test_make_clipper():
-    assert isinstance(make_clipper("zclip", 1.0), ZClip)
-    assert isinstance(make_clipper("max_norm", 1.0), MaxNormClip)
+    assert isinstance(make_clipper("zclip", 1.0), PerGroupClip)
+    assert isinstance(one_clipper("zclip", 1.0), ZClip)
+    assert isinstance(one_clipper("max_norm", 1.0), MaxNormClip)
     with pytest.raises(ValueError):
         make_clipper("value", 1.0)
+
+
+def test_per_group_clip_holds_each_group_to_its_own_norm():
+    """A large group (CRMA read/write) no longer sets the scale of a small one (the LoRA):
+    each is clipped to max_grad_norm on its own norm; the logged norm is the global one."""
+    lora, rw = _params_with_grad(0.5), _params_with_grad(6.0)
+    norm, clipped = make_clipper("max_norm", 1.0).clip_groups([("main", lora), ("rw", rw)])
+    assert clipped and norm == pytest.approx((0.5 ** 2 + 6.0 ** 2) ** 0.5)
+    assert grad_norm(lora) == pytest.approx(0.5) and grad_norm(rw) == pytest.approx(1.0, rel=1e-5)
+    # Under one global norm the LoRA would have been scaled down with the read/write group.
+    lora, rw = _params_with_grad(0.5), _params_with_grad(6.0)
+    MaxNormClip(1.0).clip_groups([("main", lora), ("rw", rw)])
+    assert grad_norm(lora) < 0.1
+
+
+def test_per_group_clip_with_one_group_is_the_global_clip():
+    grouped, single = make_clipper("zclip", 1.0), ZClip(max_grad_norm=1.0)
+    for scale in [0.5, 2.0, 0.7, 30.0, 0.9] * 8:
+        a, b = _params_with_grad(scale), _params_with_grad(scale)
+        assert grouped.clip_groups([("main", a)]) == single.clip(b)
+        assert grad_norm(a) == grad_norm(b)
+
+
+def test_per_group_clip_state_round_trip_and_global_checkpoints():
+    clip = make_clipper("zclip", 1.0)
+    for scale in (0.5, 3.0, 0.8):
+        clip.clip_groups([("main", _params_with_grad(scale)), ("rw", _params_with_grad(5 * scale))])
+    state = json.loads(json.dumps(clip.state_dict()))
+    restored = make_clipper("zclip", 1.0)
+    restored.load_state_dict(state)
+    assert restored.state_dict() == state
+    # A checkpoint written with one global ZClip: every group continues from its statistics.
+    old = ZClip(max_grad_norm=1.0)
+    for scale in (0.5, 3.0):
+        old.clip(_params_with_grad(scale))
+    resumed = make_clipper("zclip", 1.0)
+    resumed.load_state_dict(old.state_dict())
+    resumed.clip_groups([("main", _params_with_grad(0.5)), ("rw", _params_with_grad(0.5))])
+    groups = resumed.state_dict()["groups"]
+    assert groups["main"]["step_count"] == groups["rw"]["step_count"] == old.step_count + 1

@@ -57,11 +57,15 @@ def test_clipping_choice_reaches_the_clipper(tiny_model_dirs, chat_files, clip, 
     recipe = _run(tiny_model_dirs["llama"], chat_files, steps=steps, clip=clip,
                   max_grad_norm=max_norm, max_steps=2, lr_main=1e-2)
     try:
-        assert isinstance(recipe.clipper, kind)
-        assert getattr(recipe.clipper, "max_grad_norm", None) == max_norm
         recipe.train()
+        groups = {g["name"] for g in recipe.optimizer.param_groups}
     finally:
         recipe.cleanup()
+    # One clipper of the chosen kind per optimizer group.
+    clippers = recipe.clipper.clippers
+    assert set(clippers) == groups and len(groups) > 1
+    assert all(isinstance(c, kind) and getattr(c, "max_grad_norm", None) == max_norm
+               for c in clippers.values())
     if clip == "none":
         assert not any(s.clipped for s in steps)
 
