@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from crma_core import CRMAConfig, LoraSettings  # noqa: E402
-from crma_core.clipping import ZClip  # noqa: E402
+from crma_core.clipping import make_clipper  # noqa: E402
 from crma_core.loop import train_step  # noqa: E402
 from crma_core.model_store import SMOLLM2_ID, ModelStore  # noqa: E402
 from crma_core.optim import make_optimizer  # noqa: E402
@@ -80,7 +80,7 @@ class Arm:
         self.built = build_model(directory, lora=lora, crma=crma, seed=0)
         self.built.model.train()
         self.optimizer = make_optimizer(**optimizer_groups(self.built.model, self.built.crma))
-        self.clipper = ZClip()
+        self.clipper = make_clipper("zclip", 1.0)  # the recipe's: ZClip per optimizer group
         self.times: list[float] = []  # CPU seconds per step
         self.wall: list[float] = []
         self.stats_times: list[float] = []
