@@ -93,8 +93,9 @@ def markdown_section(report: dict[str, Any]) -> str:
         f"linear decay, drift budget {request['drift_budget_pct']}%) except the overrides "
         "the CPU forces, listed below. Modular runs train the frozen baseline alongside "
         "(`baseline: true`): frozen mode's figures are that baseline (the same computation "
-        "as a frozen-mode run, checked bit for bit in tests/crma_core/test_continual_budget.py and, on this benchmark, by "
-        "the separate frozen-mode runs under *Frozen cross-check*). Raw numbers: "
+        "as a frozen-mode run, checked bit for bit in tests/crma_core/test_continual_budget.py "
+        "and, on this benchmark, by the separate frozen-mode runs under *Frozen cross-check*). "
+        "Raw numbers: "
         "`docs/benchmarks/continual.json`; plots: `docs/benchmarks/continual_<order>_"
         "<mode>_seed0.png` (served loss matrices) and `continual_<order>_vs_baseline.png`.",
         "", "### What CRMA adds over one LoRA per domain", "",

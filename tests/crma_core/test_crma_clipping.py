@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from crma_core.clipping import MaxNormClip, PerGroupClip, ZClip, grad_norm, make_clipper, one_clipper
+from crma_core.clipping import (MaxNormClip, PerGroupClip, ZClip, grad_norm, make_clipper,
+                                one_clipper)
 
 
 def _params_with_grad(norm: float) -> list[torch.nn.Parameter]:
