@@ -19,6 +19,7 @@ Runs execute in separate processes (``--jobs`` at once), one torch thread each.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -262,7 +263,13 @@ def audit(state_dir: Path, names: list[str], files: dict[str, dict[str, Path]],
 def _run_jobs(jobs: list[dict[str, Any]], parallel: int) -> list[dict[str, Any]]:
     if parallel <= 1 or len(jobs) <= 1:
         return [run_one(job) for job in jobs]
-    with ProcessPoolExecutor(max_workers=parallel, max_tasks_per_child=1) as pool:
+    from crma_cli.parent_watch import follow_parent
+
+    # Spawned children do not die with this process on their own: stopping a benchmark
+    # once left two runs training (and writing cached records) beside the next command.
+    with ProcessPoolExecutor(max_workers=parallel, max_tasks_per_child=1,
+                             initializer=functools.partial(follow_parent, grace_s=5.0),
+                             initargs=(os.getpid(),)) as pool:
         return list(pool.map(run_one, jobs))
 
 
