@@ -168,7 +168,8 @@ def continual_report(matrix: Matrix, domains: Sequence[str],
     Keys: domains, matrix (ragged), matrix_square (None above the diagonal), diagonal,
     drift_pct (per prior domain, by name), drift_mean_pct, bwt (loss-based, nats), and, when
     ``base_losses`` (the untrained base model's loss per holdout) are given, base_losses and
-    own_improvement_pct = 100·(base_i − L[i][i]) / base_i.
+    own_improvement_pct = 100·(base_i − L[i][i]) / base_i, with ``warnings`` for stages
+    that left their own domain worse than the base model (``stage_warnings``).
     """
     check_matrix(matrix)
     if len(domains) != len(matrix):
@@ -204,7 +205,21 @@ def continual_report(matrix: Matrix, domains: Sequence[str],
         report["own_improvement_pct"] = [
             None if base is None else -relative_change_pct(base, matrix[i][i])
             for i, base in enumerate(base_losses)]
+        report["warnings"] = stage_warnings(report["own_improvement_pct"], domains)
     return report
+
+
+def stage_warnings(own_improvement_pct: Sequence[float | None],
+                   domains: Sequence[str]) -> list[dict[str, Any]]:
+    """A stage that left its own domain worse than the untrained base model diverged: the
+    drift budget guards earlier domains against later stages, not a stage's own result, so
+    the report says so for the user to retrain or serve the baseline instead."""
+    return [{"domain": domains[i], "code": "stage_worse_than_base_model",
+             "own_improvement_pct": pct,
+             "message": f"training on {domains[i]} left its holdout loss {-pct:.2f}% above "
+                        "the untrained base model's: the stage diverged; retrain it (another "
+                        "seed or a lower learning rate) or use the baseline LoRA for it"}
+            for i, pct in enumerate(own_improvement_pct) if pct is not None and pct < 0]
 
 
 def plot_loss_matrix(matrix: Matrix, domains: Sequence[str], path: Path, *,

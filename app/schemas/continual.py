@@ -138,7 +138,8 @@ class ContinualRunPublic(BaseModel):
         "holdout under each domain's served adapter vs the base model), `serving` (which "
         "CRMA state serves each domain and why), the served loss matrix L[t][i] (holdout "
         "loss of domain i after stage t), `drift_pct` per earlier domain, and for modular "
-        "the shared CRMA's `shared_matrix` and `shared_drift_pct`."
+        "the shared CRMA's `shared_matrix` and `shared_drift_pct`; `warnings` names a stage "
+        "that left its own domain worse than the untrained base model (it diverged)."
     )
     error: dict[str, Any] | None
 

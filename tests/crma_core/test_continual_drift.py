@@ -43,12 +43,23 @@ def test_advantage_of_modular_over_frozen():
         advantage_pct(frozen, modular[:2])
 
 
+def test_a_stage_worse_than_the_base_model_is_flagged():
+    """The diverged-stage case the benchmark met: the domain's own loss after its stage
+    above the untrained model's."""
+    report = continual_report([[2.0], [2.0, 3.3]], ["medical", "finance"], [2.5, 3.0])
+    [warning] = report["warnings"]
+    assert warning["domain"] == "finance" and warning["code"] == "stage_worse_than_base_model"
+    assert warning["own_improvement_pct"] == pytest.approx(-10.0)
+    assert "10.00% above the untrained base model" in warning["message"]
+
+
 def test_report_and_validation(tmp_path):
     matrix = [[2.0], [2.2, 1.5]]
     report = continual_report(matrix, ["medical", "legal"], [2.5, 3.0])
     assert report["drift_pct"] == {"medical": pytest.approx(10.0)}
     assert report["matrix_square"] == [[2.0, None], [2.2, 1.5]] == square_matrix(matrix)
     assert report["own_improvement_pct"] == pytest.approx([20.0, 50.0])
+    assert report["warnings"] == []
     assert report["bwt"] == pytest.approx(-0.2)
     with pytest.raises(ValueError, match="row 1"):
         drift_pct([[1.0], [1.0]])
