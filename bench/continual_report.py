@@ -207,11 +207,15 @@ def _summary(runs: list[dict[str, Any]], base: dict[str, float] | None) -> dict[
     out = {"seeds": [r["seed"] for r in runs], "drift_mean_pct": drift[0],
            "drift_std_pct": drift[1], "bwt_mean": bwt[0], "bwt_std": bwt[1],
            "peak_drift_mean_pct": peak[0], "peak_drift_std_pct": peak[1]}
-    names = runs[0]["domains"]
     if base:
+        # Each run's own position of the domain: runs of both orders are pooled here.
+        def own(r: dict[str, Any], d: str) -> float:
+            i = r["domains"].index(d)
+            return r["matrix"][i][i]
+
         out["own_improvement_pct"] = {
-            d: mean_std([100 * (base[d] - r["matrix"][i][i]) / base[d] for r in runs])[0]
-            for i, d in enumerate(names)}
+            d: mean_std([100 * (base[d] - own(r, d)) / base[d] for r in runs])[0]
+            for d in runs[0]["domains"]}
     if all(r.get("general") for r in runs):
         changes = [sum(v["change_pct"] for v in r["general"].values()) / len(r["general"])
                    for r in runs]

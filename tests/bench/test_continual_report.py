@@ -111,6 +111,12 @@ def test_report_derives_frozen_and_compares_within_orders(work):
         assert t["modular_drift_le_0.5"]["met"]
         assert t["general_retention_every_mode"]["met"]
     assert report["summary"]["modular"]["seeds"] == [0, 1, 0, 1]  # today's key, both orders
+    # Pooled over both orders, each domain's own improvement is read at its own position in
+    # each order (it was once read by the forward order's index in reverse runs too).
+    for mode in ("modular", "naive"):
+        pooled = report["summary"][mode]["own_improvement_pct"]
+        per_order = [report["orders"][o]["summary"][mode]["own_improvement_pct"] for o in ORDERS]
+        assert pooled == pytest.approx({d: sum(p[d] for p in per_order) / 2 for d in pooled})
     assert set(report["runs"][0]) >= {"seed", "mode", "order", "matrix", "drift_mean_pct"}
     assert report["pilot"]["chosen_lr_rw_base"] == 1e-5
     text = markdown_section(report)
