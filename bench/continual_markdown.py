@@ -202,7 +202,7 @@ def markdown_section(report: dict[str, Any]) -> str:
               "spike went through at about 4× the LoRA's usual step; that is how reverse-order "
               "seed 1's first stage diverged in the previous benchmark (finance ended at 4.075, "
               "above the base model's 3.999; with per-group clipping the same stage reaches "
-              "3.636, frozen's 3.636). LoRA-only training has one group: unchanged.",
+              "3.6355, frozen 3.6362). LoRA-only training has one group: unchanged.",
               f"- Drift budget (`drift_budget_pct`, default {BUDGET_PCT}): after every stage an "
               "earlier domain is served with the newest shared CRMA only if its holdout loss "
               "stays within the budget of the loss its own stage ended with; otherwise it "
