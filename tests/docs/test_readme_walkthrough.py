@@ -71,7 +71,9 @@ def _check_continual_report(run: dict, output: str) -> None:
     assert serving["astronomy"]["crma_state"] == "shared"
     assert serving["cooking"]["crma_state"] in ("shared", "own") and serving["cooking"]["reason"]
     assert report["drift_pct"]["cooking"] <= 0.5
-    for name in ("versus_baseline", "general_retention", "serving", "baseline_tokens"):
+    assert all(w["domain"] in ("cooking", "astronomy") for w in report["warnings"])
+    for name in ("versus_baseline", "general_retention", "serving", "baseline_tokens",
+                 "warnings"):
         assert f'"{name}"' in output, name  # the walkthrough printed it
 
 
