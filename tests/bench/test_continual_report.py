@@ -185,6 +185,24 @@ def test_a_later_round_picks_the_rate_with_the_best_worst_pilot():
     assert "per optimizer group" in second["clipping"] and "WORST" in result["rule"]
 
 
+def test_the_write_up_says_what_was_tried_while_modular_does_not_beat_frozen():
+    from bench.continual_markdown import _beats_frozen_lines
+
+    def report(forward, reverse):
+        return {"targets": {o: {"modular_beats_frozen": {"value": v, "beyond_noise": b}}
+                            for o, (v, b) in (("forward", forward), ("reverse", reverse))},
+                "paper": {"modular_vs_frozen_pct": 1.99, "source": "the paper"},
+                "pilot": {"attempts": [{"mode": "modular", "lr_rw_base": 5e-6},
+                                       {"mode": "frozen", "lr_rw_base": None}]}}
+
+    text = "\n".join(_beats_frozen_lines(report((0.03, False), (0.33, False))))
+    assert "Not beyond the noise" in text and "+0.03% in the forward order" in text
+    assert "+1.99% (the paper)" in text and "5e-6 before the multiplier" in text
+    assert "Not tried" in text
+    assert _beats_frozen_lines(report((0.9, True), (1.2, True))) == []
+    assert _beats_frozen_lines(report((0.9, True), (-1.2, True)))  # beyond noise, but worse
+
+
 def test_the_section_replaces_only_its_own_part(tmp_path: Path) -> None:
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\n## Continual learning\n\nold\n\n## GPU throughput\n\nkept\n")
