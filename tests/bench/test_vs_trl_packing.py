@@ -1,6 +1,6 @@
-"""bench/vs_trl.py --packing-only in its tiny mode (no TRL needed): only the packing part runs,
-merged into the JSON already at --out (the TRL comparison kept), with the short rows' length
-distribution and the work of each layout."""
+"""bench/vs_trl.py --packing-only and --quality-only in the tiny mode (no TRL needed): only
+that part runs, merged into the JSON already at --out (the TRL comparison kept), with the
+short rows' length distribution and the work of each layout, or our holdout losses."""
 
 import json
 
@@ -32,3 +32,24 @@ def test_packing_only_merges_into_the_recorded_json(tmp_path):
         layouts["packed_full_width"]["attention_pairs"]
     assert packing["padding_bound"] == round(
         layouts["unpacked"]["positions"] / layouts["unpacked"]["real_tokens"], 4)
+
+
+def test_quality_only_merges_our_losses_against_the_recorded_trl(tmp_path):
+    from bench import vs_trl
+
+    out = tmp_path / "vs_trl.json"
+    recorded = {"summary": {"medians": {"trl": {"holdout_loss": 5.0}}},
+                "runs": [{"kind": "trl"}], "packing": {"tokens_per_s_ratio": 2.4},
+                "targets_met": {"crma_off_holdout_loss": False, "crma_on_holdout_loss": False}}
+    out.write_text(json.dumps(recorded))
+    assert vs_trl.main(["--tiny", "--quality-only", "--repeats", "1", "--threads", "1",
+                        "--out", str(out), "--work", str(tmp_path / "work")]) == 0
+    data = json.loads(out.read_text())
+    assert data["runs"] == recorded["runs"] and data["packing"] == recorded["packing"]
+    rerun = data["quality_rerun"]
+    assert set(rerun["holdout_loss"]) == {"crma_off", "crma_on", "crma_on_packed",
+                                          "crma_on_unpacked"}
+    for kind in ("crma_off", "crma_on"):
+        ratio = rerun["holdout_loss"][kind] / 5.0
+        assert rerun["holdout_loss_ratio_to_trl"][kind] == ratio
+        assert data["targets_met"][f"{kind}_holdout_loss"] == (ratio <= 1.01)
