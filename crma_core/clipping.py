@@ -1,8 +1,9 @@
 """Gradient clipping: ZClip (adaptive, z-score on an EMA of the norm), plain max-norm, or none,
 applied per optimizer group (``PerGroupClip``, what ``make_clipper`` builds).
 
-Each clips in place over a list of parameters and return the global L2 gradient norm
-*before* clipping (the number to log) and whether clipping happened. Their state is a small
+Each clips in place over a list of parameters (``norm``: their gradient norm when the caller
+has it already) and return the L2 gradient norm *before* clipping (the number to log) and
+whether clipping happened. Their state is a small
 dict of floats so checkpoints stay JSON.
 """
 
@@ -52,8 +53,9 @@ class MaxNormClip(_OneNorm):
     def __init__(self, max_grad_norm: float = 1.0):
         self.max_grad_norm = max_grad_norm
 
-    def clip(self, params: list[torch.nn.Parameter]) -> tuple[float, bool]:
-        norm = grad_norm(params)
+    def clip(self, params: list[torch.nn.Parameter],
+             norm: float | None = None) -> tuple[float, bool]:
+        norm = grad_norm(params) if norm is None else norm
         return norm, scale_grads(params, norm, self.max_grad_norm)
 
     def state_dict(self) -> dict[str, Any]:
@@ -66,8 +68,9 @@ class MaxNormClip(_OneNorm):
 class NoClip(_OneNorm):
     """No clipping; the norm is still measured (for the metrics and the non-finite check)."""
 
-    def clip(self, params: list[torch.nn.Parameter]) -> tuple[float, bool]:
-        return grad_norm(params), False
+    def clip(self, params: list[torch.nn.Parameter],
+             norm: float | None = None) -> tuple[float, bool]:
+        return (grad_norm(params) if norm is None else norm), False
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": "none"}
@@ -137,8 +140,9 @@ class ZClip(_OneNorm):
         self.step_count += 1
         return effective, clipped
 
-    def clip(self, params: list[torch.nn.Parameter]) -> tuple[float, bool]:
-        norm = grad_norm(params)
+    def clip(self, params: list[torch.nn.Parameter],
+             norm: float | None = None) -> tuple[float, bool]:
+        norm = grad_norm(params) if norm is None else norm
         target, clipped = self.observe(norm)
         if clipped:
             scale_grads(params, norm, target)
@@ -187,11 +191,12 @@ class PerGroupClip:
         return self.clippers[name]
 
     def clip_groups(self, groups: ParamGroups) -> tuple[float, bool]:
-        norm = grad_norm(p for _, params in groups for p in params)
-        clipped = False
+        squares, clipped = 0.0, False
         for name, params in groups:
-            clipped = self._for(name).clip(params)[1] or clipped
-        return norm, clipped
+            norm = grad_norm(params)
+            squares += norm * norm
+            clipped = self._for(name).clip(params, norm)[1] or clipped
+        return math.sqrt(squares), clipped
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": "per_group",
