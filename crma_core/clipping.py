@@ -3,8 +3,7 @@ applied per optimizer group (``PerGroupClip``, what ``make_clipper`` builds).
 
 Each clips in place over a list of parameters (``norm``: their gradient norm when the caller
 has it already) and return the L2 gradient norm *before* clipping (the number to log) and
-whether clipping happened. Their state is a small
-dict of floats so checkpoints stay JSON.
+whether clipping happened. Their state is a small dict of floats so checkpoints stay JSON.
 """
 
 from __future__ import annotations
@@ -208,7 +207,7 @@ class PerGroupClip:
             # group continues from its statistics.
             self.clippers, self._inherited = {}, state
             return
-        self.clippers = {}
+        self.clippers, self._inherited = {}, None
         for name, group_state in state["groups"].items():
             self._for(name).load_state_dict(group_state)
 
