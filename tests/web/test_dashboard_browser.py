@@ -431,3 +431,22 @@ def test_the_sse_reader_splits_events_on_any_line_break(page, dev_server: DevSer
         {"event": "message", "data": "line one\nline two", "id": "1"},
         {"event": "done", "data": "succeeded", "id": "1"},
     ]
+
+
+def test_a_diverged_stage_is_shown_above_the_report(page, dev_server: DevServer) -> None:  # noqa: ANN001
+    """The report's warnings (crma_core.drift.stage_warnings) as the run page draws them."""
+    page.goto(dev_server.dashboard)
+    shown = page.evaluate("""async () => {
+        const { stageWarnings } = await import('./js/drift.js');
+        const none = stageWarnings({ warnings: [] });
+        const node = stageWarnings({ warnings: [
+            { domain: "finance", code: "stage_worse_than_base_model", own_improvement_pct: -1.9,
+              message: "training on finance left its holdout loss 1.90% above the untrained base model's" }] });
+        return { none, title: node.querySelector('.alert-title').textContent,
+                 items: [...node.querySelectorAll('li')].map((li) => [li.dataset.domain, li.textContent]),
+                 classes: node.className };
+    }""")
+    assert shown["none"] is None and "tone-warning" in shown["classes"]
+    assert shown["title"] == "A stage diverged"
+    assert shown["items"] == [["finance", "training on finance left its holdout loss 1.90% above "
+                                          "the untrained base model's"]]

@@ -25,6 +25,16 @@ function driftColour(pct) {
 
 /** The loss matrix L[t][i]: the diagonal is each domain just after its own stage; a cell
  * below it is that domain's loss after a later stage, coloured by the change since. */
+/** The report's warnings (a stage left its own domain worse than the untrained model: it
+ * diverged), as one alert above the rest; nothing when there are none. */
+export function stageWarnings(report) {
+  const warnings = report.warnings || [];
+  if (!warnings.length) return null;
+  return h("div", { class: "alert tone-warning stage-warnings", role: "status" },
+    h("p", { class: "alert-title" }, warnings.length === 1 ? "A stage diverged" : `${warnings.length} stages diverged`),
+    h("ul", {}, ...warnings.map((w) => h("li", { "data-domain": w.domain }, w.message))));
+}
+
 export function heatmap(report) {
   const domains = report.domains || [];
   const matrix = report.matrix || [];

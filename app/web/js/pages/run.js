@@ -6,7 +6,7 @@
 import * as api from "../api.js";
 import { artifactsTable } from "../artifacts.js";
 import { badge, button, card, confirmDialog, facts, h, link, mono, pageHeader, replace, table, toast } from "../dom.js";
-import { comparison, driftSummary, generalRetention, heatmap, routingTable, servingTable, versusBaseline } from "../drift.js";
+import { comparison, driftSummary, generalRetention, heatmap, routingTable, servingTable, stageWarnings, versusBaseline } from "../drift.js";
 import { errorView, showingErrors } from "../errors.js";
 import { fieldset, markFieldError, readBody } from "../forms.js";
 import { compact, dateTime, relative } from "../format.js";
@@ -118,6 +118,7 @@ export default {
       const r = run.report;
       replace(report, r && r.matrix && r.matrix.length
         ? h("div", {},
+          stageWarnings(r),
           card("What CRMA adds over one LoRA per domain", versusBaseline(r)),
           h("div", { class: "report-grid" },
             card("Which CRMA state serves each domain", servingTable(r)),
