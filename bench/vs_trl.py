@@ -422,9 +422,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # Merge into the recorded run: its TRL comparison stays, the packing part is new.
         previous = json.loads(Path(args.out).read_text())
         packing["rerun"] = {
-            "command": "python bench/vs_trl.py " + " ".join(args.argv),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "environment": {**result["environment"], "load_average_at_end": os.getloadavg()},
+            **_rerun_record(args, result),
             "note": "only the packing part was run again (--packing-only) and merged here; "
                     "summary, runs and targets_met.crma_* are the earlier run's",
             "runs": runs}
@@ -452,6 +450,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _rerun_record(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
+    """How and when a partial rerun (merged into the recorded JSON) ran."""
+    return {"command": "python bench/vs_trl.py " + " ".join(args.argv),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "environment": {**result["environment"], "load_average_at_end": os.getloadavg()}}
+
+
 def _merge_quality_rerun(args: argparse.Namespace, result: dict[str, Any],
                          runs: list[dict[str, Any]]) -> dict[str, Any]:
     """``--quality-only``: our holdout losses trained again with today's code (TRL's side
@@ -462,9 +467,7 @@ def _merge_quality_rerun(args: argparse.Namespace, result: dict[str, Any],
     trl = previous["summary"]["medians"]["trl"]["holdout_loss"]
     ratios = {k: losses[k] / trl for k in ("crma_off", "crma_on")}
     previous["quality_rerun"] = {
-        "command": "python bench/vs_trl.py " + " ".join(args.argv),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "environment": {**result["environment"], "load_average_at_end": os.getloadavg()},
+        **_rerun_record(args, result),
         "note": "our trainers' holdout losses only, one round, with the code of the date "
                 "(timings are the earlier run's); ratios against the recorded TRL median",
         "holdout_loss": losses, "holdout_loss_ratio_to_trl": ratios, "runs": runs}
