@@ -409,6 +409,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         record["holdout_loss"] = holdout_loss(
             record, model_dir=model_dir, holdout=holdout,
             max_seq_len=args.packing_seq_len if record["packing"] else args.max_seq_len)
+    if args.quality_only:  # the losses are all it reports: no packing summary to build
+        return _merge_quality_rerun(args, result, runs)
     packing = {"dataset": f"{DOMAIN} rows split into single definitions "
                           f"({args.short_rows} rows), crma train with CRMA, "
                           f"--packing into rows of {args.packing_seq_len} tokens "
@@ -416,8 +418,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                **summarize_packing(runs),
                **packing_work(model_dir, files["short_train"],
                               max_seq_len=args.packing_seq_len)}
-    if args.quality_only:
-        return _merge_quality_rerun(args, result, runs)
     if args.packing_only:
         # Merge into the recorded run: its TRL comparison stays, the packing part is new.
         previous = json.loads(Path(args.out).read_text())

@@ -5,18 +5,23 @@ short rows' length distribution and the work of each layout, or our holdout loss
 import json
 
 
-def test_packing_only_merges_into_the_recorded_json(tmp_path):
+def _rerun(tmp_path, recorded: dict, flag: str) -> dict:
+    """Run bench/vs_trl.py with ``flag`` in the tiny mode over ``recorded``; the merged JSON."""
     from bench import vs_trl
 
     out = tmp_path / "vs_trl.json"
+    out.write_text(json.dumps(recorded))
+    assert vs_trl.main(["--tiny", flag, "--repeats", "1", "--threads", "1",
+                        "--out", str(out), "--work", str(tmp_path / "work")]) == 0
+    return json.loads(out.read_text())
+
+
+def test_packing_only_merges_into_the_recorded_json(tmp_path):
     recorded = {"summary": {"crma_off": {"tokens_per_s_ratio": 1.6},
                             "crma_on": {"tokens_per_s_ratio": 1.5}},
                 "runs": [{"kind": "trl"}], "packing": {"tokens_per_s_ratio": 1.0},
                 "targets_met": {"crma_off_tokens_per_s": True, "packing_tokens_per_s": False}}
-    out.write_text(json.dumps(recorded))
-    assert vs_trl.main(["--tiny", "--packing-only", "--repeats", "1", "--threads", "1",
-                        "--out", str(out), "--work", str(tmp_path / "work")]) == 0
-    data = json.loads(out.read_text())
+    data = _rerun(tmp_path, recorded, "--packing-only")
     assert data["summary"] == recorded["summary"] and data["runs"] == recorded["runs"]
     packing = data["packing"]
     assert packing["tokens_per_s_ratio"] > 0 and "--packing-only" in packing["rerun"]["command"]
@@ -35,16 +40,10 @@ def test_packing_only_merges_into_the_recorded_json(tmp_path):
 
 
 def test_quality_only_merges_our_losses_against_the_recorded_trl(tmp_path):
-    from bench import vs_trl
-
-    out = tmp_path / "vs_trl.json"
     recorded = {"summary": {"medians": {"trl": {"holdout_loss": 5.0}}},
                 "runs": [{"kind": "trl"}], "packing": {"tokens_per_s_ratio": 2.4},
                 "targets_met": {"crma_off_holdout_loss": False, "crma_on_holdout_loss": False}}
-    out.write_text(json.dumps(recorded))
-    assert vs_trl.main(["--tiny", "--quality-only", "--repeats", "1", "--threads", "1",
-                        "--out", str(out), "--work", str(tmp_path / "work")]) == 0
-    data = json.loads(out.read_text())
+    data = _rerun(tmp_path, recorded, "--quality-only")
     assert data["runs"] == recorded["runs"] and data["packing"] == recorded["packing"]
     rerun = data["quality_rerun"]
     assert set(rerun["holdout_loss"]) == {"crma_off", "crma_on", "crma_on_packed",
