@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     # or a keep-alive, which it sends every 15 s): never a hang.
     engine_timeout_s: float = 60.0
     engine_retry_after_s: int = 5
+    # `crma engine` compiles its decode step at start (serving/compiled_decode.py): faster
+    # decoding for a slower start; `--no-compile` or CRMA_ENGINE_COMPILE=0 turns it off.
+    engine_compile: bool = True
     inference_prices_micros_per_mtok: dict[str, int] = Field(
         default_factory=lambda: dict(DEFAULT_INFERENCE_PRICES_MICROS_PER_MTOK)
     )

@@ -54,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     engine.add_argument("--device", default="cpu")
     engine.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     engine.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    engine.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="compile the single-sequence decode step at start (faster "
+                             "decoding, a slower start; default: CRMA_ENGINE_COMPILE, on)")
     engine.add_argument("--log-level", default="info")
     engine.add_argument("--wait-for-model", action="store_true",
                         help="if the model is not installed yet, wait for it (crma dev installs "
@@ -126,7 +129,8 @@ def run_engine(args: argparse.Namespace) -> int:
                           max_adapter_bytes=args.max_adapter_mb * MiB,
                           max_tokens_cap=args.max_tokens, switch_every=args.switch_every,
                           context_length=args.context_length, batching=not args.no_batching,
-                          device=args.device, dtype=args.dtype)
+                          device=args.device, dtype=args.dtype,
+                          compile=settings.engine_compile if args.compile is None else args.compile)
     engine = TransformersEngine(model_dir, model_id=model_id,
                                 source=build_source(args, settings), config=config)
     logging.getLogger("crma.engine").info("engine serving %s on http://%s:%d", model_id,

@@ -27,6 +27,8 @@ class EngineConfig:
     max_tokens_cap: the most tokens one request may generate. switch_every: decode steps an
     adapter's group keeps the model while another adapter's requests wait.
     context_length: None uses the model's. batching: several sequences per forward pass.
+    compile: compile the single-sequence decode step at start (serving/compiled_decode.py);
+    the engine then takes a minute or two longer to start on a small CPU.
     """
 
     max_batch: int = 4
@@ -39,6 +41,7 @@ class EngineConfig:
     batching: bool = True
     device: str = "cpu"
     dtype: str = "float32"
+    compile: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_adapters", "max_adapter_bytes", "max_tokens_cap",

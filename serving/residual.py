@@ -1,9 +1,16 @@
 """CRMA's residual in the serving forward pass, through hooks on the decoder layers.
 
-Hooks are installed only while an adapter with a CRMA state is active: the base model and
-LoRA-only adapters run without a single extra Python call. The per-layer work is the
-crma_core function the trainer uses (``apply_adapter``: h + (h @ read) @ wm) on weights
-folded once at load.
+Two ways to hold the hooks:
+
+- installed only while an adapter with a CRMA state is active (the default): the base model
+  and LoRA-only adapters run without a single extra Python call;
+- ``fixed``: installed once, reading one pair of buffers that activation fills (zeros for
+  the base model and LoRA-only adapters: h + 0 is h, bit for bit). The compiled decode step
+  (serving/compiled_decode.py) needs this: its graph is traced with the hooks in it, and a
+  hook set that came and went would send it back to the compiler.
+
+The per-layer work is the crma_core function the trainer uses (``apply_adapter``:
+h + (h @ read) @ wm) on weights folded once at load.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from crma_core.config import CRMAConfig
 from crma_core.layer import apply_adapter
 from crma_core.model import find_decoder
 from serving.adapters import LoadedAdapter
@@ -50,21 +58,59 @@ def remove_hooks(handles: list[Any]) -> None:
 class CRMAResidual:
     """The CRMA of the active adapter, applied on every decoder layer."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, *, fixed_hidden_size: int | None = None):
+        """``fixed_hidden_size``: hold fixed hooks (for a model of that hidden size) at CRMA's
+        default attach point and width; an adapter's CRMA they do not fit gets its own."""
         self.decoder = find_decoder(model)
         self.active: LoadedAdapter | None = None
         self._handles: list[Any] = []
+        self.fixed = fixed_hidden_size is not None
+        if self.fixed:
+            self._hidden = fixed_hidden_size
+            self._device = next(model.parameters()).device
+            defaults = CRMAConfig()
+            self._install_fixed(defaults.attach, defaults.width)
+
+    def signature(self) -> tuple[str, int, bool] | None:
+        """(attach point, width) of the fixed hooks, and whether hooks beyond them are on;
+        None without fixed hooks."""
+        if not self.fixed:
+            return None
+        return self._attach, self._read.shape[2], bool(self._handles)
 
     def activate(self, adapter: LoadedAdapter | None) -> None:
         if adapter is self.active:
             return
-        remove_hooks(self._handles)
         self.active = adapter
-        if adapter is None or not adapter.has_crma:
+        remove_hooks(self._handles)
+        crma = adapter if adapter is not None and adapter.has_crma else None
+        if self.fixed:
+            self._read.zero_()
+            self._wm.zero_()
+            if crma is not None and self._fits(crma):
+                width = crma.crma_read.shape[2]
+                self._read[:, :, :width] = crma.crma_read
+                self._wm[:, :width, :] = crma.crma_wm
+                return
+        if crma is None:
             return
-        read, wm = adapter.crma_read, adapter.crma_wm
+        # Hooks of its own: no fixed hooks, or ones this adapter's CRMA does not fit.
+        read, wm = crma.crma_read, crma.crma_wm
         self._handles = install_layer_hooks(
-            self.decoder, adapter.crma_attach, lambda i, h: apply_adapter(h, read[i], wm[i]))
+            self.decoder, crma.crma_attach, lambda i, h: apply_adapter(h, read[i], wm[i]))
+
+    def _install_fixed(self, attach: str, width: int) -> None:
+        layers = len(self.decoder.layers)
+        self._attach = attach
+        # Zero-padded: a narrower CRMA's extra columns add exact zeros.
+        self._read = torch.zeros(layers, self._hidden, width, device=self._device)
+        self._wm = torch.zeros(layers, width, self._hidden, device=self._device)
+        self._fixed_handles = install_layer_hooks(
+            self.decoder, attach, lambda i, h: apply_adapter(h, self._read[i], self._wm[i]))
+
+    def _fits(self, adapter: LoadedAdapter) -> bool:
+        return (adapter.crma_attach == self._attach
+                and adapter.crma_read.shape[2] <= self._read.shape[2])
 
     def forget(self, adapter: LoadedAdapter) -> None:
         if self.active is adapter:

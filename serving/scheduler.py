@@ -22,6 +22,7 @@ from transformers.cache_utils import DynamicCache
 
 from serving.adapters import LoadedAdapter
 from serving.batch import DecodeBatch, can_batch
+from serving.compiled_decode import CompiledDecode
 from serving.errors import EngineBusy, EngineUnavailable, EngineError
 from serving.residual import CRMAResidual
 from serving.routing import choose_domain
@@ -49,11 +50,12 @@ class Group:
 
 class Scheduler:
     def __init__(self, *, model: Any, weights: MergedWeights, residual: CRMAResidual,
-                 release: Callable[[LoadedAdapter], None], num_layers: int, max_batch: int,
+                 compiled: CompiledDecode, release: Callable[[LoadedAdapter], None], num_layers: int, max_batch: int,
                  max_waiting: int, switch_every: int, batching: bool = True):
         self.model = model
         self.weights = weights
         self.residual = residual
+        self.compiled = compiled
         self.release = release
         self.num_layers = num_layers
         self.max_batch = max_batch
@@ -290,9 +292,12 @@ class Scheduler:
         try:
             tokens = torch.tensor([[s.last_token] for s in batch.rows], device=self.device)
             self.peak_batch = max(self.peak_batch, len(batch))
-            inputs = batch.step_inputs(self.device)
-            logits = self.model(input_ids=tokens, cache=batch.cache, use_cache=True,
-                                **inputs).logits[:, -1]
+            inputs = batch.step_inputs(self.device)  # none: no row is padded
+            logits = None if inputs else self.compiled.decode(tokens, batch.cache)
+            if logits is None:
+                logits = self.model(input_ids=tokens, cache=batch.cache, use_cache=True,
+                                    **inputs).logits
+            logits = logits[:, -1]
             batch.advance()
             reasons = [(s, s.accept(s.sampler(logits[i]))) for i, s in enumerate(batch.rows)]
         except Exception as error:  # noqa: BLE001

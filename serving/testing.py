@@ -6,6 +6,7 @@ the model's output visibly."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -13,8 +14,10 @@ import torch
 def write_random_adapter(model_dir: Path, out_dir: Path, *, seed: int, crma: bool = True,
                          rank: int = 16, alpha: int | None = None,
                          target_modules: str | list[str] = "all-linear",
-                         lora_std: float = 0.3, write_std: float = 0.5) -> Path:
-    """Write ``out_dir/lora`` (+ the CRMA files in ``out_dir`` unless ``crma`` is False)."""
+                         lora_std: float = 0.3, write_std: float = 0.5,
+                         crma_config: Any = None) -> Path:
+    """Write ``out_dir/lora`` (+ the CRMA files in ``out_dir`` unless ``crma`` is False;
+    ``crma_config``: a CRMAConfig other than the default)."""
     from peft import LoraConfig, get_peft_model
 
     from crma_core.io import save_crma
@@ -32,7 +35,7 @@ def write_random_adapter(model_dir: Path, out_dir: Path, *, seed: int, crma: boo
     model.save_pretrained(str(Path(out_dir) / "lora"), safe_serialization=True,
                           save_embedding_layers=False)
     if crma:
-        handle = attach_crma(model, seed=seed)
+        handle = attach_crma(model, crma_config, seed=seed)
         with torch.no_grad():
             for layer in handle.layers:
                 layer.write.copy_(torch.randn(layer.write.shape, generator=generator) * write_std)

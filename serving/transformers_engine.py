@@ -15,6 +15,7 @@ from typing import Any
 from serving.adapter_cache import AdapterCache
 from serving.adapters import LoadedAdapter, load_adapter
 from serving.engine import EngineConfig
+from serving.compiled_decode import CompiledDecode
 from serving.errors import EngineUnavailable, InvalidRequest
 from serving.prompts import Prompt, build_prompt, eos_ids
 from serving.requests import AdapterSpec, GenerationRequest, Routing, parse
@@ -52,12 +53,18 @@ class TransformersEngine:
         self.context_length = min(self.config.context_length or model_context, model_context)
         self.eos_ids = eos_ids(self.tokenizer, self.model.generation_config)
         self.weights = MergedWeights(self.model, self.model_dir)
-        self.residual = CRMAResidual(self.model)
+        # Fixed hooks under the compiled decode step: its graph holds them (serving/residual.py).
+        self.residual = CRMAResidual(
+            self.model, fixed_hidden_size=self.hidden_size if self.config.compile else None)
+        self.compiled = CompiledDecode(self.model, self.residual)
+        if self.config.compile:
+            self.compiled.warm_up(self.tokenizer("Warm up.").input_ids * 2)
         self.cache = AdapterCache(max_count=self.config.max_adapters,
                                   max_bytes=self.config.max_adapter_bytes,
                                   load=self._load, on_evict=self._evicted)
         self.scheduler = Scheduler(model=self.model, weights=self.weights,
-                                   residual=self.residual, release=self.cache.release,
+                                   residual=self.residual, compiled=self.compiled,
+                                   release=self.cache.release,
                                    num_layers=self.num_layers, max_batch=self.config.max_batch,
                                    max_waiting=self.config.max_waiting,
                                    switch_every=self.config.switch_every,
@@ -174,6 +181,7 @@ class TransformersEngine:
                "merged": merged.id if merged is not None else None,
                "switches": self.weights.switches},
             "scheduler": self.scheduler.stats(),
+            "compiled_decode": self.compiled.stats(),
             "memory": {"rss_bytes": resident_bytes(), "model_bytes": weight_bytes,
                        "adapter_bytes": adapters["bytes"],
                        "kv_cache_bytes": self.scheduler.kv_bytes(),

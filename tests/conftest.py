@@ -10,6 +10,10 @@ import os
 # Before torch loads libgomp: spinning OpenMP threads on a shared 2-core machine made training
 # steps ~10x slower under load (measured: 28 s vs 1 s per SmolLM2 step). Subprocesses inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Engines that tests start (`crma engine`, `crma dev`) decode eagerly: compiling the decode
+# step costs each one a minute of the suite's 2 cores. tests/serving/test_compiled_decode.py
+# covers the compiled step; the in-process fixtures pass compile themselves.
+os.environ.setdefault("CRMA_ENGINE_COMPILE", "0")
 import secrets
 import socket
 import subprocess
