@@ -59,6 +59,8 @@ STREAM_PROMPTS = ["Write a short story about a lighthouse keeper.",
 DECODE_KEYS = ("decode_tps", "decode_cpu_ms_per_token", "forward_cpu_ms",
                "outside_forward_cpu_ms", "ttft_ms", "ttft_cpu_ms", "total_ms", "tokens")
 PAIRS = {"engine_base_vs_generate": ("engine_base", "generate_base"),
+         "engine_base_eager_vs_generate": ("engine_base_eager", "generate_base"),
+         "engine_base_vs_engine_base_eager": ("engine_base", "engine_base_eager"),
          "engine_lora_vs_engine_base": ("engine_lora", "engine_base"),
          "engine_lora_crma_vs_engine_base": ("engine_lora_crma", "engine_base"),
          "peft_lora_unmerged_vs_generate_base": ("peft_lora_unmerged", "generate_base"),
@@ -130,12 +132,31 @@ def body(adapter: str | None = None, **extra: Any) -> dict[str, Any]:
 def decode_section(engine, directory: Path, adapters: Path, args) -> dict[str, Any]:  # noqa: ANN001
     from crma_core.loader import load_for_generation
     from crma_core.recipe import load_base_model
+    from serving.engine import EngineConfig
+    from serving.sources import LocalAdapterSource
+    from serving.transformers_engine import TransformersEngine
+
+    # What compiling the decode step adds: the same engine with it off.
+    eager = TransformersEngine(directory, model_id=engine.model_id,
+                               source=LocalAdapterSource(adapters),
+                               config=EngineConfig(compile=False))
+    try:
+        return _decode_arms(engine, eager, directory, adapters, args)
+    finally:
+        eager.close()
+
+
+def _decode_arms(engine, eager, directory: Path, adapters: Path, args) -> dict[str, Any]:  # noqa: ANN001
+    from crma_core.loader import load_for_generation
+    from crma_core.recipe import load_base_model
 
     plain = load_base_model(directory).eval()
     peft_lora, tokenizer = load_for_generation(directory, adapters / "lora")
     peft_crma, _ = load_for_generation(directory, adapters / "lora_crma")
     n = args.tokens
-    meters = {"plain": ForwardMeter(plain), "engine": ForwardMeter(engine.model),
+    meters = {"plain": ForwardMeter(plain),
+              "engine": ForwardMeter(engine.model, engine.compiled),
+              "eager": ForwardMeter(eager.model),
               "peft_lora": ForwardMeter(peft_lora.get_base_model()),
               "peft_crma": ForwardMeter(peft_crma.get_base_model())}
     arms = {
@@ -143,6 +164,8 @@ def decode_section(engine, directory: Path, adapters: Path, args) -> dict[str, A
             lambda: run_generate(plain, tokenizer, MESSAGES, n)),
         "engine_base": lambda: meters["engine"].measure(
             lambda: run_engine(engine, body(max_tokens=n))),
+        "engine_base_eager": lambda: meters["eager"].measure(
+            lambda: run_engine(eager, body(max_tokens=n))),
         "engine_lora": lambda: meters["engine"].measure(
             lambda: run_engine(engine, body("lora", max_tokens=n))),
         "engine_lora_crma": lambda: meters["engine"].measure(
@@ -377,6 +400,7 @@ def main() -> int:
     started = time.perf_counter()
     engine = TransformersEngine(directory, model_id=model_id,
                                 source=LocalAdapterSource(adapters), config=EngineConfig())
+    engine_start_s = round(time.perf_counter() - started, 1)
     try:
         sections = {}
         for name, run in (("decode", lambda: decode_section(engine, directory, adapters, args)),
@@ -389,6 +413,7 @@ def main() -> int:
                           ("api_hop", lambda: _api_hop(args))):
             print(f"[inference bench] {name} ...", file=sys.stderr, flush=True)
             sections[name] = run()
+        compiled = dict(engine.health()["compiled_decode"], engine_start_s=engine_start_s)
     finally:
         engine.close()
     cpu, wall = (sections["decode"][k] for k in ("speed_ratios_cpu_time",
@@ -429,6 +454,7 @@ def main() -> int:
                 "target": 1.0, "measured": cpu["engine_base_vs_generate"],
                 "measured_wall_clock": wall["engine_base_vs_generate"]},
         },
+        "compiled_decode": compiled,
         **sections,
     }
     for target in result["targets"].values():

@@ -89,20 +89,24 @@ def run_generate(model: Any, tokenizer: Any, messages: list[dict], max_new_token
 
 class ForwardMeter:
     """Thread CPU time of each call of a model's forward (the instance attribute shadows the
-    class method, so every caller, generate or the engine, goes through it). Per-token CPU
+    class method, so every caller, generate or the engine, goes through it), and of the
+    engine's compiled forward where it has one (pass ``engine.compiled`` too). Per-token CPU
     minus the forward's is what a generation loop adds around the model."""
 
-    def __init__(self, model: Any):
+    def __init__(self, *targets: Any):
         self.calls: list[float] = []
-        inner = model.forward
+        for target in targets:
+            if target.forward is not None:
+                target.forward = self._timed(target.forward)
 
+    def _timed(self, inner: Any) -> Any:
         def forward(*args: Any, **kwargs: Any) -> Any:
             started = time.thread_time()
             try:
                 return inner(*args, **kwargs)
             finally:
                 self.calls.append((time.thread_time() - started) * 1000)
-        model.forward = forward
+        return forward
 
     def measure(self, run: Any) -> dict[str, Any]:
         """Run one generation; add the decode steps' forward CPU (the prefill excluded)."""

@@ -44,7 +44,7 @@ class CompiledDecode:
         self.signature: tuple[str, int, bool] | None = None  # the CRMA hooks the graph holds
         self.steps = 0  # decode steps run compiled
         self.eager_steps = 0  # single-sequence steps the graph did not cover
-        self._forward: Any = None
+        self.forward: Any = None  # the compiled model.forward, once warmed
 
     def warm_up(self, prompt_ids: list[int]) -> None:
         """Compile, on the thread about to serve nothing else; a failure leaves the engine
@@ -54,19 +54,20 @@ class CompiledDecode:
                              "would be compiled as a constant)")
         started = time.perf_counter()
         try:
-            self._forward = torch.compile(self.model.forward, dynamic=True)
+            self.forward = torch.compile(self.model.forward, dynamic=True)
             with torch.inference_mode():
                 cache = DynamicCache(config=self.model.config)
                 ids = torch.tensor([prompt_ids], device=self.model.device)
                 logits = self.model(input_ids=ids, cache=cache, use_cache=True,
                                     logits_to_keep=1).logits
-                tokens = self._forward(input_ids=_greedy(logits), cache=cache,
+                tokens = self.forward(input_ids=_greedy(logits), cache=cache,
                                        use_cache=True).logits
                 # A second step under the serving stance: the first graph must cover it.
                 self._call(_greedy(tokens), cache)
         except Exception as error:  # noqa: BLE001 - eager decoding still serves
             log.warning("compiling the decode step failed; decoding eagerly", exc_info=True)
-            self.state, self.error, self._forward = "failed", f"{type(error).__name__}: {error}", None
+            self.state, self.error = "failed", f"{type(error).__name__}: {error}"
+            self.forward = None
             return
         self.signature = self.residual.signature()
         self.warm_s = round(time.perf_counter() - started, 3)
@@ -98,7 +99,7 @@ class CompiledDecode:
     def _call(self, tokens: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
         # A recompile would hold the engine for a minute: raise instead (decode eagerly).
         with torch.compiler.set_stance("fail_on_recompile"):
-            return self._forward(input_ids=tokens, cache=cache, use_cache=True).logits
+            return self.forward(input_ids=tokens, cache=cache, use_cache=True).logits
 
     def stats(self) -> dict[str, Any]:
         return {"state": self.state, "warm_s": self.warm_s, "error": self.error,

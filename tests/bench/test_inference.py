@@ -22,9 +22,14 @@ def test_the_inference_bench_runs_end_to_end(tmp_path):
     result = json.loads(out.read_text())
     assert result["model"] == "tiny-llama"
     decode = result["decode"]
-    assert set(decode["arms"]) == {"generate_base", "engine_base", "engine_lora",
-                                   "engine_lora_crma", "peft_lora_unmerged",
+    assert set(decode["arms"]) == {"generate_base", "engine_base", "engine_base_eager",
+                                   "engine_lora", "engine_lora_crma", "peft_lora_unmerged",
                                    "peft_lora_crma_unmerged"}
+    # The engine at its defaults compiles its decode step, and its forward CPU is metered.
+    compiled = result["compiled_decode"]
+    assert compiled["state"] == "ready" and compiled["steps"] > 0
+    assert compiled["engine_start_s"] >= compiled["warm_s"] > 0
+    assert decode["speed_ratios_cpu_time"]["engine_base_vs_engine_base_eager"] > 0
     assert all(arm["runs"] == 2 and arm["decode_tps"] > 0 and arm["forward_cpu_ms"] > 0
                for arm in decode["arms"].values())
     # Greedy: the engine's base model writes exactly what transformers' generate writes.
