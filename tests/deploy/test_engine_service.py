@@ -43,9 +43,20 @@ def test_the_engine_is_not_published(engine):
 
 def test_the_engine_reads_the_store_and_models(engine):
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    assert engine["environment"] == compose["x-app-env"]
+    environment = dict(engine["environment"])
+    # Its compiled decode step's artifacts on the cache volume (a warm restart).
+    inductor_cache = environment.pop("TORCHINDUCTOR_CACHE_DIR")
+    assert environment == compose["x-app-env"]
     assert engine["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
     assert "models:/models:ro" in engine["volumes"]
+    cache_mount = next(v for v in engine["volumes"] if v.startswith("cache:")).split(":")[1]
+    assert inductor_cache.startswith(cache_mount + "/")
+
+
+def test_the_engine_has_time_to_compile_before_it_counts_as_unhealthy(engine):
+    """It compiles its decode step before serving (1-2 minutes on a small CPU)."""
+    seconds = int(engine["healthcheck"]["start_period"].rstrip("s"))
+    assert seconds >= 180
 
 
 def test_the_image_holds_every_package():

@@ -122,3 +122,24 @@ def test_a_failed_compile_leaves_an_engine_that_serves(make_engine, monkeypatch)
     assert stats["state"] == "failed" and "no compiler here" in stats["error"]
     assert _text(broken, "a1") == _text(make_engine(), "a1")
     assert broken.health()["compiled_decode"]["steps"] == 0
+
+
+def test_crma_engine_compiles_with_the_flag(tiny_dir, adapter_root, tmp_path, compiled_engine):
+    """`crma engine --compile` (over CRMA_ENGINE_COMPILE=0 from the test environment) serves
+    compiled steps once healthy, and they write what the in-process compiled engine writes."""
+    import os
+
+    import httpx
+
+    from tests.conftest import running_engine
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", CRMA_DATA_DIR=str(tmp_path / "data"))
+    with running_engine(["--model-dir", str(tiny_dir), "--model", "tiny-llama",
+                         "--adapter-source", "local", "--adapter-root", str(adapter_root),
+                         "--threads", "1", "--compile", "--log-level", "warning"],
+                        log=tmp_path / "engine.log", env=env) as url:
+        body = {"prompt": PROMPT, "max_tokens": 12, "temperature": 0, "adapter": spec("a1")}
+        text = httpx.post(url + "/generate", json=body, timeout=60).json()["text"]
+        stats = httpx.get(url + "/health").json()["compiled_decode"]
+    assert stats["state"] == "ready" and stats["steps"] > 0
+    assert text == _text(compiled_engine, "a1")

@@ -50,6 +50,8 @@ def test_health_describes_model_adapters_and_memory(server):
     assert health["model"]["context_length"] == 1024
     assert health["memory"]["rss_bytes"] > health["memory"]["model_bytes"] > 0
     assert {"active", "waiting", "max_batch"} <= set(health["scheduler"])
+    # CRMA_ENGINE_COMPILE=0 (tests/conftest.py) reached the process's EngineConfig.
+    assert health["compiled_decode"]["state"] == "off"
 
 
 def test_generate_json_and_stream_agree(server):
