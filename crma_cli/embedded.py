@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "if that is taken)")
     dev.add_argument("--no-engine", action="store_true",
                      help="do not start the inference engine (completions answer 503)")
+    dev.add_argument("--engine-compile", action="store_true",
+                     help="let the engine compile its decode step (faster decoding; 1-2 "
+                          "minutes of a core at start, beside the worker)")
     dev.set_defaults(func=run_dev)
 
 
@@ -66,7 +69,7 @@ def run_dev(args: argparse.Namespace) -> int:
     account = ensure_dev_account(settings.resolved_database_url, data_dir)
     supervisor = supervise_children(data_dir, database_url=settings.resolved_database_url,
                                     grace_s=settings.worker_shutdown_grace_s + STOP_MARGIN_S,
-                                    engine_port=engine_port)
+                                    engine_port=engine_port, engine_compile=args.engine_compile)
     # uvicorn restores the previous SIGTERM handler and re-raises the signal after its own
     # shutdown: with the default handler this process would die before `finally` stops the
     # children; this one turns it into SystemExit so they are stopped in order.
@@ -130,7 +133,7 @@ def _engine_port() -> int:
 
 
 def supervise_children(data_dir: Path, *, database_url: str, grace_s: float,
-                       engine_port: int | None = None) -> Supervisor:
+                       engine_port: int | None = None, engine_compile: bool = False) -> Supervisor:
     """The worker (solo pool: one job per process, and a shutdown that cannot hang in a pool
     join), the relay, the reaper and the inference engine (on `engine_port`; it waits for
     the model install, then serves SmolLM2 with adapters from the local object store), each
@@ -158,10 +161,13 @@ def supervise_children(data_dir: Path, *, database_url: str, grace_s: float,
     ]
     if engine_port is not None:
         # One torch thread: it shares the machine with the worker (and the engine's one
-        # scheduler thread decodes for every request anyway).
+        # scheduler thread decodes for every request anyway). No compiled decode step unless
+        # asked: compiling would take a core for a minute or two at start, beside the worker
+        # training a first job, and hold chat completions at 503 meanwhile.
         children.append(ChildSpec("engine", lambda _: [
             *crma, "engine", *common, "--port", str(engine_port), "--wait-for-model",
-            "--threads", "1", "--log-level", "warning"]))
+            "--threads", "1", "--compile" if engine_compile else "--no-compile",
+            "--log-level", "warning"]))
     return Supervisor(children, grace_s=grace_s)
 
 

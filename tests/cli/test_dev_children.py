@@ -226,8 +226,8 @@ def test_sigterm_to_crma_dev_stops_every_child(tmp_path: Path) -> None:
         assert len(children) >= 4, children  # worker, relay, reaper, engine
         commands = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in children]
         # The engine waits for the model (not installed here) before it loads anything.
-        assert any(b"engine" in command and b"--wait-for-model" in command
-                   for command in commands), commands
+        engine = next(c for c in commands if b"engine" in c and b"--wait-for-model" in c)
+        assert b"--no-compile" in engine  # crma dev's engine starts at once (no --engine-compile)
         dev.send_signal(signal.SIGTERM)
         # 143 = SystemExit from dev's own handler, after `finally` stopped the children in
         # order (uvicorn's re-raised SIGTERM would otherwise kill it at once: -15).
