@@ -146,7 +146,8 @@ def decode_section(engine, directory: Path, adapters: Path, args) -> dict[str, A
         eager.close()
 
 
-def _decode_arms(engine, eager, directory: Path, adapters: Path, args) -> dict[str, Any]:  # noqa: ANN001
+def _decode_arms(engine, eager, directory: Path, adapters: Path,  # noqa: ANN001
+                 args) -> dict[str, Any]:  # noqa: ANN001
     from crma_core.loader import load_for_generation
     from crma_core.recipe import load_base_model
 

@@ -2,12 +2,13 @@
 
 Two ways to hold the hooks:
 
-- installed only while an adapter with a CRMA state is active (the default): the base model
-  and LoRA-only adapters run without a single extra Python call;
-- ``fixed``: installed once, reading one pair of buffers that activation fills (zeros for
-  the base model and LoRA-only adapters: h + 0 is h, bit for bit). The compiled decode step
-  (serving/compiled_decode.py) needs this: its graph is traced with the hooks in it, and a
-  hook set that came and went would send it back to the compiler.
+- fixed (``fixed_hidden_size``; the engine's with its compiled decode step): installed once,
+  reading one pair of buffers that activation fills, zeros for the base model and LoRA-only
+  adapters (h + 0 is h, bit for bit). The compiled step (serving/compiled_decode.py) needs
+  this: its graph is traced with the hooks in it, and a hook set that came and went would
+  send it back to the compiler;
+- otherwise installed only while an adapter with a CRMA state is active: the base model and
+  LoRA-only adapters run without a single extra Python call.
 
 The per-layer work is the crma_core function the trainer uses (``apply_adapter``:
 h + (h @ read) @ wm) on weights folded once at load.
@@ -105,8 +106,8 @@ class CRMAResidual:
         # Zero-padded: a narrower CRMA's extra columns add exact zeros.
         self._read = torch.zeros(layers, self._hidden, width, device=self._device)
         self._wm = torch.zeros(layers, width, self._hidden, device=self._device)
-        self._fixed_handles = install_layer_hooks(
-            self.decoder, attach, lambda i, h: apply_adapter(h, self._read[i], self._wm[i]))
+        install_layer_hooks(self.decoder, attach,
+                            lambda i, h: apply_adapter(h, self._read[i], self._wm[i]))
 
     def _fits(self, adapter: LoadedAdapter) -> bool:
         return (adapter.crma_attach == self._attach

@@ -50,8 +50,9 @@ class Group:
 
 class Scheduler:
     def __init__(self, *, model: Any, weights: MergedWeights, residual: CRMAResidual,
-                 compiled: CompiledDecode, release: Callable[[LoadedAdapter], None], num_layers: int, max_batch: int,
-                 max_waiting: int, switch_every: int, batching: bool = True):
+                 compiled: CompiledDecode, release: Callable[[LoadedAdapter], None],
+                 num_layers: int, max_batch: int, max_waiting: int, switch_every: int,
+                 batching: bool = True):
         self.model = model
         self.weights = weights
         self.residual = residual

@@ -14,8 +14,8 @@ from typing import Any
 
 from serving.adapter_cache import AdapterCache
 from serving.adapters import LoadedAdapter, load_adapter
-from serving.engine import EngineConfig
 from serving.compiled_decode import CompiledDecode
+from serving.engine import EngineConfig
 from serving.errors import EngineUnavailable, InvalidRequest
 from serving.prompts import Prompt, build_prompt, eos_ids
 from serving.requests import AdapterSpec, GenerationRequest, Routing, parse
