@@ -72,3 +72,11 @@ def test_the_api_calls_the_engine_service():
     engine = compose["services"]["engine"]
     port = engine["command"][engine["command"].index("--port") + 1]
     assert url == f"http://engine:{port}"
+
+
+def test_the_image_can_compile_the_decode_step():
+    """Inductor builds the compiled decode step's CPU kernels with a C++ compiler against
+    Python's headers (without them the engine logs the failure and decodes eagerly)."""
+    dockerfile = (ROOT / "Dockerfile.gpu").read_text()
+    installs = " ".join(re.findall(r"apt-get install[^\n]*(?:\\\n[^\n]*)*", dockerfile))
+    assert "build-essential" in installs and "python3-dev" in installs
