@@ -9,7 +9,8 @@ greedy, 48 new tokens, the engine at its defaults (EngineConfig()). Arms alterna
 every round (A B ... B A), and ratios are medians of per-round ratios, so the shared
 machine's load drift hits every arm alike. Measured:
 
-- decode tokens/s: plain transformers ``generate`` (base), the engine's base model, LoRA
+- decode tokens/s: plain transformers ``generate`` (base), the engine's base model (its
+  decode step compiled, the default) and the same engine with ``compile=False``, LoRA
   (merged), LoRA + CRMA (merged + CRMA hooks), and peft's unmerged LoRA (± crma_core's
   CRMA) through ``generate``, the way a bundle was served before the engine;
 - time to first token, and the adapter switch: already merged, cached but not merged
