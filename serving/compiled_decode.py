@@ -60,10 +60,11 @@ class CompiledDecode:
                 ids = torch.tensor([prompt_ids], device=self.model.device)
                 logits = self.model(input_ids=ids, cache=cache, use_cache=True,
                                     logits_to_keep=1).logits
-                tokens = self.forward(input_ids=_greedy(logits), cache=cache,
-                                       use_cache=True).logits
-                # A second step under the serving stance: the first graph must cover it.
-                self._call(_greedy(tokens), cache)
+                # The first step compiles; the second, under the serving stance, proves the
+                # graph covers the next one (a longer cache) without recompiling.
+                logits = self.forward(input_ids=_greedy(logits), cache=cache,
+                                      use_cache=True).logits
+                self._call(_greedy(logits), cache)
         except Exception as error:  # noqa: BLE001 - eager decoding still serves
             log.warning("compiling the decode step failed; decoding eagerly", exc_info=True)
             self.state, self.error = "failed", f"{type(error).__name__}: {error}"
