@@ -67,10 +67,15 @@ class CRMAResidual:
         self._handles: list[Any] = []
         self.fixed = fixed_hidden_size is not None
         if self.fixed:
-            self._hidden = fixed_hidden_size
-            self._device = next(model.parameters()).device
             defaults = CRMAConfig()
-            self._install_fixed(defaults.attach, defaults.width)
+            device = next(model.parameters()).device
+            layers = len(self.decoder.layers)
+            self._attach = defaults.attach
+            # Zero-padded: a narrower CRMA's extra columns add exact zeros.
+            self._read = torch.zeros(layers, fixed_hidden_size, defaults.width, device=device)
+            self._wm = torch.zeros(layers, defaults.width, fixed_hidden_size, device=device)
+            install_layer_hooks(self.decoder, self._attach,
+                                lambda i, h: apply_adapter(h, self._read[i], self._wm[i]))
 
     def signature(self) -> tuple[str, int, bool] | None:
         """(attach point, width) of the fixed hooks, and whether hooks beyond them are on;
@@ -99,15 +104,6 @@ class CRMAResidual:
         read, wm = crma.crma_read, crma.crma_wm
         self._handles = install_layer_hooks(
             self.decoder, crma.crma_attach, lambda i, h: apply_adapter(h, read[i], wm[i]))
-
-    def _install_fixed(self, attach: str, width: int) -> None:
-        layers = len(self.decoder.layers)
-        self._attach = attach
-        # Zero-padded: a narrower CRMA's extra columns add exact zeros.
-        self._read = torch.zeros(layers, self._hidden, width, device=self._device)
-        self._wm = torch.zeros(layers, width, self._hidden, device=self._device)
-        install_layer_hooks(self.decoder, attach,
-                            lambda i, h: apply_adapter(h, self._read[i], self._wm[i]))
 
     def _fits(self, adapter: LoadedAdapter) -> bool:
         return (adapter.crma_attach == self._attach

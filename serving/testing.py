@@ -6,18 +6,21 @@ the model's output visibly."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from crma_core.config import CRMAConfig
 
 
 def write_random_adapter(model_dir: Path, out_dir: Path, *, seed: int, crma: bool = True,
                          rank: int = 16, alpha: int | None = None,
                          target_modules: str | list[str] = "all-linear",
                          lora_std: float = 0.3, write_std: float = 0.5,
-                         crma_config: Any = None) -> Path:
+                         crma_config: CRMAConfig | None = None) -> Path:
     """Write ``out_dir/lora`` (+ the CRMA files in ``out_dir`` unless ``crma`` is False;
-    ``crma_config``: a CRMAConfig other than the default)."""
+    ``crma_config``: other than the default)."""
     from peft import LoraConfig, get_peft_model
 
     from crma_core.io import save_crma
