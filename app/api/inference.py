@@ -6,7 +6,15 @@ answer: its keep-alives bound every wait (`engine_timeout_s` between two events)
 plain response would only arrive at the end of the generation. A client that goes away
 stops the generation: the engine call is cancelled, which closes its connection, which the
 engine turns into a cancel (streaming or not). What the engine generated before that is
-billed: the prompt, and the completion text the API had received."""
+billed: the prompt, and the completion text the API had received.
+
+The engine call starts before the admission commits, so the admission's round trips to the
+database overlap the engine's tokenising and prefill instead of adding to every request's
+time to the first token (they were about half of what the API adds, bench/inference_api_hop.py).
+Nothing the engine writes reaches the client until the admission has succeeded; a refused
+admission cancels the engine call and is answered as before (402, 429, 400), billed nothing.
+What that costs is engine time spent on refused requests, bounded per account: after a
+refusal, that account's requests are admitted first for a minute (`_may_start_early`)."""
 
 from __future__ import annotations
 
@@ -95,6 +103,40 @@ def _resolve(settings: Settings, store: Any, account_id: str, model: str,
     return target
 
 
+# -- starting the engine before the admission commits -------------------------------------
+REFUSED_TTL_S = 60.0
+MAX_REFUSED_ACCOUNTS = 10_000
+_refused_until: dict[str, float] = {}
+
+
+def _may_start_early(principal: Principal, target: Target) -> bool:
+    """Whether the engine may start before the admission commits: not for a free account on
+    a paid model (its admission refuses it), nor for an account refused in the last minute,
+    so a caller without credit or allowance keeps the engine busy for at most one request
+    per minute (per API process) before each of its refusals."""
+    if principal.plan == "free" and not target.base_model.free_tier:
+        return False
+    until = _refused_until.get(principal.account_id)
+    return until is None or until <= time.monotonic()
+
+
+def _refused(account_id: str) -> None:
+    if len(_refused_until) >= MAX_REFUSED_ACCOUNTS:
+        _refused_until.clear()
+    _refused_until[account_id] = time.monotonic() + REFUSED_TTL_S
+
+
+async def _abandon(early: asyncio.Future | None, events: AsyncIterator[StreamEvent]) -> None:
+    """Stop an engine call started early: cancel its first read, then close the stream
+    (which closes the connection, which cancels the generation in the engine)."""
+    if early is not None:
+        early.cancel()
+        await asyncio.wait({early})
+        if not early.cancelled():
+            early.exception()  # retrieved: an engine error is moot once admission refused
+    await events.aclose()
+
+
 # -- one call --------------------------------------------------------------------------------
 @dataclass
 class Call:
@@ -176,16 +218,27 @@ async def complete(request: Request, principal: Principal,
     reserved = inference_metering.reservation(
         prompt_bytes=prompt_bytes, messages=messages,
         max_new_tokens=body.token_limit or bound)
-    # On the event loop where the driver allows it (app/db/transactions.py): a worker thread
-    # would wait for the GIL at each round trip.
-    admission = await state.transactions.run(lambda open_session: _admit(
-        open_session, settings, principal.account_id, call, target, reserved))
-    headers = admission.allowance.headers() if admission.allowance else {}
-    settle = _Settlement(settings, call.id)
     engine = engine_for(request, target.base_model.id)
     events = engine.stream(_engine_request(call, target))
+    # The engine starts on the prompt while the admission commits (see the module
+    # docstring); nothing it writes reaches the client before the admission succeeds.
+    early = asyncio.ensure_future(anext(events)) if _may_start_early(principal, target) \
+        else None
     try:
-        first = await anext(events)
+        # On the event loop where the driver allows it (app/db/transactions.py): a worker
+        # thread would wait for the GIL at each round trip.
+        admission = await state.transactions.run(lambda open_session: _admit(
+            open_session, settings, principal.account_id, call, target, reserved))
+    except BaseException as error:
+        with anyio.CancelScope(shield=True):
+            await _abandon(early, events)
+        if isinstance(error, DomainError):
+            _refused(principal.account_id)
+        raise
+    headers = admission.allowance.headers() if admission.allowance else {}
+    settle = _Settlement(settings, call.id)
+    try:
+        first = await (early if early is not None else anext(events))
         if first.type == "error":
             raise first.error if isinstance(first.error, EngineError) else EngineError(
                 str(first.error))

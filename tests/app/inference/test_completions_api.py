@@ -356,3 +356,84 @@ def test_the_engine_connection_is_kept_alive(engine_url) -> None:
     used, left = asyncio.run(run())
     assert len(used[0]) == 1 and used == [used[0]] * 4, used  # one connection, reused
     assert left == 0
+
+
+def _engine_seen(engine_url: str) -> tuple[int, dict]:
+    """(generations the engine has taken in so far, its scheduler's stats)."""
+    scheduler = httpx.get(f"{engine_url}/health").json()["scheduler"]
+    return (sum(scheduler["finished"].values()) + scheduler["active"]
+            + scheduler["waiting"]), scheduler
+
+
+class _AdmitOnceTheEngineRuns:
+    """The app's Transactions, except that an admission waits (up to 10 s) until the engine
+    reports a generation in flight: a request only gets through if the API started the
+    engine call before its admission committed."""
+
+    def __init__(self, inner, engine_url: str) -> None:
+        self.inner, self.engine_url = inner, engine_url
+        self.waits = True
+
+    async def run(self, work):
+        if self.waits:
+            async with httpx.AsyncClient(timeout=5) as probe:
+                deadline = time.monotonic() + 10
+                while True:
+                    scheduler = (await probe.get(f"{self.engine_url}/health")).json()[
+                        "scheduler"]
+                    if scheduler["active"] or scheduler["waiting"]:
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the engine call had not started")
+                    await asyncio.sleep(0.005)
+        return await self.inner.run(work)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def _gated_server(settings, engine_url: str) -> tuple[LiveServer, _AdmitOnceTheEngineRuns]:
+    from app.main import create_app
+
+    app = create_app(settings)
+    gate = app.state.transactions = _AdmitOnceTheEngineRuns(app.state.transactions, engine_url)
+    return LiveServer(app), gate
+
+
+def test_the_engine_starts_while_the_admission_commits(inference_settings, published,
+                                                       engine_url, pg_url) -> None:
+    server, _gate = _gated_server(inference_settings, engine_url)
+    with server:
+        answer = client_for(server, published.tenant.key).completions.create(
+            **{**LONG, "max_tokens": 300})
+    assert answer.usage.completion_tokens == 300
+    assert request_row(pg_url, answer.id).status == "completed"
+
+
+def test_a_refused_admission_cancels_the_engine_call(inference_settings, engine_url,
+                                                     pg_url) -> None:
+    """Started early, the engine call of a request its admission refuses is cancelled (the
+    tiny model would write for a second); after that refusal, the account's next request is
+    admitted before the engine hears of it."""
+    broke = create_tenant(pg_url, plan="pro", credit_micros=0)
+    server, gate = _gated_server(inference_settings, engine_url)
+    with server:
+        client = client_for(server, broke.key)
+        seen, before = _engine_seen(engine_url)
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.completions.create(**LONG)
+        assert refused.value.status_code == 402
+        deadline = time.monotonic() + 20
+        while True:
+            now_seen, scheduler = _engine_seen(engine_url)
+            if scheduler["active"] == 0 and scheduler["finished"].get("cancelled", 0) > \
+                    before["finished"].get("cancelled", 0):
+                break
+            assert time.monotonic() < deadline, scheduler
+            time.sleep(0.05)
+        assert now_seen == seen + 1
+        gate.waits = False
+        with pytest.raises(openai.APIStatusError) as again:
+            client.completions.create(**LONG)
+        assert again.value.status_code == 402
+        assert _engine_seen(engine_url)[0] == seen + 1
