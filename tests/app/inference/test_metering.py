@@ -8,7 +8,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from app.db.base import utcnow
 from app.db.models import Account, InferenceRequest, LedgerTransaction
@@ -65,6 +65,19 @@ def test_free_allowance_is_exact_under_concurrency(pg_url: str) -> None:
         thread.join()
     assert outcomes.count("ok") == 3  # 3 x 300 <= 1000 < 4 x 300
     assert set(outcomes) - {"ok"} == {"100"}
+
+
+def test_the_admission_commits_asynchronously_and_only_it(pg_url: str) -> None:
+    """On PostgreSQL the admission's transaction commits without waiting for the WAL flush
+    (the module docstring says why); the session's next transaction is durable again."""
+    factory = get_sessionmaker(pg_url)
+    account = committed_account(factory, plan="pro", credit_micros=1_000_000)
+    with factory() as session:
+        admit(session, account, 100)
+        assert session.scalar(text("SHOW synchronous_commit")) == "off"
+        session.commit()
+        assert session.scalar(text("SHOW synchronous_commit")) == "on"
+        session.rollback()
 
 
 def test_free_settlement_gives_back_the_unused_reservation(db_url: str) -> None:
