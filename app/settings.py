@@ -5,7 +5,8 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
+from cryptography.fernet import Fernet
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Prices per 1M trained tokens, in micro-dollars. The market rate for LoRA on <=16B models is
@@ -141,6 +142,26 @@ class Settings(BaseSettings):
     webhook_concurrency: int = 16
     webhook_batch_size: int = 50
     webhook_interval_s: float = 0.5
+    # Fernet keys sealing the endpoints' signing secrets at rest, comma-separated: the first
+    # seals, all open (rotation; app/domain/secret_box.py). Empty: stored unsealed (dev).
+    webhook_secret_keys: str = ""
+
+    @field_validator("webhook_secret_keys")
+    @classmethod
+    def _fernet_keys(cls, value: str) -> str:
+        keys = _comma_separated(value)
+        for index, key in enumerate(keys, start=1):
+            try:
+                Fernet(key)
+            except ValueError:  # stops the process at start, naming the key
+                raise ValueError(f"key {index} of {len(keys)} is not a Fernet key (32 "
+                                 "url-safe base64-encoded bytes; `crma admin new-secret-key` "
+                                 "makes one)") from None
+        return value
+
+    @property
+    def webhook_secret_key_list(self) -> tuple[str, ...]:
+        return _comma_separated(self.webhook_secret_keys)
 
     # Merged-weights exports (app/services/exports.py, worker task crma.export_job)
     export_prices_micros: dict[str, int] = Field(
@@ -195,6 +216,10 @@ class Settings(BaseSettings):
     @property
     def resolved_worker_cache_dir(self) -> Path:
         return (self.worker_cache_dir or self.resolved_data_dir / "cache").expanduser().resolve()
+
+
+def _comma_separated(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 @lru_cache(maxsize=1)

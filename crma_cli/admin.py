@@ -1,4 +1,4 @@
-"""`crma admin ...`: operator commands (accounts, API keys, credit).
+"""`crma admin ...`: operator commands (accounts, API keys, credit, webhook secret keys).
 
 Every command runs the database migrations first, so `crma admin create-account` works on a
 fresh embedded (SQLite) install. `--data-dir` / `--database-url` override CRMA_DATA_DIR /
@@ -13,7 +13,7 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    admin = subparsers.add_parser("admin", help="operator commands: accounts, keys, credit")
+    admin = subparsers.add_parser("admin", help="operator commands: accounts, keys, credit, secrets")
     commands = admin.add_subparsers(dest="admin_command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", default=None, help="embedded installation root")
@@ -41,6 +41,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     credit.add_argument("usd", metavar="USD")
     credit.add_argument("--memo", default=None)
     credit.set_defaults(func=add_credit)
+
+    key = commands.add_parser("new-secret-key",
+                              help="print a new key for CRMA_WEBHOOK_SECRET_KEYS")
+    key.set_defaults(func=new_secret_key)
+
+    reseal = commands.add_parser(
+        "reseal-webhook-secrets", parents=[common],
+        help="seal every webhook secret with the first key of CRMA_WEBHOOK_SECRET_KEYS "
+             "(after setting the keys, or after putting a new key first)")
+    reseal.set_defaults(func=reseal_webhook_secrets)
 
 
 def _database_url(args: argparse.Namespace) -> str:
@@ -157,4 +167,30 @@ def add_credit(args: argparse.Namespace) -> int:
     except DomainError as error:
         return _fail(error.message)
     print(f"added ${format_usd(micros)} to {args.account_id}; available ${format_usd(available)}")
+    return 0
+
+
+def new_secret_key(args: argparse.Namespace) -> int:
+    from app.domain.secret_box import new_key
+
+    print(new_key())
+    return 0
+
+
+def reseal_webhook_secrets(args: argparse.Namespace) -> int:
+    from app.db.session import session_scope
+    from app.domain.errors import DomainError
+    from app.domain.secret_box import SecretKeyError
+    from app.services import webhooks
+    from app.settings import get_settings
+
+    url = _database_url(args)
+    try:
+        with session_scope(url) as session:
+            resealed, current = webhooks.reseal_secrets(session, settings=get_settings())
+    except DomainError as error:
+        return _fail(error.message)
+    except SecretKeyError as error:
+        return _fail(f"{error}; nothing was changed")
+    print(f"sealed {resealed} webhook secret(s) with the first key; {current} already were")
     return 0

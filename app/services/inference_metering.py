@@ -1,4 +1,5 @@
-"""Metering of completions: admission before the engine runs, settlement after.
+"""Metering of completions: admission before anything generated reaches the client (the API
+starts the engine alongside it, app/api/inference.py), settlement after.
 
 Tokens (prompt + completion) are priced per 1M from `Settings.inference_prices_micros_per_mtok`
 by base model (a fine-tuned model costs what its base does).

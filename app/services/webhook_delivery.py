@@ -25,6 +25,7 @@ from app.db.base import db_now
 from app.db.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from app.db.session import session_scope
 from app.domain import webhooks
+from app.domain.secret_box import SecretKeyError, box_for
 from app.services.webhook_sender import (
     AttemptResult,
     Resolver,
@@ -44,7 +45,7 @@ class DueDelivery:
     id: str
     endpoint_id: str
     url: str
-    secret: str
+    stored_secret: str  # as the endpoint row keeps it: sealed (app/domain/secret_box.py)
     event_id: str
     body: bytes
 
@@ -79,7 +80,7 @@ def claim_due(session: Session, *, limit: int, lease_s: float) -> list[DueDelive
         .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
         .where(WebhookDelivery.id.in_(ids))
     ).all()
-    return [DueDelivery(id=r.id, endpoint_id=r.endpoint_id, url=r.url, secret=r.secret,
+    return [DueDelivery(id=r.id, endpoint_id=r.endpoint_id, url=r.url, stored_secret=r.secret,
                         event_id=r.event_id, body=r.body.encode("utf-8")) for r in rows]
 
 
@@ -129,6 +130,10 @@ class DeliveryLoop:
         self.verify = verify
         self.schedule = schedule_of(settings)
         self.lease_s = settings.webhook_timeout_s + LEASE_MARGIN_S
+        self.secrets = box_for(settings.webhook_secret_key_list)
+        if not self.secrets.seals:
+            log.warning("CRMA_WEBHOOK_SECRET_KEYS is not set: new webhook secrets are stored "
+                        "unsealed (docs/operator-guide.md, Secrets at rest)")
 
     def _claim(self, limit: int) -> list[DueDelivery]:
         with session_scope(self.settings.resolved_database_url) as session:
@@ -145,8 +150,16 @@ class DeliveryLoop:
     async def _deliver(self, client, delivery: DueDelivery) -> None:  # noqa: ANN001 - httpx
         from app.db.base import utcnow
 
+        try:
+            secret = self.secrets.open(delivery.stored_secret)
+        except SecretKeyError as error:
+            # The operator's keys, not the receiver: the delivery stays pending (due again
+            # when its claim lapses) and spends none of its attempts.
+            log.error("webhook delivery %s to endpoint %s cannot be signed: %s", delivery.id,
+                      delivery.endpoint_id, error)
+            return
         at = utcnow()
-        headers = webhooks.signed_headers(secret=delivery.secret, event_id=delivery.event_id,
+        headers = webhooks.signed_headers(secret=secret, event_id=delivery.event_id,
                                           body=delivery.body, at=at)
         result = await send_attempt(
             client, url=delivery.url, body=delivery.body, headers=headers,

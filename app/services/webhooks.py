@@ -15,6 +15,7 @@ from app.db.models import WebhookDelivery, WebhookEndpoint
 from app.domain import webhooks
 from app.domain.errors import Conflict, InvalidRequest, NotFound
 from app.domain.ids import new_id
+from app.domain.secret_box import box_for
 from app.domain.webhook_urls import WebhookURLRefused
 from app.services.pagination import find_owned, page, scoped_select
 from app.services.webhook_events import emit_event
@@ -65,12 +66,33 @@ def create_endpoint(session: Session, *, account_id: str, url: str,
             f"An account can register at most {settings.webhook_max_endpoints} webhook "
             "endpoints; delete one first.", param="url", code="too_many_webhooks")
     secret = webhooks.new_secret()
+    sealed = box_for(settings.webhook_secret_key_list).seal(secret)
     endpoint = WebhookEndpoint(id=new_id("webhook"), account_id=account_id, url=url,
-                               description=description, event_types=types, secret=secret,
-                               status="enabled", created_at=utcnow())
+                               description=description, event_types=types, secret=sealed,
+                               secret_hint=webhooks.secret_hint(secret), status="enabled",
+                               created_at=utcnow())
     session.add(endpoint)
     session.flush()
     return endpoint, secret
+
+
+def reseal_secrets(session: Session, *, settings: Settings) -> tuple[int, int]:
+    """Seal every endpoint's secret with the first of the configured keys: secrets stored
+    unsealed, and those an older key sealed (key rotation). Returns (resealed, already
+    current). Raises SecretKeyError when a sealed secret opens with none of the keys."""
+    box = box_for(settings.webhook_secret_key_list)
+    if not box.seals:
+        raise InvalidRequest("CRMA_WEBHOOK_SECRET_KEYS is not set: there is no key to seal "
+                             "with.", param="webhook_secret_keys")
+    resealed = current = 0
+    for endpoint in session.scalars(select(WebhookEndpoint).with_for_update()):
+        if box.is_current(endpoint.secret):
+            current += 1
+            continue
+        endpoint.secret = box.seal(box.open(endpoint.secret))
+        resealed += 1
+    session.flush()
+    return resealed, current
 
 
 def get_endpoint(session: Session, *, account_id: str, endpoint_id: str) -> WebhookEndpoint:

@@ -102,3 +102,57 @@ def test_operator_mistakes_are_reported(cli, pg_url: str, argv: tuple[str, ...])
 def test_plan_is_checked_by_argparse(cli) -> None:
     with pytest.raises(SystemExit):
         cli("admin", "create-account", "--name", "x", "--plan", "gold")
+
+
+def test_webhook_secrets_are_sealed_then_rotated(cli, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """An endpoint registered while no key was set is sealed by `reseal-webhook-secrets`
+    once one is; a new key put first reseals it; a sealed secret none of the keys opens
+    stops the command with nothing changed."""
+    from app.db.models import WebhookEndpoint
+    from app.domain.secret_box import SecretBox
+    from app.services import webhooks
+
+    data = tmp_path / "install"
+    code, out, _ = cli("admin", "create-account", "--name", "Hooks", "--plan", "pro", "--json",
+                       "--data-dir", str(data))
+    assert code == 0
+    account_id = json.loads(out)["account_id"]
+    url = f"sqlite:///{data / 'crma.sqlite'}"
+    with session_scope(url) as session:
+        endpoint, secret = webhooks.create_endpoint(
+            session, account_id=account_id, url="https://hooks.example.com/in",
+            event_types=None, description=None, settings=make_settings(tmp_path, url))
+        endpoint_id = endpoint.id
+
+    def stored() -> str:
+        with session_scope(url) as session:
+            return session.get(WebhookEndpoint, endpoint_id).secret
+
+    assert stored() == secret  # no key: unsealed
+    keys = []
+    for _ in range(2):
+        code, out, _ = cli("admin", "new-secret-key")
+        assert code == 0
+        keys.append(out.strip())
+    first, second = keys
+    monkeypatch.setenv("CRMA_WEBHOOK_SECRET_KEYS", first)
+    code, out, _ = cli("admin", "reseal-webhook-secrets", "--data-dir", str(data))
+    assert (code, out.strip()) == (0, "sealed 1 webhook secret(s) with the first key; "
+                                      "0 already were")
+    assert secret not in stored() and SecretBox((first,)).open(stored()) == secret
+
+    monkeypatch.setenv("CRMA_WEBHOOK_SECRET_KEYS", f"{second},{first}")
+    assert cli("admin", "reseal-webhook-secrets", "--data-dir", str(data))[0] == 0
+    assert SecretBox((second,)).open(stored()) == secret
+    code, out, _ = cli("admin", "reseal-webhook-secrets", "--data-dir", str(data))
+    assert "sealed 0 webhook secret(s) with the first key; 1 already were" in out
+
+    before = stored()
+    monkeypatch.setenv("CRMA_WEBHOOK_SECRET_KEYS", first)  # `second`, which sealed it, is gone
+    code, _, err = cli("admin", "reseal-webhook-secrets", "--data-dir", str(data))
+    assert code == 2 and "none of the keys" in err and "nothing was changed" in err
+    assert stored() == before
+    monkeypatch.delenv("CRMA_WEBHOOK_SECRET_KEYS")
+    code, _, err = cli("admin", "reseal-webhook-secrets", "--data-dir", str(data))
+    assert code == 2 and "CRMA_WEBHOOK_SECRET_KEYS is not set" in err

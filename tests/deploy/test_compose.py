@@ -80,6 +80,20 @@ def test_app_environment_names_real_settings(compose: dict) -> None:
         assert key.removeprefix("CRMA_").lower() in fields, f"{key} is not a Settings field"
 
 
+def test_webhook_secrets_are_sealed_with_a_key_the_operator_must_set(compose: dict) -> None:
+    """Compose refuses to start without the key (no default key is a secret), and what the
+    file's comment makes with openssl (32 random bytes, url-safe base64) is a key the
+    setting accepts."""
+    import base64
+    import os
+
+    value = compose["x-app-env"]["CRMA_WEBHOOK_SECRET_KEYS"]
+    assert re.fullmatch(r"\$\{CRMA_WEBHOOK_SECRET_KEYS:\?[^}]+\}", value), value
+    assert "openssl rand -base64 32 | tr '+/' '-_'" in (ROOT / "docker-compose.yml").read_text()
+    key = base64.b64encode(os.urandom(32)).decode().translate(str.maketrans("+/", "-_"))
+    assert Settings(webhook_secret_keys=key).webhook_secret_key_list == (key,)
+
+
 def test_commands_are_registered_cli_subcommands(compose: dict) -> None:
     from crma_cli.main import COMMAND_MODULES
 

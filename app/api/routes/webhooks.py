@@ -12,7 +12,6 @@ from app.api.deps import PrincipalDep, ReadSessionDep, SessionDep
 from app.api.idempotent import IdempotencyKey, respond_idempotently
 from app.api.presenters import unix
 from app.db.models import WebhookDelivery, WebhookEndpoint
-from app.domain.webhooks import secret_hint
 from app.schemas.common import AfterParam, DeletedObject, LimitParam, error_responses
 from app.schemas.webhooks import (
     DeliveryAttempt,
@@ -32,7 +31,7 @@ def webhook_public(endpoint: WebhookEndpoint) -> WebhookPublic:
     return WebhookPublic(
         id=endpoint.id, url=endpoint.url, event_types=list(endpoint.event_types),
         description=endpoint.description, status=endpoint.status,
-        disabled_reason=endpoint.disabled_reason, secret_hint=secret_hint(endpoint.secret),
+        disabled_reason=endpoint.disabled_reason, secret_hint=endpoint.secret_hint,
         created_at=unix(endpoint.created_at))
 
 

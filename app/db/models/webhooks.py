@@ -15,7 +15,9 @@ from app.db.base import Base, JSONType, UTCDateTime, utcnow
 
 class WebhookEndpoint(Base):
     """Where an account's events go. The secret signs every delivery; it is shown once, at
-    creation, and kept here because signing needs it (a hash would not do)."""
+    creation, and kept here because signing needs it (a hash would not do): sealed with the
+    operator's keys (app/domain/secret_box.py), its last characters kept apart as the hint
+    the API shows."""
 
     __tablename__ = "webhook_endpoints"
     __table_args__ = (
@@ -28,7 +30,8 @@ class WebhookEndpoint(Base):
     url: Mapped[str] = mapped_column(String(2048))
     description: Mapped[str | None] = mapped_column(String(500), nullable=True)
     event_types: Mapped[list[str]] = mapped_column(JSONType)
-    secret: Mapped[str] = mapped_column(String(100))
+    secret: Mapped[str] = mapped_column(String(300))
+    secret_hint: Mapped[str] = mapped_column(String(20))
     status: Mapped[str] = mapped_column(String(20), default="enabled")
     disabled_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -14,9 +14,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 from standardwebhooks import Webhook
 
-from app.db.models import Job
+from app.db.models import Job, WebhookDelivery, WebhookEndpoint
 from app.db.session import session_scope
 from app.domain.job_state import JobStatus
+from app.domain.secret_box import SEALED_PREFIX, new_key
 from app.services import job_lifecycle
 from app.services.webhook_delivery import DeliveryLoop
 from app.settings import Settings
@@ -25,13 +26,14 @@ from tests.app.webhooks.receiver import Receiver, Reply
 from tests.factories import PRICES, insert_continual_run, insert_job
 
 FAST = [0.05, 0.05]  # two retries, a twentieth of a second apart
+SEALING_KEY = new_key()  # the secrets are sealed at rest, as in production
 
 
 @pytest.fixture
 def dev_settings(tmp_path, pg_url) -> Settings:
     return make_settings(tmp_path, pg_url, webhook_allow_private_urls=True,
                          webhook_retry_schedule_s=FAST, webhook_timeout_s=3.0,
-                         webhook_max_endpoints=3)
+                         webhook_max_endpoints=3, webhook_secret_keys=SEALING_KEY)
 
 
 @pytest.fixture
@@ -149,6 +151,33 @@ def test_test_event_is_signed_and_logged(dev_client, dev_settings, tenant, recei
     assert logged["last_status_code"] == 200 and logged["last_response_excerpt"] == "ok"
     assert logged["event_id"] == event["id"] and logged["finished_at"] is not None
     assert deliver(dev_settings) == 0  # at most once per success
+
+
+def test_the_secret_is_sealed_at_rest_and_a_missing_key_holds_deliveries(
+        dev_client, dev_settings, tenant, receiver, caplog):
+    """The row keeps the secret sealed (never the secret itself); a relay whose keys cannot
+    open it sends nothing and leaves the delivery pending with its attempts unspent, and
+    the relay with the key delivers it, signed with the secret shown at registration."""
+    created = register(dev_client, tenant, receiver.url + "/sealed")
+    with session_scope(dev_settings.resolved_database_url) as session:
+        row = session.get(WebhookEndpoint, created["id"])
+        assert row.secret.startswith(SEALED_PREFIX)
+        assert created["secret"].removeprefix("whsec_") not in row.secret
+        assert row.secret_hint == "whsec_…" + created["secret"][-4:]
+    assert dev_client.post(f"/v1/webhooks/{created['id']}/test",
+                           headers=tenant.headers).status_code == 202
+    rotated_away = dev_settings.model_copy(update={"webhook_secret_keys": new_key()})
+    assert deliver(rotated_away) == 1  # claimed, not sent
+    assert "cannot be signed" in caplog.text
+    with session_scope(dev_settings.resolved_database_url) as session:
+        held = session.query(WebhookDelivery).filter_by(endpoint_id=created["id"]).one()
+        assert (held.status, held.attempts) == ("pending", 0)
+        held.next_attempt_at = held.created_at  # its claim lapsed
+    assert receiver.requests == []
+    assert deliver(dev_settings) == 1
+    [request] = receiver.wait_for(1)
+    assert Webhook(created["secret"]).verify(request.body, request.headers)["type"] == \
+        "webhook.test"
 
 
 def test_job_events_from_the_lifecycle_retry_with_the_same_id(dev_client, dev_settings, tenant,
