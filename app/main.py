@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from starlette.types import Scope
 
+from app.api.detached import DetachedTasks
 from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.inference import close_engines, sweep_stale_requests
@@ -30,6 +31,8 @@ from app.storage.factory import open_store
 # Multipart framing around the file (boundaries, part headers, the purpose field).
 MULTIPART_SLACK_BYTES = 64 * 1024
 MAX_JSON_BODY_BYTES = 1024 * 1024
+# How long shutdown waits for settlements still running (the stale sweep settles the rest).
+DRAIN_DETACHED_S = 10.0
 
 DESCRIPTION = """
 Fine-tune open models with **CRMA + LoRA** adapters. OpenAI-compatible: point the official
@@ -102,8 +105,12 @@ def create_app(
     app.state.reader = open_reader(settings.resolved_database_url, settings.db_timeout_s)
     app.state.transactions = open_transactions(settings.resolved_database_url,
                                                settings.db_timeout_s)
+    # Completions' admissions (app/services/inference_metering.py says why not durable).
+    app.state.admissions = open_transactions(settings.resolved_database_url,
+                                             settings.db_timeout_s, durable=False)
     app.state.store = store or open_store(settings)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    app.state.detached = DetachedTasks()  # completions' settlements (app/api/detached.py)
     app.state.upload_checks = UploadChecks()  # helper processes validating big uploads
     app.router.routes.extend(jobs.direct_routes())  # first: in front of what they shortcut
     for router in ALL_ROUTERS:
@@ -138,8 +145,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
     sweeper.cancel()
     await close_engines(app)
+    await app.state.detached.drain(timeout_s=DRAIN_DETACHED_S)
     await app.state.reader.close()
     await app.state.transactions.close()
+    await app.state.admissions.close()
     await app.state.upload_checks.close()
 
 

@@ -34,6 +34,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import open_session
+from app.api.detached import DetachedTasks
 from app.db.session import session_scope
 from app.domain.errors import Conflict, DomainError, InvalidRequest, ServiceUnavailable
 from app.domain.ids import random_chars
@@ -227,8 +228,8 @@ async def complete(request: Request, principal: Principal,
     try:
         # On the event loop where the driver allows it (app/db/transactions.py): a worker
         # thread would wait for the GIL at each round trip.
-        admission = await state.transactions.run(lambda open_session: _admit(
-            open_session, settings, principal.account_id, call, target, reserved))
+        admission = await state.admissions.run(lambda open_session: _admit(
+            open_session, settings, principal, call, target, reserved))
     except BaseException as error:
         with anyio.CancelScope(shield=True):
             await _abandon(early, events)
@@ -236,7 +237,7 @@ async def complete(request: Request, principal: Principal,
             _refused(principal.account_id)
         raise
     headers = admission.allowance.headers() if admission.allowance else {}
-    settle = _Settlement(settings, call.id)
+    settle = _Settlement(settings, call.id, state.detached)
     try:
         first = await (early if early is not None else anext(events))
         if first.type == "error":
@@ -263,14 +264,15 @@ async def complete(request: Request, principal: Principal,
     return await _whole(request, call, target, first, events, settle, headers)
 
 
-def _admit(open_session: Callable[[], Session], settings: Settings, account_id: str,
+def _admit(open_session: Callable[[], Session], settings: Settings, principal: Principal,
            call: Call, target: Target, reserved: int) -> inference_metering.Admission:
     """The admission in one committed transaction (a Transactions work: it owns the session)."""
     session = open_session()
     try:
         admission = inference_metering.admit(
-            session, account_id=account_id, request_id=call.id, model=call.body.model,
-            base=target.base_model, reserved_tokens=reserved,
+            session, account_id=principal.account_id, plan=principal.plan,
+            request_id=call.id, model=call.body.model, base=target.base_model,
+            reserved_tokens=reserved,
             prices=settings.inference_prices_micros_per_mtok,
             free_tokens_per_day=settings.free_inference_tokens_per_day)
         session.commit()
@@ -284,10 +286,14 @@ def _admit(open_session: Callable[[], Session], settings: Settings, account_id: 
 
 class _Settlement:
     """The request's settlement, once, whatever ends it (shielded from cancellation: a
-    client that went away must not leave the hold in place)."""
+    client that went away must not leave the hold in place). A request that got its answer
+    is settled after it (`after_response`, outside the request: app/api/detached.py); one
+    that failed before its answer is settled before the error goes out (`now`), so the
+    error's sender sees the hold released."""
 
-    def __init__(self, settings: Settings, request_id: str) -> None:
+    def __init__(self, settings: Settings, request_id: str, detached: DetachedTasks) -> None:
         self.settings = settings
+        self.detached = detached
         self.request_id = request_id
         self.prompt_tokens = 0
         self.completion_tokens = 0
@@ -312,8 +318,13 @@ class _Settlement:
         with anyio.CancelScope(shield=True):
             await run_in_threadpool(self.run, status)
 
-    def later(self, status: str) -> BackgroundTask:
-        return BackgroundTask(run_in_threadpool, self.run, status)
+    def after_response(self, status: str) -> None:
+        self.detached.spawn(run_in_threadpool(self.run, status))
+
+    async def after_response_async(self, status: str) -> None:
+        """`after_response` as a BackgroundTask (a sync one would run in a worker thread,
+        away from the event loop it spawns on)."""
+        self.after_response(status)
 
 
 def _finished(settle: _Settlement, event: StreamEvent) -> None:
@@ -373,7 +384,9 @@ async def _whole(request: Request, call: Call, target: Target, first: StreamEven
     body = {"id": call.id, "object": "chat.completion" if call.chat else "text_completion",
             "created": call.created, "model": call.body.model, "choices": [choice],
             "usage": _usage(settle), "system_fingerprint": None, "domain": settle.domain}
-    return JSONResponse(body, headers=headers, background=settle.later("completed"))
+    # Spawned once the body is out (a BackgroundTask that only spawns: it returns at once).
+    return JSONResponse(body, headers=headers,
+                        background=BackgroundTask(settle.after_response_async, "completed"))
 
 
 async def _client_gone(request: Request) -> None:
@@ -454,7 +467,7 @@ async def _stream(call: Call, target: Target, first: StreamEvent,
     finally:
         with anyio.CancelScope(shield=True):
             await events.aclose()
-        await settle.now(status)
+        settle.after_response(status)
 
 
 # -- requests whose API process died ---------------------------------------------------------

@@ -60,10 +60,12 @@ class ThreadTransactions(Transactions):
 class AsyncpgTransactions(Transactions):
     """PostgreSQL: the work runs in a greenlet on this loop's asyncpg engine."""
 
-    def __init__(self, url: str, timeout_s: float, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, timeout_s: float, *, pool_size: int = 10,
+                 durable: bool = True) -> None:
         self.url = normalize_url(url).replace("postgresql+psycopg://", "postgresql+asyncpg://", 1)
         self.timeout_s = timeout_s
         self.pool_size = pool_size
+        self.durable = durable
         self._engines: dict[asyncio.AbstractEventLoop, AsyncEngine] = {}
         self._unavailable = unavailable_errors()
 
@@ -83,10 +85,17 @@ class AsyncpgTransactions(Transactions):
             max_overflow=2 * self.pool_size,
             pool_timeout=self.timeout_s,
             connect_args={"timeout": max(1.0, self.timeout_s),
-                          "server_settings": server_options(self.timeout_s)},
+                          "server_settings": self._server_settings()},
         )
         ping_idle_connections(engine.sync_engine)
         return engine
+
+    def _server_settings(self) -> dict[str, str]:
+        settings = server_options(self.timeout_s)
+        if not self.durable:
+            # The commit returns before its WAL record is flushed (see open_transactions).
+            settings["synchronous_commit"] = "off"
+        return settings
 
     def _forget_closed_loops(self) -> None:
         for loop in [loop for loop in self._engines if loop.is_closed()]:
@@ -108,7 +117,12 @@ class AsyncpgTransactions(Transactions):
             await engine.dispose()
 
 
-def open_transactions(url: str, timeout_s: float = 2.0) -> Transactions:
+def open_transactions(url: str, timeout_s: float = 2.0, *, durable: bool = True
+                      ) -> Transactions:
+    """`durable=False`: on PostgreSQL, connections whose commits do not wait for the WAL
+    flush (`synchronous_commit = off`), for work whose loss in a crash of the database server
+    itself (the last ~200 ms of commits) is harmless; PostgreSQL keeps commit order either
+    way. SQLite ignores it."""
     if is_sqlite(url):
         return ThreadTransactions(url, timeout_s)
-    return AsyncpgTransactions(url, timeout_s)
+    return AsyncpgTransactions(url, timeout_s, durable=durable)

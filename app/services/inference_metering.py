@@ -23,13 +23,14 @@ is at most its reservation, so a hold always covers it.
 A request whose API process died stays `running`; `expire_stale` settles it with nothing
 used (its hold released, its reservation given back). Services never commit.
 
-On PostgreSQL the admission commits asynchronously (`synchronous_commit = off` for that
-transaction only): it is on every request's path before the first token, and its WAL flush
-was most of the API's added latency (~2.6 ms of ~7, bench/inference_api_hop.py). Nothing
-becomes inconsistent: PostgreSQL keeps commit order, so a settlement that is durable implies
-its admission is; only a crash of the database server itself can lose the admissions of its
-last moments (wal_writer_delay, 200 ms by default), and such a request is then neither held
-nor billed (its settlement finds no row). Settlements, which charge, commit durably."""
+On PostgreSQL the API commits admissions asynchronously (on connections of their own with
+`synchronous_commit = off`, app/main.py's `admissions`): an admission is on every request's
+path before the first token, and its WAL flush was most of the API's added latency (~2.6 ms
+of ~7, bench/inference_api_hop.py). Nothing becomes inconsistent: PostgreSQL keeps commit
+order, so a settlement that is durable implies its admission is; only a crash of the
+database server itself can lose the admissions of its last moments (wal_writer_delay, 200 ms
+by default), and such a request is then neither held nor billed (its settlement finds no
+row). Settlements, which charge, commit durably."""
 
 from __future__ import annotations
 
@@ -80,17 +81,11 @@ class Admission:
     allowance: AllowanceSnapshot | None
 
 
-def _plan(session: Session, account_id: str, *, commit_asynchronously: bool = False) -> str:
-    """The account's plan. `commit_asynchronously`: on PostgreSQL, the same statement also
-    sets this transaction's commit asynchronous (see the module docstring); one round trip
-    instead of two, each of which costs the API about a third of a millisecond."""
+def _plan(session: Session, account_id: str) -> str:
     # Core on the session's connection: the ORM's execution path costs more CPU than the
     # query on every request (bench/inference_api_hop.py).
-    query = select(Account.plan).where(Account.id == account_id)
-    if commit_asynchronously and session.get_bind().dialect.name == "postgresql":
-        # set_config(..., is_local => true) is SET LOCAL, as a function a SELECT can call.
-        query = query.add_columns(func.set_config("synchronous_commit", "off", True))
-    plan = session.connection().execute(query).scalar_one_or_none()
+    plan = session.connection().execute(
+        select(Account.plan).where(Account.id == account_id)).scalar_one_or_none()
     if plan is None:
         raise NotFound(f"No account {account_id!r}")
     return plan
@@ -98,12 +93,17 @@ def _plan(session: Session, account_id: str, *, commit_asynchronously: bool = Fa
 
 def admit(session: Session, *, account_id: str, request_id: str, model: str,
           base: CatalogModel, reserved_tokens: int, prices: Mapping[str, int],
-          free_tokens_per_day: int, now: datetime | None = None) -> Admission:
+          free_tokens_per_day: int, plan: str | None = None,
+          now: datetime | None = None) -> Admission:
     """Reserve what the request may use and record it as `running` (see the module
-    docstring). Raises InvalidRequest (model_not_available_on_plan), QuotaExceeded (429)
-    or InsufficientCredit (402)."""
+    docstring). `plan`: the account's plan as the caller knows it (the API: its
+    authenticated principal's, cached for seconds), which spares a query; None reads it.
+    Either is safe: each plan's reservation is atomic and the row records the plan it was
+    admitted under, which its settlement follows, so a plan changed a moment ago only means
+    this request still gets the old plan's terms. Raises InvalidRequest
+    (model_not_available_on_plan), QuotaExceeded (429) or InsufficientCredit (402)."""
     now = now or utcnow()
-    plan = _plan(session, account_id, commit_asynchronously=True)
+    plan = plan or _plan(session, account_id)
     hold, allowance, day = 0, None, None
     if plan == "free":
         if not base.free_tier:

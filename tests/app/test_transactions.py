@@ -151,3 +151,27 @@ def test_an_unreachable_database_makes_creation_a_503_with_retry_after(
     with pytest.raises(DatabaseUnavailable):
         asyncio.run(direct())
     assert count_jobs(pg_url, tenant.account_id) == (1, 1)
+
+
+def test_admissions_commit_without_waiting_for_the_wal_flush(pg_url: str) -> None:
+    """`durable=False` (the API's admissions) sets synchronous_commit off on its own
+    connections; the default transactions (job creation) stay durable."""
+    from sqlalchemy import text
+
+    def setting(open_session):  # noqa: ANN001, ANN202
+        session = open_session()
+        try:
+            return session.scalar(text("SHOW synchronous_commit"))
+        finally:
+            session.rollback()
+            session.close()
+
+    async def both() -> tuple[str, str]:
+        durable, admissions = open_transactions(pg_url), open_transactions(pg_url, durable=False)
+        try:
+            return await durable.run(setting), await admissions.run(setting)
+        finally:
+            await durable.close()
+            await admissions.close()
+
+    assert asyncio.run(both()) == ("on", "off")

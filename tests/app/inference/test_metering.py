@@ -8,7 +8,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select
 
 from app.db.base import utcnow
 from app.db.models import Account, InferenceRequest, LedgerTransaction
@@ -67,16 +67,24 @@ def test_free_allowance_is_exact_under_concurrency(pg_url: str) -> None:
     assert set(outcomes) - {"ok"} == {"100"}
 
 
-def test_the_admission_commits_asynchronously_and_only_it(pg_url: str) -> None:
-    """On PostgreSQL the admission's transaction commits without waiting for the WAL flush
-    (the module docstring says why); the session's next transaction is durable again."""
+def test_a_plan_the_caller_knows_spares_the_query_and_is_what_the_row_records(
+        pg_url: str) -> None:
+    """The API passes its principal's plan; the admission then reads no account row, and
+    the request is admitted (and later settled) under that plan."""
     factory = get_sessionmaker(pg_url)
     account = committed_account(factory, plan="pro", credit_micros=1_000_000)
     with factory() as session:
-        admit(session, account, 100)
-        assert session.scalar(text("SHOW synchronous_commit")) == "off"
-        session.commit()
-        assert session.scalar(text("SHOW synchronous_commit")) == "on"
+        statements: list[str] = []
+        listen = session.connection()
+        event.listen(listen, "before_cursor_execute",
+                     lambda *args: statements.append(args[2]))
+        admitted = inference_metering.admit(
+            session, account_id=account, plan="pro", request_id=request_id(), model=SMALL.id,
+            base=SMALL, reserved_tokens=100, prices=PRICES, free_tokens_per_day=1000)
+        assert admitted.plan == "pro" and admitted.hold_micros > 0
+        assert not any(s.lstrip().upper().startswith("SELECT") and "accounts" in s
+                       for s in statements), statements
+        assert session.get(InferenceRequest, admitted.request_id).plan == "pro"
         session.rollback()
 
 
