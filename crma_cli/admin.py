@@ -13,7 +13,8 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    admin = subparsers.add_parser("admin", help="operator commands: accounts, keys, credit, secrets")
+    admin = subparsers.add_parser("admin",
+                                  help="operator commands: accounts, keys, credit, secrets")
     commands = admin.add_subparsers(dest="admin_command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", default=None, help="embedded installation root")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 
 import httpx
@@ -437,3 +438,34 @@ def test_a_refused_admission_cancels_the_engine_call(inference_settings, engine_
             client.completions.create(**LONG)
         assert again.value.status_code == 402
         assert _engine_seen(engine_url)[0] == seen + 1
+
+
+def test_the_settlement_never_holds_up_the_next_request(inference_settings, published,
+                                                        pg_url, monkeypatch) -> None:
+    """Settled outside the request: with each settlement taking a second, two answers in a
+    row on one keep-alive connection still come back at once, and both are settled after."""
+    from app.main import create_app
+    from app.services import inference_metering
+
+    settle = inference_metering.settle
+
+    def slow_settle(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        time.sleep(1.0)
+        return settle(*args, **kwargs)
+
+    monkeypatch.setattr(inference_metering, "settle", slow_settle)
+    body = {"model": "smollm2-135m-instruct", "messages": HELLO, "max_tokens": 2}
+    with LiveServer(create_app(inference_settings)) as server, \
+            httpx.Client(base_url=server.url, headers=published.tenant.headers,
+                         timeout=30) as client:
+        client.post("/v1/chat/completions", json=body).raise_for_status()  # warm
+        started = time.monotonic()
+        ids = []
+        for stream in (False, True):
+            response = client.post("/v1/chat/completions", json={**body, "stream": stream})
+            assert response.status_code == 200
+            ids.append(response.json()["id"] if not stream else
+                       json.loads(response.text.split("data: ", 2)[1])["id"])
+        assert time.monotonic() - started < 1.0
+        for request_id in ids:
+            assert request_row(pg_url, request_id).status == "completed"
