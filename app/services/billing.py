@@ -100,6 +100,60 @@ _HOLD_AND_POST_PG = text("""
 """)
 
 
+# settle_request_hold on PostgreSQL: both legs of a request's settlement (capture -> revenue,
+# release -> available), their entries and the cached balances, in one statement instead of
+# six. Each posting is inserted once per (source_id, kind); the balances move by what was
+# posted now, so a replay moves nothing (as _settle_leg twice would).
+_CAPTURE_AND_RELEASE_PG = text("""
+    WITH posted AS (
+        INSERT INTO ledger_transactions (id, account_id, kind, source_id, memo, created_at)
+        VALUES (:capture_id, :account_id, :capture, :source_id, :capture_memo, :created_at),
+               (:release_id, :account_id, :release, :source_id, :release_memo, :created_at)
+        ON CONFLICT (source_id, kind) DO NOTHING
+        RETURNING id, kind
+    ), legs AS (
+        INSERT INTO ledger_entries (transaction_id, account_id, bucket, amount_micros)
+        SELECT posted.id, leg.account_id, leg.bucket, leg.amount
+        FROM posted JOIN (VALUES
+            (CAST(:capture AS VARCHAR), CAST(:account_id AS VARCHAR), CAST(:held AS VARCHAR),
+             -CAST(:captured AS BIGINT)),
+            (:capture, NULL, :revenue, CAST(:captured AS BIGINT)),
+            (:release, :account_id, :held, -CAST(:released AS BIGINT)),
+            (:release, :account_id, :available, CAST(:released AS BIGINT))
+        ) AS leg (kind, account_id, bucket, amount) ON leg.kind = posted.kind
+    ), moved AS (
+        UPDATE accounts
+        SET credit_held_micros = credit_held_micros - (
+                SELECT COALESCE(SUM(CASE WHEN kind = :capture THEN CAST(:captured AS BIGINT)
+                                    ELSE CAST(:released AS BIGINT) END), 0) FROM posted),
+            credit_available_micros = credit_available_micros + (
+                SELECT COALESCE(SUM(CAST(:released AS BIGINT)), 0) FROM posted
+                WHERE kind = :release)
+        WHERE id = :account_id AND EXISTS (SELECT 1 FROM posted)
+    )
+    SELECT count(*) FROM posted
+""")
+
+
+def settle_request_hold(session: Session, *, source_id: str, account_id: str, hold_micros: int,
+                        capture_micros: int) -> None:
+    """Capture `capture_micros` of a hold placed for `source_id` (at most the hold) and
+    release the rest: a completion's settlement, whose caller knows the hold (it is on the
+    request's row). Idempotent per leg, like `_settle_leg` (which SQLite uses)."""
+    captured = min(capture_micros, hold_micros)
+    if session.get_bind().dialect.name != "postgresql":
+        _settle_leg(session, source_id, account_id, CAPTURE, captured, REVENUE)
+        _settle_leg(session, source_id, account_id, RELEASE, hold_micros - captured, AVAILABLE)
+        return
+    session.execute(_CAPTURE_AND_RELEASE_PG, {
+        "capture_id": new_id("ledger_transaction"), "release_id": new_id("ledger_transaction"),
+        "account_id": account_id, "source_id": source_id, "created_at": utcnow(),
+        "capture": CAPTURE, "release": RELEASE, "capture_memo": _memo(f"{CAPTURE} {source_id}"),
+        "release_memo": _memo(f"{RELEASE} {source_id}"), "held": HELD, "revenue": REVENUE,
+        "available": AVAILABLE, "captured": captured, "released": hold_micros - captured,
+    })
+
+
 def add_credit(
     session: Session,
     *,

@@ -131,6 +131,38 @@ def test_pro_hold_settles_to_the_tokens_used_once(db_url: str) -> None:
         assert postings == 3  # hold, capture, release: nothing twice
 
 
+def test_a_request_holds_settlement_posts_each_leg_once(db_url: str) -> None:
+    """billing.settle_request_hold (one statement on PostgreSQL): capture and release posted
+    once each with the balances moved by them; replayed, or with one leg posted already,
+    only what is missing is posted and moved."""
+    factory = get_sessionmaker(db_url)
+    account = committed_account(factory, plan="pro", credit_micros=1_000_000)
+    with factory() as session:
+        source = request_id()
+        billing.place_hold(session, account_id=account, source_id=source, amount_micros=900)
+        billing.settle_request_hold(session, source_id=source, account_id=account,
+                                    hold_micros=900, capture_micros=5_000)  # capped at the hold
+        billing.settle_request_hold(session, source_id=source, account_id=account,
+                                    hold_micros=900, capture_micros=100)  # a replay
+        session.commit()
+        row = session.get(Account, account)
+        assert (row.credit_available_micros, row.credit_held_micros) == (1_000_000 - 900, 0)
+        assert billing.reconcile(session, account).ok
+
+        other = request_id()
+        billing.place_hold(session, account_id=account, source_id=other, amount_micros=500)
+        billing._settle_leg(session, other, account, billing.CAPTURE, 200, billing.REVENUE)
+        billing.settle_request_hold(session, source_id=other, account_id=account,
+                                    hold_micros=500, capture_micros=200)
+        session.commit()
+        session.refresh(row)
+        assert (row.credit_available_micros, row.credit_held_micros) == (1_000_000 - 1_100, 0)
+        assert billing.reconcile(session, account).ok
+        postings = session.scalars(select(LedgerTransaction.kind).where(
+            LedgerTransaction.source_id.in_([source, other]))).all()
+        assert sorted(postings) == sorted(["hold", "capture", "release"] * 2)
+
+
 def test_pro_without_enough_credit_holds_nothing(db_url: str) -> None:
     factory = get_sessionmaker(db_url)
     account = committed_account(factory, plan="pro", credit_micros=1)
