@@ -11,11 +11,11 @@ billed: the prompt, and the completion text the API had received.
 The engine call starts before the admission commits, so the admission's round trips to the
 database overlap the engine's tokenising and prefill instead of adding to every request's
 time to the first token (they were about half of what the API added,
-bench/inference_api_hop.py).
-Nothing the engine writes reaches the client until the admission has succeeded; a refused
-admission cancels the engine call and is answered as before (402, 429, 400), billed nothing.
-What that costs is engine time spent on refused requests, bounded per account: after a
-refusal, that account's requests are admitted first for a minute (`_may_start_early`)."""
+bench/inference_api_hop.py). Nothing the engine writes reaches the client until the
+admission has succeeded; a refused admission cancels the engine call and is answered as
+before (402, 429, 400), billed nothing. What that costs is engine time spent on refused
+requests, bounded per account: after a refusal, that account's requests are admitted first
+for a minute (`_may_start_early`)."""
 
 from __future__ import annotations
 

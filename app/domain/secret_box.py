@@ -49,7 +49,7 @@ class SecretBox:
             raise SecretKeyError("a sealed secret was found but CRMA_WEBHOOK_SECRET_KEYS is "
                                  "not set")
         try:
-            return self._fernet.decrypt(stored[len(SEALED_PREFIX):].encode()).decode()
+            return self._fernet.decrypt(_token(stored)).decode()
         except InvalidToken:
             raise SecretKeyError("a sealed secret opens with none of the keys in "
                                  "CRMA_WEBHOOK_SECRET_KEYS (was the key that sealed it "
@@ -63,10 +63,15 @@ class SecretBox:
         if not stored.startswith(SEALED_PREFIX):
             return False
         try:
-            self._current.decrypt(stored[len(SEALED_PREFIX):].encode())
+            self._current.decrypt(_token(stored))
         except InvalidToken:
             return False
         return True
+
+
+def _token(stored: str) -> bytes:
+    """The Fernet token of a sealed value."""
+    return stored[len(SEALED_PREFIX):].encode()
 
 
 @lru_cache(maxsize=8)
